@@ -1,0 +1,114 @@
+"""Frozen job configs with defaults that run the demo, read from TOML and/or overrides.
+
+An unknown key is an error naming it; values are type-checked against the field's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.data import DATASETS, DEFAULT_FASHION_MNIST_DIR
+from pipeline.models.registry import ARCHS
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of a base model. The defaults train the demo's VGG-16 at width 0.25."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str = DEFAULT_FASHION_MNIST_DIR
+    arch: str = "vgg16"
+    width: float = 0.25
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    val_fraction: float = 0.1
+    train_subset: int = 0
+    test_subset: int = 0
+    augment: bool = True
+    seed: int = 0
+    threads: int = 0
+    out: str = "runs/train/model.safetensors"
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown model {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        _check_range("width", self.width, 0.0, 16.0, low_open=True)
+        _check_range("epochs", self.epochs, 0, 10_000)
+        _check_range("batch_size", self.batch_size, 1, 65_536)
+        _check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_range("train_subset", self.train_subset, 0, 10**9)
+        _check_range("test_subset", self.test_subset, 0, 10**9)
+        _check_range("threads", self.threads, 0, 1024)
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bound}{low}, {high}], got {value!r}")
+
+
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == key)
+    default = field.default
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    try:
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
+    return str(value) if isinstance(default, str) else value
+
+
+def make_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
+    """Build `cls` from defaults, then a TOML file (if given), then non-None overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from err
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys are {sorted(names)}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def write_config(config: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as JSON next to an output."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")

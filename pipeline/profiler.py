@@ -1,0 +1,316 @@
+"""Per-stage latency profiles of a model, and the versioned JSON document that stores them.
+
+Each stage of `model.ordered_stages()` is timed alone on its real input (the previous stage's
+output), with warm-up and the median of several repetitions taken round-robin over the stages. Cumulative sums give, for every
+split point, the head time (stages up to the split) and the tail time (stages after it). The whole
+forward is timed too, so the gap between the sum of stages and one forward pass is visible.
+
+Profile document (`twostep-profile/1`)::
+
+    {"format": "twostep-profile/1", "created": ISO-8601 UTC,
+     "machine": {"hostname", "platform", "cpu_count", "torch", "threads", "device"},
+     "batch_size": 1, "warmup": 5, "repeats": 20,
+     "slowdown": 1.0, "derived_from": null | {"hostname", "created", "slowdown"},
+     "variants": {id: {"spec": ArchSpec dict (optional),
+                       "layers": [{"name": "conv1_1", "ms": 0.12}, ...],
+                       "head_ms": {split: ms}, "tail_ms": {split: ms},
+                       "total_ms": sum of layers, "whole_ms": one forward pass}}}
+
+A layer is named by the split point it produces (`conv1_1`, ..., `pool5`, `output` for the
+classifier). `head_ms["input"] == 0`, `tail_ms["output"] == 0` and `head + tail == total` at every
+split. A derived profile (a device modelled as `slowdown` times slower than the machine measured)
+has every time scaled and `derived_from` set.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.models.registry import ArchSpec
+from pipeline.split import split_points
+
+FORMAT = "twostep-profile/1"
+MAX_PROFILE_BYTES = 64 << 20
+# Relative tolerance of the head + tail == total check when loading a file.
+_SUM_RTOL = 1e-6
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict:
+    """Description of the machine a profile is measured on."""
+    device = torch.device(device)
+    info = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _median_ms(
+    calls: list[Callable[[], object]], warmup: int, repeats: int, device: torch.device
+) -> list[float]:
+    """Median wall time of each call. Repetitions go round-robin over the calls, so a burst of
+    load from another process spreads over all of them instead of spoiling one."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    sync()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, samples in zip(calls, times, strict=True):
+            start = time.perf_counter_ns()
+            call()
+            sync()
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    return [statistics.median(samples) for samples in times]
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def profile_model(
+    model: nn.Module,
+    spec: ArchSpec,
+    batch_size: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Time every stage of `model` on its real input; one variant entry of a profile document.
+
+    Args:
+        model: a network with `ordered_stages()` (moved to `device` and set to eval mode).
+        spec: its architecture, for the input shape and split point names.
+        batch_size: images per forward pass.
+        warmup: untimed runs before timing each stage.
+        repeats: timed runs per stage; the median is kept.
+        device: where to run.
+
+    Returns:
+        {"spec", "layers", "head_ms", "tail_ms", "total_ms", "whole_ms"} as in the module
+        docstring.
+    """
+    _check_count("batch_size", batch_size, 1)
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
+    device = torch.device(device)
+    model.eval()
+    model.to(device)
+    stages = model.ordered_stages()
+    splits = split_points(spec)
+    if [name for name, _ in stages] != splits[1:]:
+        raise ValueError(f"model stages {[n for n, _ in stages]} do not match spec {spec.arch}")
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, spec.in_channels, spec.input_size, spec.input_size)
+    x = torch.randn(shape, generator=generator).to(device)
+    with torch.inference_mode():
+        # Warm the whole network first: one-off kernel selection and allocation happen here.
+        for _ in range(max(warmup, 1)):
+            model(x)
+        calls = []
+        stage_input = x
+        for _, module in stages:
+            calls.append(functools.partial(module, stage_input))
+            stage_input = module(stage_input)
+        calls.append(functools.partial(model, x))
+        *stage_ms, whole_ms = _median_ms(calls, warmup, repeats, device)
+    layers = [{"name": name, "ms": ms} for (name, _), ms in zip(stages, stage_ms, strict=True)]
+    total = math.fsum(layer["ms"] for layer in layers)
+    head_ms = {"input": 0.0}
+    running = 0.0
+    for layer in layers:
+        running += layer["ms"]
+        head_ms[layer["name"]] = running
+    head_ms["output"] = total
+    tail_ms = {split: max(0.0, total - ms) for split, ms in head_ms.items()}
+    tail_ms["output"] = 0.0
+    return {
+        "spec": spec.to_dict(),
+        "layers": layers,
+        "head_ms": head_ms,
+        "tail_ms": tail_ms,
+        "total_ms": total,
+        "whole_ms": whole_ms,
+    }
+
+
+def profile_document(
+    variants: dict[str, dict],
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Wrap variant entries from `profile_model` in a measured profile document."""
+    doc = {
+        "format": FORMAT,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "repeats": repeats,
+        "slowdown": 1.0,
+        "derived_from": None,
+        "variants": variants,
+    }
+    validate_profile(doc)
+    return doc
+
+
+def _time(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} must be a number of milliseconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be a finite time >= 0 ms, got {value!r}")
+    return float(value)
+
+
+def _validate_variant(vid: str, entry: object) -> None:
+    where = f"profile variant {vid!r}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object")
+    missing = {"layers", "head_ms", "tail_ms", "total_ms"} - set(entry)
+    if missing:
+        raise ValueError(f"{where} lacks keys {sorted(missing)}")
+    if not isinstance(entry["layers"], list) or not entry["layers"]:
+        raise ValueError(f"{where}: 'layers' must be a non-empty list")
+    for i, layer in enumerate(entry["layers"]):
+        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
+            raise ValueError(f"{where}: layer {i} must be an object with a 'name' string")
+        _time(f"{where} layer {layer['name']!r}", layer.get("ms"))
+    total = _time(f"{where} total_ms", entry["total_ms"])
+    if "whole_ms" in entry:
+        _time(f"{where} whole_ms", entry["whole_ms"])
+    head, tail = entry["head_ms"], entry["tail_ms"]
+    if not isinstance(head, dict) or not isinstance(tail, dict):
+        raise ValueError(f"{where}: head_ms and tail_ms must be objects split -> ms")
+    if set(head) != set(tail) or not {"input", "output"} <= set(head):
+        raise ValueError(f"{where}: head_ms, tail_ms need the same splits, with input and output")
+    tolerance = _SUM_RTOL * max(total, 1.0)
+    for split in head:
+        h = _time(f"{where} head_ms[{split!r}]", head[split])
+        t = _time(f"{where} tail_ms[{split!r}]", tail[split])
+        if abs(h + t - total) > tolerance:
+            raise ValueError(f"{where}: head + tail at {split!r} is {h + t}, not total_ms {total}")
+
+
+def validate_profile(doc: object) -> dict:
+    """Check a profile document's structure and values; returns it, or raises ValueError."""
+    if not isinstance(doc, dict):
+        raise ValueError("a profile must be a JSON object")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"not a twostep profile: format {doc.get('format')!r}, not {FORMAT!r}")
+    missing = {"machine", "batch_size", "repeats", "slowdown", "variants"} - set(doc)
+    if missing:
+        raise ValueError(f"profile lacks keys {sorted(missing)}")
+    if not isinstance(doc["machine"], dict):
+        raise ValueError("profile 'machine' must be an object")
+    _check_count("profile batch_size", doc["batch_size"], 1)
+    _check_count("profile repeats", doc["repeats"], 1)
+    slowdown = doc["slowdown"]
+    if isinstance(slowdown, bool) or not isinstance(slowdown, int | float) or not (
+        math.isfinite(slowdown) and slowdown > 0
+    ):
+        raise ValueError(f"profile slowdown must be a finite number > 0, got {slowdown!r}")
+    variants = doc["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError("profile 'variants' must be a non-empty object id -> timings")
+    for vid, entry in variants.items():
+        _validate_variant(vid, entry)
+    return doc
+
+
+def save_profile(path: str | os.PathLike, doc: dict) -> None:
+    """Validate `doc` and write it as JSON atomically (temp file, fsync, rename)."""
+    validate_profile(doc)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_profile(path: str | os.PathLike) -> dict:
+    """Read and validate a profile document; ValueError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"profile {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_PROFILE_BYTES:
+        raise ValueError(f"profile {path} is larger than {MAX_PROFILE_BYTES >> 20} MiB")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"profile {path} is not valid JSON: {err}") from err
+    try:
+        return validate_profile(doc)
+    except ValueError as err:
+        raise ValueError(f"profile {path}: {err}") from err
+
+
+def derive_profile(edge_doc: dict, slowdown: float) -> dict:
+    """A device profile modelled as `slowdown` times slower than the measured `edge_doc`.
+
+    This is the paper's `T_device = gamma x T_edge`. Every time is multiplied by `slowdown`; the
+    result records the cumulative factor in `slowdown` and its source in `derived_from`.
+    """
+    validate_profile(edge_doc)
+    if isinstance(slowdown, bool) or not isinstance(slowdown, int | float) or not (
+        math.isfinite(slowdown) and 0 < slowdown <= 1e6
+    ):
+        raise ValueError(f"slowdown must be a finite number in (0, 1e6], got {slowdown!r}")
+    factor = float(slowdown)
+    doc = copy.deepcopy(edge_doc)
+    for entry in doc["variants"].values():
+        for layer in entry["layers"]:
+            layer["ms"] *= factor
+        for key in ("head_ms", "tail_ms"):
+            entry[key] = {split: ms * factor for split, ms in entry[key].items()}
+        entry["total_ms"] *= factor
+        if "whole_ms" in entry:
+            entry["whole_ms"] *= factor
+    doc["slowdown"] = edge_doc["slowdown"] * factor
+    doc["derived_from"] = {
+        "hostname": edge_doc["machine"].get("hostname"),
+        "created": edge_doc.get("created"),
+        "slowdown": factor,
+    }
+    return validate_profile(doc)
+
+
+def variant_timings(doc: dict, variant_id: str) -> dict:
+    """The timings of one variant in a profile; ValueError listing the known ones if absent."""
+    try:
+        return doc["variants"][variant_id]
+    except KeyError:
+        known = ", ".join(sorted(doc["variants"])[:10])
+        raise ValueError(f"profile has no variant {variant_id!r}; it has {known}") from None

@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+
+from twostep.cli import VERBS, main
+
+
+def test_help_lists_every_verb():
+    result = subprocess.run([sys.executable, "-m", "twostep", "--help"], capture_output=True,
+                            text=True, check=True)
+    for verb in ("train", "eval"):
+        assert verb in result.stdout
+    assert all(verb in VERBS for verb in ("train", "eval", "prune", "serve", "demo"))
+
+
+def test_train_then_eval_round_trip(learnable_fashion_dir, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    code = main(["train", "--data-dir", str(learnable_fashion_dir), "--arch", "vgg11",
+                 "--width", "0.125", "--epochs", "3", "--lr", "0.05", "--no-augment", "--quiet",
+                 "--out", str(out)])
+    assert code == 0
+    assert out.is_file() and out.with_suffix(".config.json").is_file()
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    accuracy = float(printed.strip().split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.3  # ten bar classes, well above chance after three epochs
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--arch", "vgg99"], "unknown model 'vgg99'"),
+        (["train", "--width", "0"], "width must be in"),
+        (["train", "--width", "-0.5"], "width must be in"),
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--data-dir", "/nonexistent/dir", "--epochs", "1"],
+         "apt-get install dataset-fashion-mnist"),
+        (["train", "--config", "/nonexistent.toml"], "config file '/nonexistent.toml'"),
+        (["eval", "/nonexistent.safetensors"], "does not exist"),
+    ],
+)
+def test_bad_arguments_give_a_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_config_key_and_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text('arch = "vgg11"\nlearning_rate = 0.1\n')
+    assert main(["train", "--config", str(tmp_path / "c.toml")]) == 2
+    assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    assert main(["eval", str(tmp_path / "bad.safetensors")]) == 2
+    assert "safetensors" in capsys.readouterr().err

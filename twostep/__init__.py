@@ -1,0 +1,1 @@
+"""The `twostep` command line: a thin layer that parses arguments and calls the packages."""

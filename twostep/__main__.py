@@ -1,0 +1,3 @@
+from twostep.cli import main
+
+raise SystemExit(main())

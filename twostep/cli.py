@@ -1,0 +1,73 @@
+"""`twostep <verb>`: parses arguments and dispatches to one module per verb.
+
+Verb modules are imported lazily so `twostep --help` stays fast and Ray is imported only by the
+verbs that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+# verb -> (module under twostep.commands, one-line description)
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a model from a config file and/or flags"),
+    "eval": ("evaluate", "report the test accuracy of a checkpoint"),
+    "profile": ("profile", "measure per-layer latency and write a profile (JSON)"),
+    "plan": ("plan", "choose the best (variant, split) for a bandwidth and constraint"),
+    "prune": ("prune", "run 2-step pruning (in-process, or on Ray Tune with --ray)"),
+    "series": ("series", "inspect a model series (series show DIR)"),
+    "serve": ("serve", "serve split inference of a model series on Ray Serve"),
+    "device": ("device", "run a variant's head locally and send frames to the edge"),
+    "demo": ("demo", "the end-to-end demo on the embedded default"),
+    "bench": ("bench", "compare split strategies over a link, side by side"),
+}
+
+
+class UsageError(ValueError):
+    """A bad command-line value; printed as `twostep: error: ...` with exit code 2."""
+
+
+def _available_verbs() -> dict[str, tuple[str, str]]:
+    return {
+        verb: (module, text)
+        for verb, (module, text) in VERBS.items()
+        if importlib.util.find_spec(f"twostep.commands.{module}") is not None
+    }
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        prog="twostep",
+        description="2-step pruning for device-edge split inference, served with Ray.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    modules = {}
+    for verb, (module, text) in _available_verbs().items():
+        sub_parser = sub.add_parser(verb, help=text, description=text)
+        mod = importlib.import_module(f"twostep.commands.{module}")
+        mod.add_arguments(sub_parser)
+        modules[verb] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(f"twostep.commands.{modules[args.verb]}")
+    try:
+        return int(mod.run(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("TWOSTEP_DEBUG"):
+            raise
+        print(f"twostep {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"twostep {args.verb}: interrupted", file=sys.stderr)
+        return 130
