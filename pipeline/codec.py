@@ -139,7 +139,7 @@ def encode_frame(x: Any, config: CodecConfig = CodecConfig(), variant_tag: int =
     """
     arr = _to_float32(x)
     _check_shape(arr.shape, config)
-    if isinstance(variant_tag, bool) or not 0 <= variant_tag <= _MAX_TAG:
+    if type(variant_tag) is not int or not 0 <= variant_tag <= _MAX_TAG:
         raise ValueError(f"variant_tag={variant_tag!r} must be an int in 0..{_MAX_TAG}")
     if config.bits == FLOAT_BITS:
         scale = zero_point = np.zeros((), np.float32)
@@ -195,7 +195,7 @@ def decode_frame(
     scale, zero_point, body = _split_payload(header, payload)
     n = header.num_elements
     size = _body_bytes(n, header.bits)
-    raw = _decompress(bytes(body), size) if header.codec == CODEC_LZ4 else body
+    raw = _decompress(body, size) if header.codec == CODEC_LZ4 else body
     if len(raw) != size:
         raise LengthMismatch(f"raw body is {len(raw)} bytes, shape {header.shape} implies {size}")
     if header.bits == FLOAT_BITS:
@@ -332,7 +332,7 @@ def _compress(body: bytes) -> tuple[int, bytes]:
     return (CODEC_LZ4, packed) if len(packed) < len(body) else (CODEC_RAW, body)
 
 
-def _decompress(body: bytes, size: int) -> bytes:
+def _decompress(body: bytes | memoryview, size: int) -> bytes:
     try:
         raw = lz4.block.decompress(body, uncompressed_size=size)
     except (lz4.block.LZ4BlockError, ValueError, OverflowError) as err:

@@ -112,3 +112,64 @@ def write_config(config: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as JSON next to an output."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """2-step pruning of a base checkpoint into a model series (defaults: the CPU demo)."""
+
+    base: str = "runs/train/model.safetensors"
+    out: str = "runs/series"
+    dataset: str = "fashion-mnist"
+    data_dir: str = DEFAULT_FASHION_MNIST_DIR
+    val_fraction: float = 0.1
+    train_subset: int = 0
+    val_subset: int = 0
+    test_subset: int = 0
+    seed: int = 0
+    threads: int = 0
+    batch_size: int = 128
+    criterion: str = "taylor"
+    rank_batches: int = 10
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    min_width: int = 1
+    step1_divisor: int = 16
+    step1_finetune_epochs: float = 1.0
+    step1_budget: float = 0.01
+    step1_target_mac_reduction: float = 0.0
+    step1_max_iterations: int = 40
+    step2_splits: tuple[str, ...] = ()
+    step2_steps: int = 16
+    step2_finetune_epochs: float = 0.5
+    codec_bits: int = 8
+    codec_per_channel: bool = False
+    bytes_images: int = 200
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.criterion not in ("taylor", "l1"):
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose taylor or l1")
+        _check_range("val_fraction", self.val_fraction, 0.0, 0.9, low_open=True)
+        for key in ("train_subset", "val_subset", "test_subset"):
+            _check_range(key, getattr(self, key), 0, 10**9)
+        _check_range("batch_size", self.batch_size, 1, 65_536)
+        _check_range("rank_batches", self.rank_batches, 1, 100_000)
+        _check_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True)
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("min_width", self.min_width, 1, 8192)
+        _check_range("step1_divisor", self.step1_divisor, 1, 100_000)
+        _check_range("step1_finetune_epochs", self.step1_finetune_epochs, 0.0, 1000.0)
+        _check_range("step1_budget", self.step1_budget, 0.0, 1.0)
+        _check_range("step1_target_mac_reduction", self.step1_target_mac_reduction, 0.0, 1e6)
+        _check_range("step1_max_iterations", self.step1_max_iterations, 0, 100_000)
+        _check_range("step2_steps", self.step2_steps, 1, 1000)
+        _check_range("step2_finetune_epochs", self.step2_finetune_epochs, 0.0, 1000.0)
+        _check_range("codec_bits", self.codec_bits, 4, 8)
+        _check_range("bytes_images", self.bytes_images, 1, 100_000)
+        _check_range("threads", self.threads, 0, 1024)
+        object.__setattr__(self, "step2_splits", tuple(self.step2_splits))

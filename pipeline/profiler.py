@@ -1,9 +1,10 @@
 """Per-stage latency profiles of a model, and the versioned JSON document that stores them.
 
 Each stage of `model.ordered_stages()` is timed alone on its real input (the previous stage's
-output), with warm-up and the median of several repetitions taken round-robin over the stages. Cumulative sums give, for every
-split point, the head time (stages up to the split) and the tail time (stages after it). The whole
-forward is timed too, so the gap between the sum of stages and one forward pass is visible.
+output), with warm-up and the median of several repetitions taken round-robin over the stages.
+Cumulative sums give, for every split point, the head time (stages up to the split) and the tail
+time (stages after it). The whole forward is timed too, so the gap between the sum of stages and
+one forward pass is visible.
 
 Profile document (`twostep-profile/1`)::
 
@@ -137,24 +138,36 @@ def profile_model(
             stage_input = module(stage_input)
         calls.append(functools.partial(model, x))
         *stage_ms, whole_ms = _median_ms(calls, warmup, repeats, device)
-    layers = [{"name": name, "ms": ms} for (name, _), ms in zip(stages, stage_ms, strict=True)]
+    entry = timings_from_layers([name for name, _ in stages], stage_ms, whole_ms)
+    return {"spec": spec.to_dict(), **entry}
+
+
+def timings_from_layers(
+    names: list[str], layer_ms: list[float], whole_ms: float | None = None
+) -> dict:
+    """A variant entry (layers, cumulative head_ms/tail_ms, total_ms) from per-layer times.
+
+    Args:
+        names: the split point each layer produces, in forward order, ending with `output`.
+        layer_ms: each layer's time.
+        whole_ms: the time of one whole forward pass, if measured.
+    """
+    if len(names) != len(layer_ms) or not names or names[-1] != "output" or "input" in names:
+        raise ValueError(f"layers must be named in order up to 'output', got {names}")
+    layers = [{"name": name, "ms": _time(f"layer {name!r}", ms)} for name, ms in zip(
+        names, layer_ms, strict=True)]
     total = math.fsum(layer["ms"] for layer in layers)
     head_ms = {"input": 0.0}
     running = 0.0
     for layer in layers:
         running += layer["ms"]
-        head_ms[layer["name"]] = running
+        head_ms[layer["name"]] = min(running, total)
     head_ms["output"] = total
-    tail_ms = {split: max(0.0, total - ms) for split, ms in head_ms.items()}
-    tail_ms["output"] = 0.0
-    return {
-        "spec": spec.to_dict(),
-        "layers": layers,
-        "head_ms": head_ms,
-        "tail_ms": tail_ms,
-        "total_ms": total,
-        "whole_ms": whole_ms,
-    }
+    tail_ms = {split: total - ms for split, ms in head_ms.items()}
+    entry = {"layers": layers, "head_ms": head_ms, "tail_ms": tail_ms, "total_ms": total}
+    if whole_ms is not None:
+        entry["whole_ms"] = _time("whole_ms", whole_ms)
+    return entry
 
 
 def profile_document(

@@ -10,9 +10,11 @@ call `table.select(link, ...)` per request in tens of microseconds.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from pipeline.models.registry import ArchSpec
 from pipeline.profiler import validate_profile, variant_timings
 
 SERIES_FORMAT = "twostep-series/1"
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
 BYTE_STATS = {"mean": "bytes_mean", "p95": "bytes_p95"}
 # Strategy labels: a split of a series model, or one of the baselines of the paper.
 SPLIT, RAW_INPUT, JPEG_INPUT, ON_DEVICE = "split", "raw-input", "jpeg-input", "all-on-device"
@@ -236,12 +240,39 @@ def _check_manifest(manifest: object) -> list[dict]:
     variants = manifest.get("variants")
     if not isinstance(variants, list) or not variants:
         raise ValueError("series manifest has no variants")
+    seen = set()
     for i, variant in enumerate(variants):
         if not isinstance(variant, dict) or not isinstance(variant.get("id"), str):
             raise ValueError(f"series variant {i} must be an object with an 'id' string")
+        if variant["id"] in seen:
+            raise ValueError(f"series variant id {variant['id']!r} appears twice")
+        seen.add(variant["id"])
         if not isinstance(variant.get("splits"), dict):
             raise ValueError(f"series variant {variant['id']!r} has no 'splits' object")
     return variants
+
+
+def read_manifest(path: str | Path) -> tuple[Path, dict]:
+    """(series directory, manifest dict) from a series directory or its `manifest.json`.
+
+    Only what selection and profiling need is checked: the format and each variant's `id` and
+    `splits`.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME if path.is_dir() else path
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no series manifest at {str(manifest_path)!r}")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest {manifest_path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"manifest {manifest_path} is not valid JSON: {err}") from err
+    try:
+        _check_manifest(manifest)
+    except ValueError as err:
+        raise ValueError(f"manifest {manifest_path}: {err}") from err
+    return manifest_path.parent, manifest
 
 
 def _profile_time(profile: dict, vid: str, key: str, split: str, which: str) -> float:

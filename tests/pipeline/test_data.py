@@ -3,9 +3,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 from PIL import Image
 
-from conftest import write_idx
 from pipeline.data import (
     DatasetError,
     augment,

@@ -1,0 +1,208 @@
+"""2-step pruning of a base checkpoint into a series store, in-process and resumable.
+
+The Ray Tune launcher reuses `PruneContext`, `record_variant`, `step2_layers` and the iteration
+functions of `pipeline.steps`; this module is the single-process driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.codec import CodecConfig
+from pipeline.config import PruneConfig
+from pipeline.data import DataInfo, Splits, load_splits, normalize
+from pipeline.models.registry import ArchSpec
+from pipeline.models.vgg import VGG
+from pipeline.series import SeriesError, SeriesStore, variant_id
+from pipeline.split import pruned_layer, split_points, total_macs
+from pipeline.split_bytes import measure_split_bytes
+from pipeline.steps import Snapshot, run_step1, run_step2, step2_ladder
+from pipeline.train import evaluate, set_threads
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PruneContext:
+    """What every pruning iteration needs: config, data, and the images bytes are measured on."""
+
+    config: PruneConfig
+    splits: Splits
+    byte_images: torch.Tensor
+
+    @property
+    def codec(self) -> CodecConfig:
+        return CodecConfig(bits=self.config.codec_bits, per_channel=self.config.codec_per_channel)
+
+
+def load_context(config: PruneConfig, info: DataInfo | None = None) -> PruneContext:
+    """Load the data `config` names (with seeded subsets) and pick the byte-measurement images."""
+    set_threads(config.threads)
+    splits = load_splits(config.dataset, config.data_dir, config.val_fraction,
+                         config.train_subset, config.test_subset, config.seed)
+    if info is not None:
+        splits.info = info  # normalise exactly as the base model was trained
+    if config.val_subset:
+        splits.val = splits.val.take(torch.arange(min(config.val_subset, len(splits.val))))
+    images = splits.test.images[: config.bytes_images]
+    return PruneContext(config, splits, normalize(images, splits.info))
+
+
+def step2_layers(spec: ArchSpec, config: PruneConfig) -> dict[str, list[str]]:
+    """Layer to prune -> the chosen split points it sets the size of.
+
+    A conv and the pool after it share one layer, so they share one step-2 series.
+    """
+    points = [p for p in split_points(spec) if p not in ("input", "output")]
+    chosen = list(config.step2_splits) or points
+    layers: dict[str, list[str]] = {}
+    for split in chosen:
+        if split not in points:
+            raise ValueError(f"step-2 split {split!r} is not a prunable split point of "
+                             f"{spec.arch}; choose from {', '.join(points)}")
+        layers.setdefault(pruned_layer(spec, split), []).append(split)
+    governed = {p: pruned_layer(spec, p) for p in points}
+    return {layer: [p for p in points if governed[p] == layer] for layer in layers}
+
+
+def describe_variant(
+    ctx: PruneContext, model: VGG, spec: ArchSpec, *, step: int, iteration: int,
+    val_accuracy: float, offered_splits: list[str], layer: str | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """A manifest entry for a model: test accuracy, MACs, and bytes per offered split."""
+    vid = variant_id(spec.arch, step, iteration, layer)
+    return {
+        "id": vid, "step": step, "layer": layer,
+        "split": offered_splits[0] if step == 2 else None,
+        "iteration": iteration, "val_accuracy": val_accuracy,
+        "test_accuracy": evaluate(model, ctx.splits.test, ctx.splits.info),
+        "macs": total_macs(spec),
+        "splits": measure_split_bytes(model, spec, ctx.byte_images, offered_splits, ctx.codec,
+                                      vid),
+        **(extra or {}),
+    }
+
+
+def record_variant(store: SeriesStore, ctx: PruneContext, model: VGG, spec: ArchSpec,
+                   **fields) -> dict:
+    """`describe_variant`, then add the variant (weights and entry) to the store."""
+    return store.add_variant(model, spec, describe_variant(ctx, model, spec, **fields))
+
+
+def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInfo) -> SeriesStore:
+    """Open the series at `config.out` to resume it, or create it; a series made with another
+    config is refused rather than mixed."""
+    config_dict = dataclasses.asdict(config)
+    config_dict["step2_splits"] = list(config.step2_splits)
+    if (Path(config.out) / "manifest.json").exists():
+        store = SeriesStore.open(config.out)
+        previous = {k: v for k, v in store.manifest.get("config", {}).items() if k != "step2_splits"}
+        current = {k: v for k, v in config_dict.items() if k != "step2_splits"}
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise SeriesError(f"{config.out} holds a series made with other settings "
+                              f"({', '.join(changed)}); choose another output directory")
+        return store
+    codec = {"bits": config.codec_bits, "per_channel": config.codec_per_channel, "compress": True}
+    return SeriesStore.create(config.out, base_spec, info.to_dict(), codec, config_dict)
+
+
+def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneContext, VGG, ArchSpec]:
+    """Load the base checkpoint and data, open/create the store, record the base variant."""
+    base_model, base_spec, meta = load_checkpoint(config.base)
+    info = DataInfo.from_dict(meta["data"]) if "data" in meta else None
+    ctx = load_context(config, info)
+    store = open_or_create_store(config, base_spec, ctx.splits.info)
+    if store.manifest["base"] is None:
+        log("measuring the base model ...")
+        val = evaluate(base_model, ctx.splits.val, ctx.splits.info)
+        entry = record_variant(store, ctx, base_model, base_spec, step=0, iteration=0,
+                               val_accuracy=val, offered_splits=split_points(base_spec))
+        store.set_field("base", entry["id"])
+    return store, ctx, base_model, base_spec
+
+
+def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
+                log: Log = print) -> tuple[VGG, ArchSpec]:
+    """Run (or resume) step 1; every accepted iteration is a variant; returns the kept model."""
+    if store.manifest["step1"] is not None:
+        model, spec, _ = store.load_model(store.manifest["step1"])
+        return model, spec
+    base = store.get(store.manifest["base"])
+    done = [v for v in store.variants if v["step"] == 1]
+    last = max(done, key=lambda v: v["iteration"]) if done else base
+    model, spec, _ = store.load_model(last["id"])
+    bar = tqdm(desc="step 1", total=ctx.config.step1_max_iterations, initial=last["iteration"],
+               disable=not progress, unit="it")
+    kept = last
+    for snap in run_step1(model, spec, ctx.splits, ctx.config, base["val_accuracy"],
+                          start_iteration=last["iteration"]):
+        bar.update(1)
+        bar.set_postfix(val=f"{snap.val_accuracy:.4f}",
+                        macs=f"{base['macs'] / snap.macs:.2f}x")
+        if snap.accepted:
+            kept = record_variant(store, ctx, snap.model, snap.spec, step=1,
+                                  iteration=snap.iteration, val_accuracy=snap.val_accuracy,
+                                  offered_splits=split_points(snap.spec),
+                                  extra={"removed": snap.removed})
+        if snap.stop_reason:
+            log(f"step 1 stopped at iteration {snap.iteration}: {snap.stop_reason}")
+    bar.close()
+    if kept["step"] != 1:
+        log("step 1 kept no iteration (the first already broke the budget); "
+            "step 2 starts from the base model")
+    store.set_field("step1", kept["id"])
+    model, spec, _ = store.load_model(kept["id"])
+    return model, spec
+
+
+def prune_step2_layer(
+    store: SeriesStore, ctx: PruneContext, layer: str, offered: list[str],
+    step1_model: VGG, step1_spec: ArchSpec, on_snapshot: Callable[[Snapshot], None] | None = None,
+) -> list[dict]:
+    """Run (or resume) the step-2 ladder of one layer; returns its variants' entries."""
+    ladder = step2_ladder(step1_spec, layer, ctx.config)
+    entries = [v for v in store.variants if v["step"] == 2 and v["layer"] == layer]
+    done = len(entries)
+    model, spec = step1_model, step1_spec
+    if done:
+        model, spec, _ = store.load_model(variant_id(step1_spec.arch, 2, done, layer))
+    for snap in run_step2(model, spec, layer, ctx.splits, ctx.config, ladder, done):
+        entries.append(record_variant(
+            store, ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,
+            val_accuracy=snap.val_accuracy, offered_splits=offered, layer=layer,
+            extra={"ladder": ladder}))
+        if on_snapshot is not None:
+            on_snapshot(snap)
+    return entries
+
+
+def prune_series(config: PruneConfig, steps: str = "both", progress: bool = True,
+                 log: Log = print) -> SeriesStore:
+    """The whole in-process procedure: base -> step 1 -> step 2 for every chosen layer."""
+    if steps not in ("1", "2", "both"):
+        raise ValueError(f"steps must be 1, 2 or both, got {steps!r}")
+    store, ctx, _, _ = prepare(config, log)
+    if steps == "2" and store.manifest["step1"] is None:
+        raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
+    step1_model, step1_spec = prune_step1(store, ctx, progress, log)
+    if steps == "1":
+        return store
+    layers = step2_layers(step1_spec, config)
+    total = sum(len(step2_ladder(step1_spec, layer, config)) for layer in layers)
+    already = sum(1 for v in store.variants if v["step"] == 2)
+    bar = tqdm(desc="step 2", total=total, initial=already, disable=not progress, unit="it")
+    for layer, offered in layers.items():
+        bar.set_postfix(layer=layer)
+        prune_step2_layer(store, ctx, layer, offered, step1_model, step1_spec,
+                          on_snapshot=lambda snap: bar.update(1))
+    bar.close()
+    return store

@@ -1,0 +1,176 @@
+"""The two pruning procedures, one iteration per call, plus in-process drivers.
+
+Step 1 prunes the whole network for computation: rank every filter, remove the globally lowest,
+fine-tune, evaluate; stop at an accuracy budget (rolling back to the last iteration within it) or
+at a target MAC reduction. Step 2 prunes one layer (the one before a split point) down a width
+ladder, fine-tuning after each cut; every iteration is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.config import PruneConfig
+from pipeline.data import Splits
+from pipeline.models.registry import ArchSpec
+from pipeline.models.vgg import VGG
+from pipeline.schedule import step1_filters_per_iteration, step2_widths
+from pipeline.split import total_macs
+from pipeline.surgery import remove_filters
+from pipeline.taylor import lowest_filters, rank_filters
+from pipeline.train import evaluate, make_optimizer, train_one_epoch
+
+
+@dataclass
+class Snapshot:
+    """A model at one iteration of a procedure, with what was measured on it."""
+
+    model: VGG
+    spec: ArchSpec
+    iteration: int
+    val_accuracy: float
+    macs: int
+    removed: dict[str, int] = field(default_factory=dict)
+    accepted: bool = True
+    stop_reason: str | None = None
+
+
+def derive_seed(seed: int, *names: str) -> int:
+    """A seed for one procedure (e.g. step 2 of one layer) independent of execution order."""
+    digest = hashlib.sha256(":".join([str(seed), *names]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)
+
+
+def finetune(
+    model: VGG, splits: Splits, config: PruneConfig, epochs: float, generator: torch.Generator,
+) -> None:
+    """SGD (momentum, weight decay) at a constant LR for a possibly fractional number of epochs."""
+    if epochs <= 0:
+        return
+    optimizer = make_optimizer(model, config.finetune_lr, config.momentum, config.weight_decay)
+    batches_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    remaining = max(1, round(epochs * batches_per_epoch))
+    while remaining > 0:
+        batches = min(remaining, batches_per_epoch)
+        train_one_epoch(model, splits.train, splits.info, optimizer, generator, config.batch_size,
+                        config.augment, max_batches=batches)
+        remaining -= batches
+
+
+# ---- step 1 -------------------------------------------------------------------------------
+
+def step1_iteration(
+    model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
+    filters_per_iteration: int, iteration: int,
+) -> Snapshot:
+    """Rank all filters, remove the globally lowest, fine-tune, evaluate on validation."""
+    scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
+                          config.rank_batches, config.batch_size)
+    removals = lowest_filters(scores, filters_per_iteration, config.min_width)
+    if not removals:
+        return Snapshot(model, spec, iteration, float("nan"), total_macs(spec), accepted=False,
+                        stop_reason="every layer is at its minimum width")
+    new_model, new_spec = remove_filters(model, spec, removals)
+    finetune(new_model, splits, config, config.step1_finetune_epochs, generator)
+    accuracy = evaluate(new_model, splits.val, splits.info)
+    return Snapshot(new_model, new_spec, iteration, accuracy, total_macs(new_spec),
+                    {k: len(v) for k, v in removals.items()})
+
+
+def step1_verdict(
+    snapshot: Snapshot, baseline_val: float, base_macs: int, config: PruneConfig
+) -> tuple[bool, str | None]:
+    """(accept this iteration, reason to stop or None) for a step-1 iteration.
+
+    An iteration below `baseline - budget` is rejected and stops the procedure (rollback to the
+    previous one); an accepted iteration stops it when it reaches the MAC target or the last
+    allowed iteration.
+    """
+    if snapshot.stop_reason is not None:
+        return False, snapshot.stop_reason
+    if snapshot.val_accuracy < baseline_val - config.step1_budget:
+        return False, (f"validation accuracy {snapshot.val_accuracy:.4f} fell below the budget "
+                       f"{baseline_val - config.step1_budget:.4f}: rolled back")
+    reduction = base_macs / snapshot.macs
+    if config.step1_target_mac_reduction and reduction >= config.step1_target_mac_reduction:
+        return True, f"reached the MAC reduction target ({reduction:.2f}x)"
+    if snapshot.iteration >= config.step1_max_iterations:
+        return True, f"reached step1_max_iterations ({config.step1_max_iterations})"
+    return True, None
+
+
+def run_step1(
+    model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
+    start_iteration: int = 0,
+) -> Iterator[Snapshot]:
+    """Yield every step-1 iteration (accepted or not) until the procedure stops.
+
+    The model to keep is the last snapshot with `accepted=True` (or the input model if none).
+    """
+    base_macs = total_macs(spec)
+    per_iteration = step1_filters_per_iteration(sum(spec.widths), config.step1_divisor)
+    iteration = start_iteration
+    while iteration < config.step1_max_iterations:
+        iteration += 1
+        generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
+        snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration)
+        snapshot.accepted, snapshot.stop_reason = step1_verdict(
+            snapshot, baseline_val, base_macs, config)
+        yield snapshot
+        if not snapshot.accepted or snapshot.stop_reason:
+            return
+        model, spec = snapshot.model, snapshot.spec
+
+
+# ---- step 2 -------------------------------------------------------------------------------
+
+def step2_iteration(
+    model: VGG, spec: ArchSpec, layer: str, target_width: int, splits: Splits,
+    config: PruneConfig, generator: torch.Generator, iteration: int,
+) -> Snapshot:
+    """Prune only `layer` down to `target_width` filters (lowest ranked), fine-tune, evaluate."""
+    width = spec.width_of()[layer]
+    if not 1 <= target_width < width:
+        raise ValueError(f"{layer} has {width} filters; target width {target_width} is not below")
+    scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
+                          config.rank_batches, config.batch_size, layers=[layer])
+    removals = lowest_filters(scores, width - target_width, min_width=target_width)
+    new_model, new_spec = remove_filters(model, spec, removals)
+    finetune(new_model, splits, config, config.step2_finetune_epochs, generator)
+    accuracy = evaluate(new_model, splits.val, splits.info)
+    return Snapshot(new_model, new_spec, iteration, accuracy, total_macs(new_spec),
+                    {layer: width - target_width})
+
+
+def step2_ladder(spec: ArchSpec, layer: str, config: PruneConfig) -> list[int]:
+    """The widths step 2 visits for `layer`, from the step-1 width downwards."""
+    return step2_widths(spec.width_of()[layer], config.step2_steps, config.min_width)
+
+
+def run_step2(
+    model: VGG, spec: ArchSpec, layer: str, splits: Splits, config: PruneConfig,
+    ladder: list[int] | None = None, done: int = 0,
+) -> Iterator[Snapshot]:
+    """Yield one snapshot per width of the ladder; each is a variant of the series.
+
+    Args:
+        model, spec: the step-1 model, or iteration `done`'s model when resuming.
+        ladder: the widths to visit (default: `step2_ladder` of the step-1 spec).
+        done: iterations already finished (resume after them).
+    """
+    if ladder is None:
+        if done:
+            raise ValueError("resuming step 2 needs the original ladder")
+        ladder = step2_ladder(spec, layer, config)
+    for iteration in range(done + 1, len(ladder) + 1):
+        generator = torch.Generator().manual_seed(
+            derive_seed(config.seed, "step2", layer, str(iteration)))
+        snapshot = step2_iteration(model, spec, layer, ladder[iteration - 1], splits, config,
+                                   generator, iteration)
+        yield snapshot
+        model, spec = snapshot.model, snapshot.spec
