@@ -80,9 +80,7 @@ def measure_codec(tensor: np.ndarray, config: CodecConfig, repeats: int = 20) ->
     packed = plain[HEADER_BYTES + params :]
     compressed = lz4.block.compress(packed, store_size=False)
     compress_s = _median_s(lambda: lz4.block.compress(packed, store_size=False), repeats)
-    decompress_s = _median_s(
-        lambda: lz4.block.decompress(compressed, uncompressed_size=len(packed)), repeats
-    )
+    decompress_s = _median_s(lambda: lz4.block.decompress(compressed, uncompressed_size=len(packed)), repeats)
     return {
         "elements": tensor.size,
         "raw_bytes": tensor.size * 4,

@@ -86,16 +86,13 @@ class CodecConfig:
 
     def __post_init__(self) -> None:
         if type(self.bits) is not int or self.bits not in SUPPORTED_BITS:
-            raise ValueError(
-                f"bits={self.bits!r} is unsupported; valid values are {SUPPORTED_BITS}"
-            )
+            raise ValueError(f"bits={self.bits!r} is unsupported; valid values are {SUPPORTED_BITS}")
         for name in ("per_channel", "compress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.per_channel and self.bits == FLOAT_BITS:
             raise ValueError(
-                "per_channel=True needs quantisation; valid bits are "
-                f"{QUANT_BITS}, got bits={FLOAT_BITS}"
+                f"per_channel=True needs quantisation; valid bits are {QUANT_BITS}, got bits={FLOAT_BITS}"
             )
 
 
@@ -161,12 +158,10 @@ def encode_frame(x: Any, config: CodecConfig = CodecConfig(), variant_tag: int =
         variant_tag=variant_tag,
         payload_bytes=len(params) + len(body),
     )
-    return pack_frame(header, params + body)
+    return pack_frame(header, params + body if params else body)
 
 
-def decode_frame(
-    frame: bytes, max_elements: int = 1 << 24, expected_tag: int | None = None
-) -> DecodedFrame:
+def decode_frame(frame: bytes, max_elements: int = 1 << 24, expected_tag: int | None = None) -> DecodedFrame:
     """Validate a wire frame and decode its tensor.
 
     Every header field and bound is checked before anything sized from the header is
@@ -191,7 +186,7 @@ def decode_frame(
         raise VariantMismatch(
             f"frame carries variant tag {header.variant_tag:#010x}, expected {expected_tag:#010x}"
         )
-    payload = memoryview(frame)[HEADER_BYTES:]
+    payload = memoryview(frame).cast("B")[HEADER_BYTES:]
     scale, zero_point, body = _split_payload(header, payload)
     n = header.num_elements
     size = _body_bytes(n, header.bits)
@@ -346,9 +341,7 @@ def _param_block(scale: np.ndarray, zero_point: np.ndarray) -> bytes:
     return scale.astype(_F32).tobytes() + zero_point.astype(_F32).tobytes()
 
 
-def _split_payload(
-    header: Header, payload: memoryview
-) -> tuple[np.ndarray, np.ndarray, memoryview]:
+def _split_payload(header: Header, payload: memoryview) -> tuple[np.ndarray, np.ndarray, memoryview]:
     """Split the payload into (scale, zero_point, coded body), validating the parameters."""
     if not header.per_channel:
         scale = np.asarray(header.scale, np.float32)

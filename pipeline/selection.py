@@ -10,11 +10,9 @@ call `table.select(link, ...)` per request in tens of microseconds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +21,6 @@ from pipeline.models.registry import ArchSpec
 from pipeline.profiler import validate_profile, variant_timings
 
 SERIES_FORMAT = "twostep-series/1"
-MANIFEST_NAME = "manifest.json"
-MAX_MANIFEST_BYTES = 64 << 20
 BYTE_STATS = {"mean": "bytes_mean", "p95": "bytes_p95"}
 # Strategy labels: a split of a series model, or one of the baselines of the paper.
 SPLIT, RAW_INPUT, JPEG_INPUT, ON_DEVICE = "split", "raw-input", "jpeg-input", "all-on-device"
@@ -131,10 +127,11 @@ class CandidateTable:
         self.tail_ms = np.array([c.tail_ms for c in candidates], dtype=np.float64)
         self.compute_ms = self.head_ms + self.tail_ms
         self.sends = self.bytes_sent > 0
-        # Rank of (id, split, strategy) in sorted order: the last tie-breaker.
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        self.key_rank = np.empty(len(keys), dtype=np.int64)
-        self.key_rank[order] = np.arange(len(keys))
+        self.neg_accuracy = -self.accuracy
+        # Rank by (bytes, id, split, strategy): the tie-breakers after latency and accuracy.
+        order = sorted(range(len(keys)), key=lambda i: (candidates[i].bytes_sent, keys[i]))
+        self.tie_rank = np.empty(len(keys), dtype=np.int64)
+        self.tie_rank[order] = np.arange(len(keys))
 
     @classmethod
     def from_candidates(cls, candidates: Sequence[Candidate]) -> CandidateTable:
@@ -151,7 +148,7 @@ class CandidateTable:
 
     def _order(self, keys: tuple[np.ndarray, ...], rows: np.ndarray | None = None) -> np.ndarray:
         """Positions of `rows` (default all) sorted by `keys`, then bytes, then id/split."""
-        columns = (*keys, self.bytes_sent, self.key_rank)
+        columns = (*keys, self.tie_rank)
         if rows is not None:
             columns = tuple(column[rows] for column in columns)
         # np.lexsort sorts by its last key first.
@@ -182,8 +179,8 @@ class CandidateTable:
         _check_constraint(accuracy_floor, latency_budget_ms, top_k)
         transfer = self.transfer_ms(link)
         total = self.compute_ms + transfer
-        by_latency = (total, -self.accuracy)
-        by_accuracy = (-self.accuracy, total)
+        by_latency = (total, self.neg_accuracy)
+        by_accuracy = (self.neg_accuracy, total)
         if accuracy_floor is not None:
             feasible = np.flatnonzero(self.accuracy >= accuracy_floor)
             primary, fallback = by_latency, by_accuracy
@@ -252,27 +249,16 @@ def _check_manifest(manifest: object) -> list[dict]:
     return variants
 
 
-def read_manifest(path: str | Path) -> tuple[Path, dict]:
-    """(series directory, manifest dict) from a series directory or its `manifest.json`.
-
-    Only what selection and profiling need is checked: the format and each variant's `id` and
-    `splits`.
-    """
-    path = Path(path)
-    manifest_path = path / MANIFEST_NAME if path.is_dir() else path
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no series manifest at {str(manifest_path)!r}")
-    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ValueError(f"manifest {manifest_path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"manifest {manifest_path} is not valid JSON: {err}") from err
-    try:
-        _check_manifest(manifest)
-    except ValueError as err:
-        raise ValueError(f"manifest {manifest_path}: {err}") from err
-    return manifest_path.parent, manifest
+def _check_same_spec(variant: dict, profile: dict, which: str) -> None:
+    """Refuse a stale profile: one measured on other widths than the variant has now."""
+    measured = variant_timings(profile, variant["id"]).get("spec")
+    if measured is None or variant.get("spec") is None:
+        return
+    if ArchSpec.from_dict(measured) != ArchSpec.from_dict(variant["spec"]):
+        raise ValueError(
+            f"the {which} profile of variant {variant['id']!r} was measured on another "
+            "architecture than the manifest's (a stale profile?): profile it again"
+        )
 
 
 def _profile_time(profile: dict, vid: str, key: str, split: str, which: str) -> float:
@@ -307,6 +293,8 @@ def candidates_from_series(
     for variant in _check_manifest(manifest):
         vid = variant["id"]
         accuracy = variant_accuracy(variant)
+        _check_same_spec(variant, device_profile, "device")
+        _check_same_spec(variant, edge_profile, "edge")
         for split, stats in variant["splits"].items():
             if not isinstance(stats, dict) or key not in stats:
                 raise ValueError(f"series variant {vid!r} split {split!r} lacks {key!r}")

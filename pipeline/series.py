@@ -46,7 +46,7 @@ def variant_id(arch: str, step: int, iteration: int, layer: str | None = None) -
 def _write_json_atomic(path: Path, document: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(document, f, indent=1, sort_keys=True)
+        json.dump(document, f, indent=1)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -73,7 +73,8 @@ def validate_manifest(document: object, where: str = "manifest") -> dict:
             raise SeriesError(f"{where}: variant #{i} has a bad or duplicate id {v['id']!r}")
         if not isinstance(v["weights"], str) or not v["weights"].startswith("weights/") or \
                 ".." in v["weights"]:
-            raise SeriesError(f"{where}: variant {v['id']} has a bad weights path")
+            raise SeriesError(f"{where}: variant {v['id']} has a bad weights path {v['weights']!r} "
+                              "(must be weights/<file> inside the series)")
         seen.add(v["id"])
     return document
 

@@ -78,7 +78,7 @@ def taylor_scores(
             model.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
     model.zero_grad(set_to_none=True)
-    return sums
+    return {name: sums[name] for name in layers}  # backward filled `sums` in reverse order
 
 
 def l1_scores(model: VGG, layers: list[str] | None = None) -> dict[str, torch.Tensor]:

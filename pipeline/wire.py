@@ -143,7 +143,7 @@ def pack_frame(header: Header, payload: bytes) -> bytes:
         header.payload_bytes,
     )
     crc = zlib.crc32(payload, zlib.crc32(prefix))
-    return prefix + _CRC.pack(crc) + payload
+    return b"".join((prefix, _CRC.pack(crc), payload))
 
 
 def parse_header(frame: bytes, max_elements: int) -> Header:
@@ -162,23 +162,20 @@ def parse_header(frame: bytes, max_elements: int) -> Header:
     Raises:
         FrameError: a subclass naming the first check that failed.
     """
-    view = memoryview(frame)
+    view = memoryview(frame).cast("B")
     _check_preamble(view)
     fields = _PREFIX.unpack_from(view)
     (crc,) = _CRC.unpack_from(view, _PREFIX.size)
     payload_bytes = fields[-1]
     if len(view) != HEADER_BYTES + payload_bytes:
-        raise LengthMismatch(
-            f"frame is {len(view)} bytes, header declares {HEADER_BYTES} + {payload_bytes}"
-        )
+        raise LengthMismatch(f"frame is {len(view)} bytes, header declares {HEADER_BYTES} + {payload_bytes}")
     actual = zlib.crc32(view[HEADER_BYTES:], zlib.crc32(view[: _PREFIX.size]))
     if actual != crc:
         raise ChecksumMismatch(f"CRC-32 is {actual:#010x}, header says {crc:#010x}")
     header = _header_from_fields(fields)
     if header.num_elements > max_elements:
         raise ShapeTooLarge(
-            f"shape {header.shape} has {header.num_elements} elements, "
-            f"limit is max_elements={max_elements}"
+            f"shape {header.shape} has {header.num_elements} elements, limit is max_elements={max_elements}"
         )
     return header
 
@@ -191,9 +188,7 @@ def _check_preamble(view: memoryview) -> None:
             f"format version {view[len(MAGIC)]} is not supported; this decoder reads {VERSION}"
         )
     if len(view) < HEADER_BYTES:
-        raise LengthMismatch(
-            f"frame is {len(view)} bytes, shorter than the {HEADER_BYTES}-byte header"
-        )
+        raise LengthMismatch(f"frame is {len(view)} bytes, shorter than the {HEADER_BYTES}-byte header")
 
 
 def _header_from_fields(fields: tuple) -> Header:
@@ -203,9 +198,7 @@ def _header_from_fields(fields: tuple) -> Header:
     if bits not in SUPPORTED_BITS:
         raise BadHeader(f"bits {bits} is unsupported; valid values are {SUPPORTED_BITS}")
     if flags & ~FLAG_PER_CHANNEL:
-        raise BadHeader(
-            f"flags {flags:#04x} set reserved bits; only {FLAG_PER_CHANNEL:#04x} is defined"
-        )
+        raise BadHeader(f"flags {flags:#04x} set reserved bits; only {FLAG_PER_CHANNEL:#04x} is defined")
     if not 1 <= ndim <= MAX_NDIM:
         raise BadHeader(f"ndim {ndim} is out of range; valid values are 1..{MAX_NDIM}")
     if any(dims[ndim:]):
@@ -224,9 +217,7 @@ def _header_from_fields(fields: tuple) -> Header:
     )
 
 
-def _check_quant_fields(
-    bits: int, per_channel: bool, ndim: int, scale: float, zero_point: float
-) -> None:
+def _check_quant_fields(bits: int, per_channel: bool, ndim: int, scale: float, zero_point: float) -> None:
     if per_channel and bits == FLOAT_BITS:
         raise BadHeader("per-channel flag is set, but bits 32 (float32) has no quantisation")
     if per_channel and ndim < 2:

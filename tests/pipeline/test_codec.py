@@ -129,9 +129,7 @@ def test_header_is_35_bytes_and_matches_documented_layout():
     tag = variant_tag("vgg16-spool4-i3")
     frame = encode_frame(x, CodecConfig(bits=8, compress=False), variant_tag=tag)
     assert HEADER_BYTES == 35 == LAYOUT.size + 4
-    magic, version, codec, bits, flags, ndim, *dims, scale, zp, got_tag, length = (
-        LAYOUT.unpack_from(frame)
-    )
+    magic, version, codec, bits, flags, ndim, *dims, scale, zp, got_tag, length = LAYOUT.unpack_from(frame)
     assert (magic, version, codec, bits, flags, ndim) == (b"TS", 1, 0, 8, 0, 4)
     assert dims == [1, 3, 2, 2]
     assert scale == pytest.approx(11 / 255) and zp == 0.0
@@ -381,9 +379,7 @@ def test_constructed_good_frame_decodes():
         pytest.param(build_frame(bytes(4), length=5), LengthMismatch, id="length-field"),
         pytest.param(build_frame(bytes(3)), LengthMismatch, id="raw-short"),
         pytest.param(build_frame(bytes(5)), LengthMismatch, id="raw-long"),
-        pytest.param(
-            refresh(PER_CHANNEL[: HEADER_BYTES + 20]), LengthMismatch, id="pc-params-short"
-        ),
+        pytest.param(refresh(PER_CHANNEL[: HEADER_BYTES + 20]), LengthMismatch, id="pc-params-short"),
         pytest.param(GOOD[:-1] + b"\x09", ChecksumMismatch, id="crc-payload"),
         pytest.param(build_frame(bytes(4), crc=0), ChecksumMismatch, id="crc-zero"),
         pytest.param(GOOD[:10] + b"\x05" + GOOD[11:], ChecksumMismatch, id="crc-header"),
@@ -399,20 +395,14 @@ def test_constructed_good_frame_decodes():
         pytest.param(build_frame(bytes(4), scale=-1.0), BadHeader, id="scale-neg"),
         pytest.param(build_frame(bytes(4), zero_point=float("-inf")), BadHeader, id="zp-inf"),
         pytest.param(build_frame(bytes(16), bits=32, scale=1.0), BadHeader, id="f32-scale"),
-        pytest.param(
-            build_frame(bytes(32), bits=32, flags=1, scale=0.0), BadHeader, id="f32-per-channel"
-        ),
-        pytest.param(
-            build_frame(bytes(36), shape=(4,), flags=1, scale=0.0), BadHeader, id="pc-ndim-1"
-        ),
+        pytest.param(build_frame(bytes(32), bits=32, flags=1, scale=0.0), BadHeader, id="f32-per-channel"),
+        pytest.param(build_frame(bytes(36), shape=(4,), flags=1, scale=0.0), BadHeader, id="pc-ndim-1"),
         pytest.param(
             build_frame(bytes(28), shape=(1, 4), flags=1, scale=0.5),
             BadHeader,
             id="pc-header-scale",
         ),
-        pytest.param(
-            build_frame(b"", shape=(65535, 65535, 65535, 65535)), ShapeTooLarge, id="huge-shape"
-        ),
+        pytest.param(build_frame(b"", shape=(65535, 65535, 65535, 65535)), ShapeTooLarge, id="huge-shape"),
     ],
 )
 def test_decoder_errors(frame, error):
@@ -480,9 +470,7 @@ def test_lz4_body_of_exact_size_decodes():
         build_frame(b"\x00\x01", bits=5, shape=(1, 2)),
         build_frame(b"\x00\x00\xc0\x7f", bits=32, scale=0.0, shape=(1, 1)),
         build_frame(b"\x00\x00\x80\x7f", bits=32, scale=0.0, shape=(1, 1)),
-        build_frame(
-            struct.pack("<ff", float("nan"), 0.0) + b"\x00", flags=1, scale=0.0, shape=(1, 1)
-        ),
+        build_frame(struct.pack("<ff", float("nan"), 0.0) + b"\x00", flags=1, scale=0.0, shape=(1, 1)),
         build_frame(struct.pack("<ff", -1.0, 0.0) + b"\x00", flags=1, scale=0.0, shape=(1, 1)),
         build_frame(struct.pack("<ff", 1.0, np.inf) + b"\x00", flags=1, scale=0.0, shape=(1, 1)),
     ],

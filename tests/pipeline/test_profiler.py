@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.models import build, make_spec
@@ -131,8 +132,10 @@ def _series(root):
         spec = SPEC.with_widths(widths)
         sha = save_checkpoint(root / "weights" / f"{vid}.safetensors", build(spec), spec)
         variants.append({"id": vid, "weights": f"weights/{vid}.safetensors", "sha256": sha,
-                         "spec": spec.to_dict(), "splits": {}})
-    manifest = {"format": "twostep-series/1", "base_spec": SPEC.to_dict(), "variants": variants}
+                         "spec": spec.to_dict(), "splits": {}, "step": 0, "split": None,
+                         "iteration": 0, "val_accuracy": 0.5, "test_accuracy": 0.5, "macs": 1})
+    manifest = {"format": "twostep-series/1", "base_spec": SPEC.to_dict(), "data": {}, "codec": {},
+                "variants": variants}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -148,7 +151,11 @@ def test_cli_profile_series_and_checkpoint(tmp_path, capsys):
     assert "gap" in capsys.readouterr().out
     out = tmp_path / "one.json"
     ckpt = tmp_path / "weights" / "vgg11-s0-i0.safetensors"
-    assert main(["profile", str(ckpt), "-o", str(out), "--repeats", "2", "--threads", "1"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["profile", str(ckpt), "-o", str(out), "--repeats", "2", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert list(load_profile(out)["variants"]) == ["base"]
 
 
@@ -163,6 +170,8 @@ def test_cli_profile_errors_exit_2(tmp_path, capsys):
     assert main(["profile", str(tmp_path), "--repeats", "1"]) == 2
     assert "../outside.safetensors" in capsys.readouterr().err
     assert main(["profile", str(tmp_path / "nope")]) == 2
+    assert main(["profile", str(tmp_path), "--device", "warp-drive"]) == 2
+    assert "warp-drive" in capsys.readouterr().err
     ckpt = tmp_path / "weights" / "vgg11-s0-i0.safetensors"
     assert main(["profile", str(ckpt), "-o", str(tmp_path / "x.json"), "--repeats", "0"]) == 2
     assert "repeats" in capsys.readouterr().err

@@ -5,8 +5,6 @@ candidates when nothing fits, input validation, speed, candidates from a series 
 import json
 import math
 import random
-import statistics
-import time
 
 import pytest
 
@@ -19,7 +17,6 @@ from pipeline.selection import (
     NoFeasibleCandidate,
     baseline_candidates,
     candidates_from_series,
-    read_manifest,
     select,
 )
 from pipeline.split import split_points
@@ -139,7 +136,7 @@ def _random_candidates(n, seed=0):
     ]
 
 
-def test_table_matches_the_plain_loop_and_is_fast():
+def test_table_matches_the_plain_loop():
     candidates = _random_candidates(300)
     table = CandidateTable.from_candidates(candidates)
     link = Link(2e6, rtt_ms=5)
@@ -148,12 +145,6 @@ def test_table_matches_the_plain_loop_and_is_fast():
     total = {c: latency_breakdown(c.head_ms, c.bytes_sent, c.tail_ms, link).total_ms
              for c in feasible}
     assert decision.best == min(feasible, key=total.__getitem__)
-    times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        table.select(link, accuracy_floor=0.85)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 1e-3
 
 
 SPEC = make_spec("vgg11", 0.0625, in_channels=1)
@@ -176,6 +167,7 @@ def _manifest():
         "format": "twostep-series/1",
         "base_spec": spec,
         "codec": {"bits": 8, "per_channel": False, "compress": True},
+        "data": {"name": "tiny"},
         "variants": [
             {"id": "v1", "step": 1, "split": None, "iteration": 2, "spec": spec,
              "val_accuracy": 0.9, "test_accuracy": 0.88, "macs": 10,
@@ -207,6 +199,13 @@ def test_candidates_from_series():
     edge_v1 = profile_document({"v1": edge["variants"]["v1"]}, 1, 1, 1)
     with pytest.raises(ValueError, match="no variant 'v2'"):
         candidates_from_series(_manifest(), device, edge_v1)
+    stale = _profile(1.0)
+    stale["variants"]["v1"]["spec"] = SPEC.with_widths({"conv1_1": 1}).to_dict()
+    with pytest.raises(ValueError, match="stale profile"):
+        candidates_from_series(_manifest(), device, stale)
+    same = _profile(1.0)
+    same["variants"]["v1"]["spec"] = SPEC.to_dict()
+    assert len(candidates_from_series(_manifest(), device, same)) == 3
     bad = _manifest()
     bad["variants"][0]["test_accuracy"] = 88.0
     with pytest.raises(ValueError, match="accuracy of variant 'v1'"):
@@ -232,20 +231,6 @@ def _write_series(root):
     (root / "manifest.json").write_text(json.dumps(_manifest()))
     save_profile(root / "profile.json", _profile(1.0))
     return root
-
-
-def test_read_manifest(tmp_path):
-    root = _write_series(tmp_path)
-    assert read_manifest(root) == (root, _manifest())
-    assert read_manifest(root / "manifest.json")[0] == root
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        read_manifest(tmp_path / "bad.json")
-    (tmp_path / "other.json").write_text(json.dumps({"format": "x"}))
-    with pytest.raises(ValueError, match="twostep-series/1"):
-        read_manifest(tmp_path / "other.json")
-    with pytest.raises(FileNotFoundError):
-        read_manifest(tmp_path / "missing")
 
 
 def test_cli_plan(tmp_path, capsys):

@@ -116,9 +116,7 @@ def test_mutated_valid_frames(base, ops, fix):
 
 
 small_dims = st.integers(0, 8) | st.integers(0, 0xFFFF)
-any_f32 = (
-    st.sampled_from([0.0, -0.0, 1.0, 1e-3]) | st.floats(0, 2.0**100, width=32) | st.floats(width=32)
-)
+any_f32 = st.sampled_from([0.0, -0.0, 1.0, 1e-3]) | st.floats(0, 2.0**100, width=32) | st.floats(width=32)
 
 
 @st.composite
@@ -137,9 +135,7 @@ def frames_from_fields(draw) -> bytes:
     scale = 0.0 if unused and draw(st.integers(0, 4)) else draw(any_f32)
     zero_point = 0.0 if unused and draw(st.integers(0, 4)) else draw(any_f32)
     payload = draw(_payloads(slots[:ndim], bits, flags, codec))
-    prefix = LAYOUT.pack(
-        b"TS", 1, codec, bits, flags, ndim, *slots, scale, zero_point, 0, len(payload)
-    )
+    prefix = LAYOUT.pack(b"TS", 1, codec, bits, flags, ndim, *slots, scale, zero_point, 0, len(payload))
     return prefix + struct.pack("<I", zlib.crc32(prefix + payload)) + payload
 
 

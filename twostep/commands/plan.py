@@ -13,9 +13,9 @@ from pipeline.selection import (
     Decision,
     baseline_candidates,
     candidates_from_series,
-    read_manifest,
     select,
 )
+from pipeline.series import SeriesStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     link = Link(parse_bandwidth(args.bandwidth), args.rtt_ms)
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
-    root, manifest = read_manifest(args.series)
+    store = SeriesStore.open(args.series)
+    root, manifest = store.directory, store.manifest
     device, edge, source = _profiles(args, root)
     candidates = candidates_from_series(manifest, device, edge, args.bytes)
     if not args.no_baselines:

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.profiler import derive_profile, profile_document, profile_model, save_profile
-from pipeline.selection import read_manifest
+from pipeline.series import SeriesStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,18 +42,10 @@ def _models(path: Path):
         return
     from tqdm import tqdm
 
-    root, manifest = read_manifest(path)
-    for variant in tqdm(manifest["variants"], desc="profile", unit="variant"):
-        weights, sha256 = variant.get("weights"), variant.get("sha256")
-        base = root.resolve()
-        inside = isinstance(weights, str) and (base / weights).resolve().is_relative_to(base)
-        if not inside or not isinstance(sha256, str):
-            raise ValueError(
-                f"variant {variant['id']!r} needs a weights path inside {root} and a sha256, "
-                f"got {weights!r} and {sha256!r}"
-            )
-        model, spec, _ = load_checkpoint(root / weights, expected_sha256=sha256)
-        yield variant["id"], model, spec
+    store = SeriesStore.open(path.parent if path.name == "manifest.json" else path)
+    for vid in tqdm(store.ids(), desc="profile", unit="variant"):
+        model, spec, _ = store.load_model(vid)
+        yield vid, model, spec
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown --device {args.device!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device!r} asked for, but CUDA is not available here")
     if args.slowdown is not None and not 0 < args.slowdown <= 1e6:
         raise ValueError(f"--slowdown must be in (0, 1e6], got {args.slowdown}")
     if args.output:
@@ -75,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     variants = {}
     for vid, model, spec in _models(path):
         variants[vid] = profile_model(
-            model, spec, args.batch_size, args.warmup, args.repeats, args.device
+            model, spec, args.batch_size, args.warmup, args.repeats, device
         )
-    doc = profile_document(variants, args.batch_size, args.warmup, args.repeats, args.device)
+    doc = profile_document(variants, args.batch_size, args.warmup, args.repeats, device)
     save_profile(output, doc)
     for vid, entry in variants.items():
         gap = entry["total_ms"] - entry["whole_ms"]

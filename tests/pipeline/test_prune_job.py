@@ -1,0 +1,81 @@
+import pytest
+
+from pipeline import prune_job
+from pipeline.base_model import train_base
+from pipeline.config import PruneConfig, TrainConfig
+from pipeline.report import format_series_table, series_rows
+from pipeline.series import SeriesError, SeriesStore
+from pipeline.split import split_points
+from pipeline.steps import step2_ladder
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(learnable_fashion_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "base.safetensors"
+    config = TrainConfig(data_dir=str(learnable_fashion_dir), arch="vgg11", width=0.125, epochs=2,
+                         augment=False, out=str(out))
+    train_base(config, progress=False, log=None)
+    return out
+
+
+def _config(base, data_dir, out, **kw):
+    settings = dict(base=str(base), data_dir=str(data_dir), out=str(out), rank_batches=1,
+                    batch_size=32, step1_finetune_epochs=0.1, step2_finetune_epochs=0.1,
+                    step1_budget=1.0, step1_max_iterations=2, step2_steps=2, bytes_images=8,
+                    augment=False, step2_splits=("conv1_1", "pool2", "conv2_1", "pool5"))
+    settings.update(kw)
+    return PruneConfig(**settings)
+
+
+def test_series_resumes_after_an_interruption_without_redoing_work(
+        base_checkpoint, learnable_fashion_dir, tmp_path, monkeypatch):
+    config = _config(base_checkpoint, learnable_fashion_dir, tmp_path / "series")
+    real = prune_job.describe_variant
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # base, two step-1 iterations, two step-2 variants, then a crash
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune_job, "describe_variant", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prune_job.prune_series(config, progress=False, log=lambda m: None)
+    monkeypatch.undo()
+    partial = SeriesStore.open(config.out)
+    assert len(partial.variants) == 5
+    hashes = {v["id"]: v["sha256"] for v in partial.variants}
+
+    store = prune_job.prune_series(config, progress=False, log=lambda m: None)
+    step1 = store.get(store.manifest["step1"])
+    layers = prune_job.step2_layers(step1_spec := store.load_model(step1["id"])[1], config)
+    assert set(layers) == {"conv1_1", "conv2_1", "conv5_2"}  # pool2 shares conv2_1's series
+    assert layers["conv2_1"] == ["conv2_1", "pool2"]
+    expected = sum(len(step2_ladder(step1_spec, layer, config)) for layer in layers)
+    step2 = [v for v in store.variants if v["step"] == 2]
+    assert len(step2) == expected  # one variant per iteration per layer, none repeated
+    for v in step2:
+        assert sorted(v["splits"]) == sorted(layers[v["layer"]])
+    for vid, sha in hashes.items():  # finished variants were not recomputed
+        assert store.get(vid)["sha256"] == sha
+    base = store.get(store.manifest["base"])
+    assert list(base["splits"]) == split_points(step1_spec)
+    for v in store.variants:
+        store.load_model(v["id"])
+        for m in v["splits"].values():
+            assert m["bytes_mean"] >= 35 and m["bytes_p95"] >= m["bytes_mean"] * 0.5
+
+
+def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashion_dir, tmp_path):
+    config = _config(base_checkpoint, learnable_fashion_dir, tmp_path / "s", step1_max_iterations=1)
+    store = prune_job.prune_series(config, progress=False, log=lambda m: None)
+    rows = {r["split"]: r for r in series_rows(store.manifest, max_loss=1.0)}
+    assert rows["pool2"]["s2_elements"] < rows["pool2"]["orig_elements"]
+    assert rows["pool2"]["byte_reduction_vs_float32"] > 1
+    assert "s2_id" not in rows["conv3_1"]  # no step-2 series was asked for there
+    text = format_series_table(store.manifest)
+    assert "pool2" in text and "step 1" in text
+    with pytest.raises(SeriesError, match="other settings"):
+        prune_job.prune_series(_config(base_checkpoint, learnable_fashion_dir, tmp_path / "s",
+                                       step1_max_iterations=3), progress=False, log=None)

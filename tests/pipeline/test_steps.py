@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from pipeline import steps
+from pipeline.config import PruneConfig
+from pipeline.data import load_splits
+from pipeline.models import build, make_spec
+from pipeline.split import total_macs
+from pipeline.steps import Snapshot, run_step1, run_step2, step1_verdict, step2_ladder
+
+
+def _scripted_step1(monkeypatch, accuracies, macs_factor=0.8):
+    """Replace only the expensive iteration with one that returns a scripted accuracy, so the
+    loop, the verdicts and the rollback are the real ones."""
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration):
+        return Snapshot(model, spec, iteration, accuracies[iteration - 1],
+                        int(total_macs(spec) * macs_factor ** iteration))
+    monkeypatch.setattr(steps, "step1_iteration", fake_iteration)
+
+
+def test_step1_rolls_back_to_the_last_iteration_within_budget(monkeypatch):
+    spec = make_spec("vgg11", 0.0625, in_channels=1)
+    _scripted_step1(monkeypatch, [0.95, 0.94, 0.935, 0.92, 0.99])
+    config = PruneConfig(step1_budget=0.01, step1_max_iterations=10)
+    snaps = list(run_step1(build(spec), spec, None, config, baseline_val=0.945))
+    assert [s.iteration for s in snaps] == [1, 2, 3, 4]  # stops at the first breach
+    assert [s.accepted for s in snaps] == [True, True, True, False]
+    assert "rolled back" in snaps[-1].stop_reason
+    kept = [s for s in snaps if s.accepted][-1]
+    assert kept.iteration == 3 and kept.val_accuracy == 0.935
+
+
+def test_step1_stops_at_the_mac_target_and_keeps_that_iteration(monkeypatch):
+    spec = make_spec("vgg11", 0.0625, in_channels=1)
+    _scripted_step1(monkeypatch, [0.95] * 10, macs_factor=0.5)
+    config = PruneConfig(step1_budget=0.01, step1_target_mac_reduction=6.0)
+    snaps = list(run_step1(build(spec), spec, None, config, baseline_val=0.95))
+    assert len(snaps) == 3 and snaps[-1].accepted  # 2^3 = 8x >= 6x
+    assert "MAC reduction target" in snaps[-1].stop_reason
+
+
+def test_step1_verdict_cases():
+    spec = make_spec("vgg11", 0.0625, in_channels=1)
+    config = PruneConfig(step1_budget=0.01, step1_max_iterations=5)
+    snap = Snapshot(None, spec, 2, 0.9, 100)
+    assert step1_verdict(snap, 0.905, 400, config) == (True, None)
+    assert step1_verdict(snap, 0.911, 400, config)[0] is False
+    assert step1_verdict(Snapshot(None, spec, 5, 0.9, 100), 0.9, 400, config)[1].startswith("reached")
+
+
+def test_real_step1_and_step2_iterations_on_a_tiny_model(fashion_dir):
+    torch.manual_seed(0)
+    spec = make_spec("vgg11", 0.125, in_channels=1)
+    model = build(spec)
+    splits = load_splits("fashion-mnist", fashion_dir, 0.2)
+    config = PruneConfig(rank_batches=1, batch_size=16, step1_finetune_epochs=0.2,
+                         step2_finetune_epochs=0.2, step1_budget=1.0, step1_max_iterations=2,
+                         step2_steps=3)
+    snaps = list(run_step1(model, spec, splits, config, baseline_val=0.1))
+    assert len(snaps) == 2 and all(s.accepted for s in snaps)
+    per_iteration = -(-sum(spec.widths) // 16)
+    assert sum(snaps[0].spec.widths) == sum(spec.widths) - per_iteration
+    assert sum(snaps[1].spec.widths) == sum(spec.widths) - 2 * per_iteration
+    assert snaps[1].macs < snaps[0].macs < total_macs(spec)
+
+    s1 = snaps[-1]
+    ladder = step2_ladder(s1.spec, "conv3_1", config)
+    series = list(run_step2(s1.model, s1.spec, "conv3_1", splits, config))
+    assert [s.iteration for s in series] == list(range(1, len(ladder) + 1))
+    assert [s.spec.width_of()["conv3_1"] for s in series] == ladder
+    for s in series:  # only the chosen layer shrinks
+        others = {k: v for k, v in s.spec.width_of().items() if k != "conv3_1"}
+        assert others == {k: v for k, v in s1.spec.width_of().items() if k != "conv3_1"}
+    with pytest.raises(ValueError, match="not below"):
+        steps.step2_iteration(s1.model, s1.spec, "conv3_1", 99, splits, config,
+                              torch.Generator(), 1)
