@@ -130,6 +130,7 @@ class PruneConfig:
     threads: int = 0
     batch_size: int = 128
     criterion: str = "taylor"
+    mac_weight: float = 0.0
     rank_batches: int = 10
     finetune_lr: float = 0.01
     momentum: float = 0.9
@@ -158,6 +159,7 @@ class PruneConfig:
             _check_range(key, getattr(self, key), 0, 10**9)
         _check_range("batch_size", self.batch_size, 1, 65_536)
         _check_range("rank_batches", self.rank_batches, 1, 100_000)
+        _check_range("mac_weight", self.mac_weight, 0.0, 100.0)
         _check_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True)
         _check_range("momentum", self.momentum, 0.0, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)

@@ -109,3 +109,24 @@ def split_model(model: VGG, split: str) -> tuple[nn.Sequential, nn.Sequential]:
     head = nn.Sequential(*[m for _, m in stages[:index]])
     tail = nn.Sequential(*[m for _, m in stages[index:]])
     return head, tail
+
+
+def macs_per_filter(spec: ArchSpec) -> dict[str, int]:
+    """MACs saved by removing one filter of each conv layer: its own 3x3 kernel over its
+    output map, plus its slice of the next conv (or of the classifier)."""
+    costs = {c.name: c for c in stage_costs(spec)}
+    names = spec.conv_names
+    widths = spec.width_of()
+    saved = {}
+    for i, name in enumerate(names):
+        in_channels = widths[names[i - 1]] if i else spec.in_channels
+        side = costs[name].out_shape[1]
+        own = 9 * in_channels * side * side
+        if i + 1 < len(names):
+            nxt = costs[names[i + 1]]
+            downstream = 9 * widths[names[i + 1]] * nxt.out_shape[1] * nxt.out_shape[2]
+        else:
+            final_side = spec.input_size // 32
+            downstream = spec.num_classes * final_side * final_side
+        saved[name] = own + downstream
+    return saved

@@ -20,9 +20,9 @@ from pipeline.data import Splits
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vgg import VGG
 from pipeline.schedule import step1_filters_per_iteration, step2_widths
-from pipeline.split import total_macs
+from pipeline.split import macs_per_filter, total_macs
 from pipeline.surgery import remove_filters
-from pipeline.taylor import lowest_filters, rank_filters
+from pipeline.taylor import lowest_filters, penalize_macs, rank_filters
 from pipeline.train import evaluate, make_optimizer, train_one_epoch
 
 
@@ -71,6 +71,7 @@ def step1_iteration(
     """Rank all filters, remove the globally lowest, fine-tune, evaluate on validation."""
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
+    scores = penalize_macs(scores, macs_per_filter(spec), config.mac_weight)
     removals = lowest_filters(scores, filters_per_iteration, config.min_width)
     if not removals:
         return Snapshot(model, spec, iteration, float("nan"), total_macs(spec), accepted=False,

@@ -103,6 +103,20 @@ def rank_filters(
     return normalize_per_layer(raw)
 
 
+def penalize_macs(
+    scores: dict[str, torch.Tensor], macs_per_filter: dict[str, int], weight: float
+) -> dict[str, torch.Tensor]:
+    """Molchanov et al.'s FLOPs regularisation: score - weight * (filter MACs / largest filter
+    MACs), so that, at equal importance, filters that cost more compute go first (weight 0 =
+    the plain criterion)."""
+    if weight < 0:
+        raise ValueError(f"MAC weight must be >= 0, got {weight}")
+    if weight == 0:
+        return scores
+    largest = max(macs_per_filter[name] for name in scores)
+    return {name: s - weight * macs_per_filter[name] / largest for name, s in scores.items()}
+
+
 def lowest_filters(
     scores: dict[str, torch.Tensor], count: int, min_width: int = 1
 ) -> dict[str, list[int]]:

@@ -104,3 +104,12 @@ def test_spec_json_round_trip_and_validation():
         ArchSpec.from_dict({**spec.to_dict(), "evil": 1})
     with pytest.raises(ValueError, match="multiple of 32"):
         ArchSpec("vgg11", (1,) * 8, input_size=28)
+
+
+def test_macs_per_filter_is_the_exact_saving_of_removing_one_filter():
+    from pipeline.split import macs_per_filter
+
+    spec = make_spec("vgg16", 0.125, in_channels=1)
+    saved = macs_per_filter(spec)
+    for name, width in spec.width_of().items():
+        assert total_macs(spec) - total_macs(spec.with_widths({name: width - 1})) == saved[name]

@@ -83,3 +83,16 @@ def test_schedules():
     assert step2_widths(1, 16) == []
     with pytest.raises(ValueError, match="divisor"):
         step1_filters_per_iteration(10, 0)
+
+
+def test_mac_penalty_prefers_expensive_filters_at_equal_importance():
+    from pipeline.taylor import penalize_macs
+
+    scores = {"early": torch.tensor([0.5, 0.5]), "late": torch.tensor([0.5, 0.5])}
+    macs = {"early": 1000, "late": 10}
+    assert penalize_macs(scores, macs, 0.0) is scores
+    adjusted = penalize_macs(scores, macs, 0.1)
+    assert torch.allclose(adjusted["early"], torch.tensor([0.4, 0.4]))
+    assert lowest_filters(adjusted, 1) == {"early": [0]}
+    with pytest.raises(ValueError, match="MAC weight"):
+        penalize_macs(scores, macs, -1)

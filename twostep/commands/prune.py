@@ -10,7 +10,7 @@ from pipeline.report import format_series_table
 FLAGS = {
     "base": str, "out": str, "dataset": str, "data_dir": str, "train_subset": int,
     "val_subset": int, "test_subset": int, "seed": int, "threads": int, "batch_size": int,
-    "criterion": str, "rank_batches": int, "finetune_lr": float, "step1_divisor": int,
+    "criterion": str, "mac_weight": float, "rank_batches": int, "finetune_lr": float, "step1_divisor": int,
     "step1_finetune_epochs": float, "step1_budget": float, "step1_target_mac_reduction": float,
     "step1_max_iterations": int, "step2_steps": int, "step2_finetune_epochs": float,
     "codec_bits": int, "bytes_images": int,

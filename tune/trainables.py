@@ -1,0 +1,136 @@
+"""Tune trainables: one pruning procedure per trial, one report (and checkpoint) per iteration.
+
+Each trainable turns the Tune config dict back into a `PruneConfig` on its first line, then runs
+the iteration functions of `pipeline.steps` with the same derived seeds as the in-process
+driver, so a trial yields the same variants. After every iteration it reports metrics plus a
+trial checkpoint (`tune.collect` format); the driver turns the checkpoint into a series variant.
+When Tune restarts a trial whose worker died, `tune.get_checkpoint()` returns the trial's last
+checkpoint and the trial continues after that iteration: nothing is repeated or lost.
+
+Start models arrive as safetensors bytes through the object store (`tune.with_parameters`, keyed
+by sha256 and checked against it), so trials need no access to the series directory, only to the
+data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from ray import tune
+from torch import nn
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import PruneConfig
+from pipeline.data import DataInfo
+from pipeline.models.registry import ArchSpec
+from pipeline.prune_job import PruneContext, describe_variant, load_context
+from pipeline.schedule import step1_filters_per_iteration
+from pipeline.split import split_points, total_macs
+from pipeline.steps import derive_seed, run_step2, step1_iteration, step1_verdict
+from tune.collect import read_trial_checkpoint, write_trial_checkpoint
+
+
+def _setup(trial_config: dict) -> tuple[PruneConfig, dict, PruneContext]:
+    job = trial_config["job"]
+    config = PruneConfig(**{**trial_config["prune"], **job["overrides"]})
+    ctx = load_context(config, DataInfo.from_dict(job["data"]))
+    torch.set_num_threads(config.threads or job["threads"])
+    return config, job, ctx
+
+
+def _resume(job: dict, start_blobs: dict[str, bytes]) -> tuple[nn.Module, ArchSpec, int, str | None]:
+    """(model, spec, iteration reached, stop reason): from the trial's last checkpoint when
+    Tune restored it, else from the job's start variant."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            model, spec, entry, stop_reason = read_trial_checkpoint(directory)
+        return model, spec, entry["iteration"], stop_reason
+    start = job["start"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "start.safetensors"
+        path.write_bytes(start_blobs[start["sha256"]])
+        model, spec, _ = load_checkpoint(path, expected_sha256=start["sha256"])
+    return model, spec, start["iteration"], None
+
+
+def _report(metrics: dict, model: nn.Module, spec: ArchSpec, entry: dict,
+            stop_reason: str | None = None) -> None:
+    # report() copies the directory to the run's storage before it returns
+    with tempfile.TemporaryDirectory() as tmp:
+        write_trial_checkpoint(tmp, model, spec, entry, stop_reason)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _maybe_fail(job: dict, iteration: int) -> None:
+    """Test hook: kill this worker process once, right after reporting `after_iteration`.
+
+    The marker file makes it happen on the first attempt only (created atomically)."""
+    fail = job.get("fail_once")
+    if not fail or iteration != fail["after_iteration"]:
+        return
+    try:
+        os.close(os.open(fail["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)
+
+
+def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
+    """Step 1 on the whole network until the budget, the MAC target or the iteration limit.
+
+    Accepted iterations report a checkpoint; a rejected one (rolled back) only metrics.
+    """
+    config, job, ctx = _setup(trial_config)
+    model, spec, iteration, stop_reason = _resume(job, start_blobs)
+    if stop_reason:
+        return
+    base_spec = ArchSpec.from_dict(job["base_spec"])
+    base_macs = total_macs(base_spec)
+    per_iteration = step1_filters_per_iteration(sum(base_spec.widths), config.step1_divisor)
+    while iteration < config.step1_max_iterations:
+        iteration += 1
+        generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
+        snap = step1_iteration(model, spec, ctx.splits, config, generator, per_iteration, iteration)
+        accepted, stop_reason = step1_verdict(snap, job["baseline_val"], base_macs, config)
+        metrics = {
+            "phase": "step1", "iteration": iteration, "val_accuracy": snap.val_accuracy,
+            "macs": snap.macs, "mac_reduction": base_macs / snap.macs, "accepted": accepted,
+            "filters": sum(snap.spec.widths), "stop_reason": stop_reason or "",
+        }
+        if accepted:
+            entry = describe_variant(ctx, snap.model, snap.spec, step=1, iteration=iteration,
+                                     val_accuracy=snap.val_accuracy,
+                                     offered_splits=split_points(snap.spec),
+                                     extra={"removed": snap.removed})
+            metrics.update(test_accuracy=entry["test_accuracy"], variant=entry["id"])
+            _report(metrics, snap.model, snap.spec, entry, stop_reason)
+        else:
+            tune.report(metrics)
+        _maybe_fail(job, iteration)
+        if not accepted or stop_reason:
+            return
+        model, spec = snap.model, snap.spec
+
+
+def step2_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
+    """Step 2 of one layer down its width ladder; every iteration is a checkpoint (variant)."""
+    config, job, ctx = _setup(trial_config)
+    model, spec, done, _ = _resume(job, start_blobs)
+    layer, ladder, offered = job["layer"], job["ladder"], job["offered"]
+    for snap in run_step2(model, spec, layer, ctx.splits, config, ladder, done):
+        entry = describe_variant(ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,
+                                 val_accuracy=snap.val_accuracy, offered_splits=offered,
+                                 layer=layer, extra={"ladder": ladder})
+        metrics = {
+            "phase": "step2", "layer": layer, "split": offered[0], "iteration": snap.iteration,
+            "width": ladder[snap.iteration - 1], "val_accuracy": snap.val_accuracy,
+            "test_accuracy": entry["test_accuracy"], "macs": snap.macs,
+            "mac_reduction": job["base_macs"] / snap.macs,
+            "bytes_sent": entry["splits"][offered[0]]["bytes_mean"], "variant": entry["id"],
+        }
+        _report(metrics, snap.model, snap.spec, entry)
+        _maybe_fail(job, snap.iteration)
