@@ -11,14 +11,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import TextIO
 
 from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from tune.collect import VariantSink
-
-Log = Callable[[str], None]
 
 
 def trial_key(trial) -> str:
@@ -33,9 +31,8 @@ class SeriesCollector(Callback):
     checkpoints are not collected (they would leave a hole); a rerun resumes from the store.
     """
 
-    def __init__(self, sinks: dict[str, VariantSink], log: Log = print):
+    def __init__(self, sinks: dict[str, VariantSink]):
         self.sinks = sinks
-        self.log = log
         self.errors: dict[str, str] = {}
         self.failures: dict[str, int] = defaultdict(int)
         self.iterations: dict[str, list[int]] = defaultdict(list)
@@ -49,7 +46,6 @@ class SeriesCollector(Callback):
                 self.sinks[key].add(directory)
         except Exception as err:  # reported at the end of the run
             self.errors[key] = f"{type(err).__name__}: {err}"
-            self.log(f"[{key}] could not collect a checkpoint: {self.errors[key]}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "iteration" in result:
@@ -80,12 +76,18 @@ def format_trial_table(rows: dict[str, dict]) -> str:
                      for line in lines)
 
 
-class LiveTable(Callback):
+class LiveTable(TrialProgressCallback):
     """A live view of the trials: redrawn in place on a terminal, else printed when it changes
-    (at most every `interval_s`, and whenever a trial ends)."""
+    (at most every `interval_s`, and whenever a trial ends); silent when not `enabled`.
+
+    It stands in for Tune's classic per-trial printer (hence the base class: Tune then adds
+    none of its own), while the launcher turns Tune's newer console output off.
+    """
 
     def __init__(self, jobs: list[dict], totals: dict[str, int], stream: TextIO | None = None,
-                 interval_s: float = 10.0):
+                 interval_s: float = 10.0, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
         self.rows = {
             job["key"]: {
                 "split": "/".join(job["offered"]) if job["kind"] == "step2" else "(all)",
@@ -101,7 +103,7 @@ class LiveTable(Callback):
         self._dirty = False
 
     def _draw(self, force: bool = False) -> None:
-        if not (self._dirty or force):
+        if not self.enabled or not (self._dirty or force):
             return
         live = self.stream.isatty()
         if not force and not live and time.monotonic() - self._last < self.interval_s:

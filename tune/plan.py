@@ -8,7 +8,8 @@ the Tune config and is written to the trial's params.json):
     kind      "step1" or "step2"
     key       unique name of the trial: "step1", "step1-d8-b0.02" (search), "step2-conv3_1"
     start     {"variant", "sha256", "iteration"}: the model the trial starts from and the
-              iteration it has reached (the variant's weights travel as bytes, see launch.py)
+              iteration of its procedure it has reached (0 for a step-2 ladder starting at the
+              step-1 model); the variant's weights travel as bytes, see launch.py
     data      the series' data info (normalisation exactly as the base model was trained)
     threads   torch intra-op threads for the trial
     overrides PruneConfig keys this trial changes (step-1 search), else {}
@@ -161,7 +162,8 @@ def step2_jobs(store: SeriesStore, step1: dict, layers: dict[str, list[str]],
             raise SeriesError(f"step-2 variants of {layer} in {store.directory} follow the "
                               f"ladder {recorded['ladder']}, not {ladder}")
         jobs.append({
-            "kind": "step2", "key": f"step2-{layer}", "start": start_of(recorded or step1),
+            "kind": "step2", "key": f"step2-{layer}",
+            "start": {**start_of(recorded or step1), "iteration": done},
             "data": store.manifest["data"], "threads": threads, "overrides": {},
             "base_macs": base["macs"], "layer": layer, "offered": list(offered), "ladder": ladder,
         })

@@ -14,6 +14,7 @@ data.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from tune.collect import read_trial_checkpoint, write_trial_checkpoint
 
 def _setup(trial_config: dict) -> tuple[PruneConfig, dict, PruneContext]:
     job = trial_config["job"]
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     config = PruneConfig(**{**trial_config["prune"], **job["overrides"]})
     ctx = load_context(config, DataInfo.from_dict(job["data"]))
     torch.set_num_threads(config.threads or job["threads"])

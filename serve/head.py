@@ -1,0 +1,65 @@
+"""`DeviceHead`: the device half of split inference as a Serve deployment.
+
+One deployment serves every variant of the series: the variant is the request's multiplexed
+model id, loaded on first use and cached (`@serve.multiplexed`, least recently used evicted),
+so requests for a variant go to replicas that already hold it. It receives uint8 pixels as
+bytes and returns the encoded frame as bytes (or the logits at split `output`); bad input
+comes back as an error entry rather than an exception, so the replica never logs a crash for
+a client's mistake.
+"""
+
+import asyncio
+import time
+
+import numpy as np
+import torch
+from ray import serve
+
+from pipeline.series import SeriesError, SeriesStore
+from serve.runner import MAX_BATCH, RequestError, VariantRunner
+
+MAX_MODELS_PER_REPLICA = 16
+
+
+def error_entry(err: Exception) -> dict:
+    """A client error as a result entry: status 404 for an unknown variant, else 400."""
+    status = 404 if isinstance(err, SeriesError) and "unknown variant" in str(err) else 400
+    return {"error": str(err), "status": status}
+
+
+@serve.deployment(name="DeviceHead")
+class DeviceHead:
+    """Runs a variant's head on uint8 pixels and encodes its output as a wire frame."""
+
+    def __init__(self, series_dir: str, torch_threads: int = 1, max_batch: int = MAX_BATCH):
+        torch.set_num_threads(torch_threads)
+        self.store = SeriesStore.open(series_dir)
+        self.max_batch = max_batch
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def get_runner(self, variant_id: str) -> VariantRunner:
+        return await asyncio.to_thread(VariantRunner.load, self.store, variant_id, self.max_batch)
+
+    async def run(self, split: str, pixels: bytes, shape: tuple[int, ...]) -> dict:
+        """Head of the request's variant at `split` on `pixels` (uint8, C order, `shape`).
+
+        Returns:
+            {"frame": bytes | None, "logits": list | None, "head_ms", "encode_ms", "server_ms"}
+            or {"error": message, "status": 4xx}.
+        """
+        start = time.perf_counter_ns()
+        try:
+            runner = await self.get_runner(serve.get_multiplexed_model_id())
+            if len(shape) != 4 or len(pixels) != int(np.prod(shape)):
+                raise RequestError(f"{len(pixels)} bytes of pixels do not fill shape {tuple(shape)}")
+            array = np.frombuffer(pixels, np.uint8).reshape(tuple(shape))
+            out = await asyncio.to_thread(runner.run_head, array, split)
+        except (RequestError, SeriesError) as err:
+            return error_entry(err)
+        return {
+            "frame": out.frame,
+            "logits": None if out.logits is None else out.logits.tolist(),
+            "head_ms": out.head_ms,
+            "encode_ms": out.encode_ms,
+            "server_ms": (time.perf_counter_ns() - start) / 1e6,
+        }

@@ -1,0 +1,130 @@
+"""The router's choice of (variant, split): `pipeline.selection` plus memory against flapping.
+
+`Planner.plan` is the stateless selection for given conditions (the `/v1/plan` endpoint).
+`Planner.choose` remembers the last choice per key (link and constraint) and keeps it while it
+is still feasible and nearly as good as the new best: with an accuracy floor, while its predicted
+latency is within `switch_margin` of the best one's; with a latency budget, until it breaks the
+budget, and a more accurate candidate replaces it only when that one fits the budget with
+`switch_margin` to spare. With the estimator's own band this keeps the choice steady while the
+bandwidth jitters around a decision threshold.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pipeline.cost import Breakdown, Link, latency_breakdown
+from pipeline.models.registry import ArchSpec
+from pipeline.selection import (
+    Candidate,
+    CandidateTable,
+    Decision,
+    baseline_candidates,
+    candidates_from_series,
+)
+from pipeline.split import split_points
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to run: the candidate, its predicted breakdown, and whether it changed."""
+
+    candidate: Candidate
+    breakdown: Breakdown
+    switched: bool
+    kept: bool
+
+    @property
+    def split(self) -> str:
+        """The split the head and tail run at (raw input is split `input`)."""
+        return self.candidate.split
+
+
+def constraint_key(accuracy_floor: float | None, latency_budget_ms: float | None) -> str:
+    if accuracy_floor is not None:
+        return f"floor={accuracy_floor:g}"
+    return f"budget={latency_budget_ms:g}"
+
+
+class Planner:
+    """Candidates of a series and its profiles, with per-key hysteresis over the choice."""
+
+    def __init__(
+        self,
+        manifest: dict,
+        device_profile: dict,
+        edge_profile: dict,
+        bytes_stat: str = "mean",
+        baselines: bool = True,
+        switch_margin: float = 0.1,
+        max_keys: int = 4096,
+    ):
+        if not 0 <= switch_margin < 1:
+            raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin!r}")
+        candidates = candidates_from_series(manifest, device_profile, edge_profile, bytes_stat)
+        if baselines:
+            candidates += baseline_candidates(manifest, device_profile, edge_profile)
+        self.table = CandidateTable(candidates)
+        self.switch_margin = switch_margin
+        self.max_keys = max_keys
+        self._current: OrderedDict[str, Candidate] = OrderedDict()
+        # Unique: a raw-input (all-on-device) baseline exists only where the variant does not
+        # offer `input` (`output`) itself.
+        self._by_key = {(c.variant_id, c.split): c for c in candidates}
+        self.variants = {v["id"]: v for v in manifest["variants"]}
+        self.best_accuracy = max(c.accuracy for c in candidates)
+
+    def splits_of(self, variant_id: str) -> list[str]:
+        """Split points a variant can be served at: those it offers, plus input and output."""
+        entry = self.variants[variant_id]
+        offered = set(entry["splits"]) | {"input", "output"}
+        return [s for s in split_points(ArchSpec.from_dict(entry["spec"])) if s in offered]
+
+    def candidate(self, variant_id: str, split: str) -> Candidate:
+        """The candidate for a forced (variant, split); ValueError naming the valid ones."""
+        if variant_id not in self.variants:
+            raise KeyError(variant_id)
+        found = self._by_key.get((variant_id, split))
+        if found is None:
+            raise ValueError(
+                f"variant {variant_id!r} is not served at split {split!r}; its splits are "
+                f"{', '.join(self.splits_of(variant_id))}"
+            )
+        return found
+
+    def plan(self, link: Link, accuracy_floor: float | None = None,
+             latency_budget_ms: float | None = None, top_k: int = 5) -> Decision:
+        """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits)."""
+        return self.table.select(link, accuracy_floor, latency_budget_ms, top_k)
+
+    def choose(self, key: str, link: Link, accuracy_floor: float | None = None,
+               latency_budget_ms: float | None = None) -> Choice:
+        """The choice for `key` (e.g. link id and constraint) under hysteresis."""
+        decision = self.plan(link, accuracy_floor, latency_budget_ms, top_k=1)
+        best, best_b = decision.best, decision.breakdown
+        previous = self._current.pop(key, None)
+        choice = Choice(best, best_b, switched=previous is not None and previous != best, kept=False)
+        if previous is not None and previous != best:
+            prev_b = latency_breakdown(previous.head_ms, previous.bytes_sent, previous.tail_ms, link)
+            if self._keep(previous, prev_b, best, best_b, accuracy_floor, latency_budget_ms):
+                choice = Choice(previous, prev_b, switched=False, kept=True)
+        self._current[key] = choice.candidate
+        while len(self._current) > self.max_keys:
+            self._current.popitem(last=False)
+        return choice
+
+    def _keep(self, previous: Candidate, prev_b: Breakdown, best: Candidate, best_b: Breakdown,
+              accuracy_floor: float | None, latency_budget_ms: float | None) -> bool:
+        if accuracy_floor is not None:
+            return (previous.accuracy >= accuracy_floor
+                    and prev_b.total_ms <= best_b.total_ms * (1 + self.switch_margin))
+        if prev_b.total_ms > latency_budget_ms:
+            return False
+        if best.accuracy > previous.accuracy:
+            return best_b.total_ms > latency_budget_ms * (1 - self.switch_margin)
+        return prev_b.total_ms <= best_b.total_ms * (1 + self.switch_margin)
+
+    def forget(self, key: str) -> None:
+        self._current.pop(key, None)
+

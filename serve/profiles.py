@@ -1,0 +1,112 @@
+"""The latency profiles the router's cost model plans with: from files, or estimated at start-up.
+
+Edge profile, in order: the file given, `<series>/profile.json` (written by `twostep profile`),
+or an estimate. The estimate times every layer as `layer_ms + ms_per_mmac * MACs / 1e6`; both
+constants are given, or fitted at start-up to `pipeline.profiler.profile_model` timings of one
+variant (the base), which costs well under a second for small models. Device profile: the file
+given, `<edge profile>.device.json` next to an edge profile file, or the edge profile times
+`slowdown` (the paper's `T_device = gamma x T_edge`, `pipeline.profiler.derive_profile`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from pipeline.models.registry import ArchSpec
+from pipeline.profiler import (
+    derive_profile,
+    load_profile,
+    profile_document,
+    profile_model,
+    timings_from_layers,
+)
+from pipeline.split import stage_costs
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Device and edge profile documents, and a line saying where they came from."""
+
+    device: dict
+    edge: dict
+    source: str
+
+
+def estimate_entry(spec: ArchSpec, ms_per_mmac: float, layer_ms: float = 0.0) -> dict:
+    """A profile variant entry with each layer timed as `layer_ms + ms_per_mmac * MMACs`."""
+    for name, value in (("ms_per_mmac", ms_per_mmac), ("layer_ms", layer_ms)):
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    costs = stage_costs(spec)[1:]  # skip `input`: it is not a layer
+    names = [c.name for c in costs]
+    times = [layer_ms + ms_per_mmac * c.macs / 1e6 for c in costs]
+    return {"spec": spec.to_dict(), **timings_from_layers(names, times)}
+
+
+def estimate_profile(manifest: dict, ms_per_mmac: float, layer_ms: float = 0.0) -> dict:
+    """An edge profile document for every variant of `manifest`, estimated from MACs."""
+    variants = {
+        v["id"]: estimate_entry(ArchSpec.from_dict(v["spec"]), ms_per_mmac, layer_ms)
+        for v in manifest["variants"]
+    }
+    doc = profile_document(variants, batch_size=1, warmup=0, repeats=1)
+    doc["estimated"] = {"ms_per_mmac": ms_per_mmac, "layer_ms": layer_ms}
+    return doc
+
+
+def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 5) -> tuple[float, float]:
+    """(ms_per_mmac, layer_ms) fitted by least squares to measured per-layer times of `model`."""
+    measured = profile_model(model, spec, 1, warmup, repeats)
+    macs = np.array([c.macs / 1e6 for c in stage_costs(spec)[1:]])
+    ms = np.array([layer["ms"] for layer in measured["layers"]])
+    slope, intercept = np.polyfit(macs, ms, 1) if np.ptp(macs) > 0 else (0.0, float(ms.mean()))
+    if slope <= 0:
+        slope, intercept = float(ms.sum() / max(macs.sum(), 1e-9)), 0.0
+    return float(slope), float(max(intercept, 0.0))
+
+
+def resolve_profiles(
+    series_dir: str | Path,
+    manifest: dict,
+    edge_profile: str | None = None,
+    device_profile: str | None = None,
+    slowdown: float = 5.0,
+    ms_per_mmac: float | None = None,
+    layer_ms: float = 0.0,
+    calibration_model: tuple[nn.Module, ArchSpec] | None = None,
+) -> Profiles:
+    """Find or make the device and edge profiles (see the module docstring for the order).
+
+    Args:
+        calibration_model: the (model, spec) to time when the edge profile must be estimated and
+            `ms_per_mmac` is not given.
+    """
+    series_dir = Path(series_dir)
+    edge_path = Path(edge_profile) if edge_profile else series_dir / "profile.json"
+    if edge_profile or edge_path.is_file():
+        edge = load_profile(edge_path)
+        edge_source = f"edge profile {edge_path}"
+    else:
+        edge_path = None
+        if ms_per_mmac is None:
+            if calibration_model is None:
+                raise ValueError("no edge profile and no ms_per_mmac: give one, or a model to time")
+            ms_per_mmac, layer_ms = calibrate(*calibration_model)
+            edge_source = "edge estimated from MACs, calibrated at start-up"
+        else:
+            edge_source = "edge estimated from MACs"
+        edge = estimate_profile(manifest, ms_per_mmac, layer_ms)
+        edge_source += f" ({ms_per_mmac:.4g} ms/MMAC + {layer_ms:.4g} ms/layer)"
+    if device_profile:
+        return Profiles(load_profile(device_profile), edge, f"{edge_source}; device profile {device_profile}")
+    if edge_path is not None:
+        sibling = edge_path.with_name(f"{edge_path.name.removesuffix('.json')}.device.json")
+        if sibling.is_file():
+            return Profiles(load_profile(sibling), edge, f"{edge_source}; device profile {sibling}")
+    device = derive_profile(edge, slowdown)
+    return Profiles(device, edge, f"{edge_source}; device = {slowdown:g} x edge")

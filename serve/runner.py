@@ -1,0 +1,156 @@
+"""One loaded variant of a series, run as a device head or an edge tail (no Ray here).
+
+The head takes uint8 pixels, normalises them with the series' `DataInfo`, runs the stages up to
+the split and encodes the feature map as a wire frame tagged with the variant; at split `output`
+it returns the logits instead (nothing is sent). The tail validates a frame (variant tag, shape of
+the split, batch bound) before decoding it and runs the remaining stages. `DeviceHead` and
+`EdgeTail` are thin Serve wrappers around these two calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.codec import CodecConfig, decode_frame, encode_frame, variant_tag
+from pipeline.data import DataInfo, normalize
+from pipeline.models.registry import ArchSpec
+from pipeline.series import SeriesStore
+from pipeline.split import check_split, split_model, split_shape
+
+MAX_BATCH = 64
+
+
+class RequestError(ValueError):
+    """Bad input for a head or a tail: the caller answers it with a 4xx."""
+
+
+def codec_config(codec: dict) -> CodecConfig:
+    """The `CodecConfig` of a series manifest's `codec` entry."""
+    return CodecConfig(
+        bits=int(codec.get("bits", 8)),
+        per_channel=bool(codec.get("per_channel", False)),
+        compress=bool(codec.get("compress", True)),
+    )
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """A frame to send (None at split `output`), or the logits (N, classes) at split `output`."""
+
+    frame: bytes | None
+    logits: np.ndarray | None
+    head_ms: float
+    encode_ms: float
+
+
+@dataclass(frozen=True)
+class TailOutput:
+    """The logits (N, classes) the tail computed from a frame."""
+
+    logits: np.ndarray
+    decode_ms: float
+    tail_ms: float
+
+
+def _ms(start: int) -> float:
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+class VariantRunner:
+    """A variant's model, split on demand at any split point (the halves share its modules)."""
+
+    def __init__(self, variant_id: str, model: torch.nn.Module, spec: ArchSpec, info: DataInfo,
+                 codec: CodecConfig, max_batch: int = MAX_BATCH):
+        self.variant_id = variant_id
+        self.model = model.eval()
+        self.spec = spec
+        self.info = info
+        self.codec = codec
+        self.tag = variant_tag(variant_id)
+        self.max_batch = max_batch
+        self._halves: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+    @classmethod
+    def load(cls, store: SeriesStore, variant_id: str, max_batch: int = MAX_BATCH) -> VariantRunner:
+        """Load `variant_id` from `store` (sha256-checked, no pickle)."""
+        model, spec, _ = store.load_model(variant_id)
+        info = DataInfo.from_dict(store.manifest["data"])
+        return cls(variant_id, model, spec, info, codec_config(store.manifest["codec"]), max_batch)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.in_channels, self.spec.input_size, self.spec.input_size)
+
+    def halves(self, split: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+        if split not in self._halves:
+            try:
+                check_split(self.spec, split)
+            except ValueError as err:
+                raise RequestError(str(err)) from None
+            self._halves[split] = split_model(self.model, split)
+        return self._halves[split]
+
+    def check_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, S, S) with 1 <= N <= max_batch, or RequestError."""
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            raise RequestError("pixels must be a uint8 array")
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.input_shape:
+            raise RequestError(
+                f"pixels must have shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(pixels.shape)}"
+            )
+        if not 1 <= pixels.shape[0] <= self.max_batch:
+            raise RequestError(f"batch of {pixels.shape[0]} images; allowed 1..{self.max_batch}")
+        return pixels
+
+    def run_head(self, pixels: np.ndarray, split: str) -> HeadOutput:
+        """Normalise and run the head; encode its output unless the split is `output`."""
+        pixels = self.check_pixels(pixels)
+        head, _ = self.halves(split)
+        start = time.perf_counter_ns()
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
+            y = head(x)  # (N, C', H', W') at the split, (N, classes) at `output`
+        head_ms = _ms(start)
+        if split == "output":
+            return HeadOutput(None, y.numpy().astype(np.float32), head_ms, 0.0)
+        start = time.perf_counter_ns()
+        frame = encode_frame(y, self.codec, self.tag)
+        return HeadOutput(frame, None, head_ms, _ms(start))
+
+    def run_tail(self, frame: bytes, split: str) -> TailOutput:
+        """Validate and decode `frame` (made by this variant's head at `split`), run the tail.
+
+        Raises:
+            RequestError: the split is unknown or `output`, or the frame is malformed, comes
+                from another variant, or has the wrong shape for the split.
+        """
+        if split == "output":
+            raise RequestError("split 'output' runs everything on the device: no tail to run")
+        _, tail = self.halves(split)
+        shape = split_shape(self.spec, split)
+        start = time.perf_counter_ns()
+        try:
+            decoded = decode_frame(frame, max_elements=self.max_batch * math.prod(shape),
+                                   expected_tag=self.tag)
+        except ValueError as err:  # FrameError and its subclasses
+            raise RequestError(f"bad frame: {err}") from None
+        tensor = decoded.tensor
+        if tensor.ndim != len(shape) + 1 or tuple(tensor.shape[1:]) != tuple(shape):
+            raise RequestError(
+                f"frame holds shape {tuple(tensor.shape)}, split {split!r} of {self.variant_id} "
+                f"needs (N, {', '.join(map(str, shape))})"
+            )
+        if not 1 <= tensor.shape[0] <= self.max_batch:
+            raise RequestError(f"frame holds a batch of {tensor.shape[0]}; allowed 1..{self.max_batch}")
+        decode_ms = _ms(start)
+        start = time.perf_counter_ns()
+        with torch.inference_mode():
+            logits = tail(torch.from_numpy(tensor))
+        return TailOutput(logits.numpy().astype(np.float32), decode_ms, _ms(start))
+
