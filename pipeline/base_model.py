@@ -12,6 +12,7 @@ from torch import nn
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import TrainConfig, write_config
 from pipeline.data import Splits, load_splits
+from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec, build, make_spec
 from pipeline.train import evaluate, fit, seed_everything, set_threads
 
@@ -37,7 +38,7 @@ def train_base(
     splits = splits or load_data(config)
     info = splits.info
     spec = make_spec(config.arch, config.width, info.in_channels, info.num_classes, info.input_size)
-    model = build(spec)
+    model = build(spec).to(resolve_device(config.device))
     start = time.perf_counter()
     history = fit(
         model, splits.train, splits.val, info, config.epochs, config.lr, generator,

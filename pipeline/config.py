@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     threads: int = 0
+    device: str = "auto"
     out: str = "runs/train/model.safetensors"
 
     def __post_init__(self):
@@ -57,6 +59,12 @@ class TrainConfig:
         _check_range("train_subset", self.train_subset, 0, 10**9)
         _check_range("test_subset", self.test_subset, 0, 10**9)
         _check_range("threads", self.threads, 0, 1024)
+        _check_device(self.device)
+
+
+def _check_device(name: str) -> None:
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def _check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
@@ -128,6 +136,7 @@ class PruneConfig:
     test_subset: int = 0
     seed: int = 0
     threads: int = 0
+    device: str = "auto"
     batch_size: int = 128
     criterion: str = "taylor"
     mac_weight: float = 0.0
@@ -174,4 +183,5 @@ class PruneConfig:
         _check_range("codec_bits", self.codec_bits, 4, 8)
         _check_range("bytes_images", self.bytes_images, 1, 100_000)
         _check_range("threads", self.threads, 0, 1024)
+        _check_device(self.device)
         object.__setattr__(self, "step2_splits", tuple(self.step2_splits))

@@ -18,6 +18,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.codec import CodecConfig
 from pipeline.config import PruneConfig
 from pipeline.data import DataInfo, Splits, load_splits, normalize
+from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vgg import VGG
 from pipeline.series import SeriesError, SeriesStore, variant_id
@@ -78,6 +79,7 @@ def describe_variant(
     extra: dict | None = None,
 ) -> dict:
     """A manifest entry for a model: test accuracy, MACs, and bytes per offered split."""
+    model = model.to(resolve_device(ctx.config.device))
     vid = variant_id(spec.arch, step, iteration, layer)
     return {
         "id": vid, "step": step, "layer": layer,

@@ -17,10 +17,11 @@ def stage_outputs(model: VGG, x: torch.Tensor, splits: list[str]) -> dict[str, t
     model.eval()
     wanted = set(splits)
     out = {"input": x} if "input" in wanted else {}
+    x = x.to(next(model.parameters()).device)
     for name, stage in model.ordered_stages():
         x = stage(x)
         if name in wanted:
-            out[name] = x
+            out[name] = x.cpu()
     return out
 
 

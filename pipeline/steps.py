@@ -17,6 +17,7 @@ import torch
 
 from pipeline.config import PruneConfig
 from pipeline.data import Splits
+from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vgg import VGG
 from pipeline.schedule import step1_filters_per_iteration, step2_widths
@@ -69,6 +70,7 @@ def step1_iteration(
     filters_per_iteration: int, iteration: int,
 ) -> Snapshot:
     """Rank all filters, remove the globally lowest, fine-tune, evaluate on validation."""
+    model = model.to(resolve_device(config.device))
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
     scores = penalize_macs(scores, macs_per_filter(spec), config.mac_weight)
@@ -135,6 +137,7 @@ def step2_iteration(
     config: PruneConfig, generator: torch.Generator, iteration: int,
 ) -> Snapshot:
     """Prune only `layer` down to `target_width` filters (lowest ranked), fine-tune, evaluate."""
+    model = model.to(resolve_device(config.device))
     width = spec.width_of()[layer]
     if not 1 <= target_width < width:
         raise ValueError(f"{layer} has {width} filters; target width {target_width} is not below")

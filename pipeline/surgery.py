@@ -39,9 +39,11 @@ def remove_filters(
         raise ValueError(f"unknown layers {sorted(unknown)}; conv layers are {list(widths)}")
     keep = {n: _keep_indices(w, removals.get(n, []), n) for n, w in widths.items()}
     new_spec = spec.with_widths({n: len(k) for n, k in keep.items()})
-    new_model = build(new_spec)
+    device = next(model.parameters()).device
+    new_model = build(new_spec).to(device)
     old_blocks, new_blocks = model.conv_blocks(), new_model.conv_blocks()
-    in_keep = torch.arange(spec.in_channels)
+    keep = {n: k.to(device) for n, k in keep.items()}
+    in_keep = torch.arange(spec.in_channels, device=device)
     with torch.no_grad():
         for name, out_keep in keep.items():
             old, new = old_blocks[name], new_blocks[name]
@@ -52,7 +54,7 @@ def remove_filters(
             in_keep = out_keep
         # classifier inputs are channel-major: channel c owns columns c*side^2 .. (c+1)*side^2-1
         side2 = (spec.input_size // 32) ** 2
-        columns = (in_keep[:, None] * side2 + torch.arange(side2)[None, :]).reshape(-1)
+        columns = (in_keep[:, None] * side2 + torch.arange(side2, device=device)[None, :]).reshape(-1)
         new_model.classifier.linear.weight.copy_(model.classifier.linear.weight[:, columns])
         new_model.classifier.linear.bias.copy_(model.classifier.linear.bias)
     new_model.train(model.training)

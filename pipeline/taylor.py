@@ -71,21 +71,22 @@ def taylor_scores(
     sums: dict[str, torch.Tensor] = {}
     loss_fn = nn.CrossEntropyLoss()
     batches = iterate_batches(data, info, batch_size, shuffle=True, generator=generator)
+    device = next(model.parameters()).device
     with _taylor_hooks(model, layers, sums):
         for i, (x, y) in enumerate(batches):
             if i == num_batches:
                 break
             model.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            loss_fn(model(x.to(device)), y.to(device)).backward()
     model.zero_grad(set_to_none=True)
-    return {name: sums[name] for name in layers}  # backward filled `sums` in reverse order
+    return {name: sums[name].cpu() for name in layers}  # backward filled `sums` in reverse order
 
 
 def l1_scores(model: VGG, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
     """L1 norm of each filter's weights: a data-free baseline criterion."""
     blocks = model.conv_blocks()
     layers = layers or list(blocks)
-    return {n: blocks[n].conv.weight.detach().abs().sum(dim=(1, 2, 3)) for n in layers}
+    return {n: blocks[n].conv.weight.detach().abs().sum(dim=(1, 2, 3)).cpu() for n in layers}
 
 
 def rank_filters(

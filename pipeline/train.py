@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.data import DataInfo, ImageSet, iterate_batches
+from pipeline.device import model_device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -59,6 +60,7 @@ def train_one_epoch(
         progress: a description for a progress bar, or None for none.
     """
     model.train()
+    device = model_device(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(data) / batch_size)
@@ -69,6 +71,7 @@ def train_one_epoch(
     for i, (x, y) in enumerate(batches):
         if i == n_batches:
             break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
         loss = loss_fn(logits, y)
@@ -91,9 +94,10 @@ def evaluate(model: nn.Module, data: ImageSet, info: DataInfo, batch_size: int =
     model.eval()
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
+    device = model_device(model)
     correct = 0
     for x, y in iterate_batches(data, info, batch_size):
-        correct += (model(x).argmax(1) == y).sum().item()
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     return correct / len(data)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.config import PruneConfig, make_config
 from pipeline.report import format_series_table
 
 FLAGS = {
     "base": str, "out": str, "dataset": str, "data_dir": str, "train_subset": int,
-    "val_subset": int, "test_subset": int, "seed": int, "threads": int, "batch_size": int,
+    "val_subset": int, "test_subset": int, "seed": int, "threads": int, "device": str, "batch_size": int,
     "criterion": str, "mac_weight": float, "rank_batches": int, "finetune_lr": float, "step1_divisor": int,
     "step1_finetune_epochs": float, "step1_budget": float, "step1_target_mac_reduction": float,
     "step1_max_iterations": int, "step2_steps": int, "step2_finetune_epochs": float,
@@ -28,6 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run on Ray Tune: no value starts a local Ray session, "
                              "'auto' or HOST:PORT joins a cluster")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--resume", action="store_true",
+                        help="require an existing series at --out and resume it (the same "
+                             "command without --resume resumes too, or starts a new series)")
+    ray = parser.add_argument_group("Ray Tune (with --ray)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1.0,
+                     help="CPUs each trial reserves; torch uses that many threads (default 1)")
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0,
+                     help="GPUs each trial reserves; a fraction below 1 shares a GPU (default 0)")
+    ray.add_argument("--max-concurrent", type=int, default=0,
+                     help="at most this many trials at once (default: as resources allow)")
+    ray.add_argument("--max-failures", type=int, default=3,
+                     help="restarts of a trial whose worker dies, each from its last checkpoint")
+    ray.add_argument("--storage-path",
+                     help="Tune's run directory (default OUT/tune; shared storage such as "
+                          "s3://bucket/path on a multi-node cluster)")
+    ray.add_argument("--search-divisors",
+                     help="step-1 search: comma-separated step1_divisor values to try")
+    ray.add_argument("--search-budgets",
+                     help="step-1 search: comma-separated step1_budget values to try")
+    ray.add_argument("--search-metric", choices=("macs", "val_accuracy"), default="macs",
+                     help="how the search picks step 1: fewest MACs within the configured "
+                          "budget (default), or the highest validation accuracy")
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -37,13 +60,46 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     return make_config(PruneConfig, args.config, **overrides)
 
 
+def _numbers(text: str | None, kind: type, flag: str) -> tuple:
+    if not text:
+        return ()
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _ray_flags_used(args: argparse.Namespace) -> list[str]:
+    defaults = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": 0,
+                "max_failures": 3, "storage_path": None, "search_divisors": None,
+                "search_budgets": None, "search_metric": "macs"}
+    return ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k) != v]
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.resume and not (Path(config.out) / "manifest.json").is_file():
+        raise ValueError(f"--resume: no series at {config.out} to resume")
+    if args.ray is None and _ray_flags_used(args):
+        raise ValueError(f"{', '.join(_ray_flags_used(args))} only apply with --ray")
     if args.ray is not None:
-        from tune.launch import launch_pruning
+        from tune.launch import TrialsFailedError, launch_pruning
+        from tune.plan import Step1Search, TrialResources
 
-        store = launch_pruning(config, steps=args.step, address=args.ray,
-                               progress=not args.quiet)
+        search = None
+        divisors = _numbers(args.search_divisors, int, "--search-divisors")
+        budgets = _numbers(args.search_budgets, float, "--search-budgets")
+        if divisors or budgets:
+            search = Step1Search(divisors, budgets, args.search_metric)
+        try:
+            store = launch_pruning(
+                config, steps=args.step, address=args.ray, progress=not args.quiet,
+                resources=TrialResources(cpus=args.cpus_per_trial, gpus=args.gpus_per_trial),
+                max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                storage_path=args.storage_path, search=search)
+        except TrialsFailedError as err:
+            print(f"twostep prune: {err}")
+            return 1
     else:
         from pipeline.prune_job import prune_series
 

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (0 = default)")
+    parser.add_argument("--device", help="auto (default: the GPU if present), cpu, cuda, cuda:N")
     parser.add_argument("--out", help="checkpoint path (.safetensors)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     keys = ("dataset", "data_dir", "arch", "width", "epochs", "batch_size", "lr", "weight_decay",
             "label_smoothing", "val_fraction", "train_subset", "test_subset", "augment", "seed",
-            "threads", "out")
+            "threads", "device", "out")
     return make_config(TrainConfig, args.config, **{k: getattr(args, k) for k in keys})
 
 

@@ -1,0 +1,100 @@
+"""`twostep serve SERIES_DIR`: serve split inference of a series on Ray Serve, over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from pipeline.cost import parse_bandwidth
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("series", help="model series directory")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    parser.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    constraint = parser.add_mutually_exclusive_group()
+    constraint.add_argument("--accuracy-floor", type=float,
+                            help="default accuracy floor (default: best accuracy - 0.02)")
+    constraint.add_argument("--latency-budget-ms", type=float, help="default latency budget")
+    parser.add_argument("--edge-profile", help="edge profile (default <series>/profile.json, "
+                        "else estimated from MACs at start-up)")
+    parser.add_argument("--device-profile", help="device profile (default: derived with --slowdown)")
+    parser.add_argument("--slowdown", type=float, help="device = this many times the edge (default 5)")
+    parser.add_argument("--link-bandwidth", help="emulate the handoff link: 1mbit, 250kbit, 2e6")
+    parser.add_argument("--link-rtt-ms", type=float, help="emulated link round trip (default 0)")
+    parser.add_argument("--tail-replicas", type=int, help="fixed EdgeTail replicas (default: autoscale)")
+    parser.add_argument("--tail-max-replicas", type=int, help="autoscaling maximum (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other build_app argument (serve/settings.py), JSON values; repeatable")
+    parser.add_argument("--check", action="store_true",
+                        help="validate and print the resolved arguments, start nothing")
+
+
+def _parse_set(items: list[str]) -> dict:
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    return extra
+
+
+def resolve_args(args: argparse.Namespace):
+    """The validated `AppArgs` from the command line (ValueError naming a bad value)."""
+    from pydantic import ValidationError
+
+    from serve.settings import AppArgs
+
+    values = _parse_set(args.set)
+    flags = {
+        "accuracy_floor": args.accuracy_floor, "latency_budget_ms": args.latency_budget_ms,
+        "edge_profile": args.edge_profile, "device_profile": args.device_profile,
+        "slowdown": args.slowdown, "link_rtt_ms": args.link_rtt_ms,
+        "tail_replicas": args.tail_replicas, "tail_max_replicas": args.tail_max_replicas,
+        "link_bandwidth_bps": parse_bandwidth(args.link_bandwidth) if args.link_bandwidth else None,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["series_dir"] = os.path.abspath(args.series)
+    try:
+        return AppArgs.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in err.errors())
+        raise ValueError(problems) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    app_args = resolve_args(args)
+    from pipeline.series import SeriesStore
+
+    SeriesStore.open(app_args.series_dir)
+    if args.check:
+        print(json.dumps(app_args.model_dump(), indent=1, sort_keys=True))
+        return 0
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port},
+                logging_config={"enable_access_log": False})
+    print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
+          "(docs/serve.md; Ctrl-C stops)", flush=True)
+    try:
+        serve.run(build_app(app_args), name="twostep", route_prefix="/", blocking=True)
+    finally:
+        serve.shutdown()
+    return 0
