@@ -93,8 +93,12 @@ class BandwidthEstimator:
         self.samples_seen = 0
         self.samples_ignored = 0
 
-    def add_transfer(self, nbytes: int, seconds: float, rtt_ms: float = 0.0) -> bool:
+    def add_transfer(self, nbytes: int, seconds: float, rtt_ms: float = 0.0, exact: bool = False) -> bool:
         """Record that `nbytes` took `seconds` end to end over a link with round trip `rtt_ms`.
+
+        Args:
+            exact: the time is exact (an emulated link's schedule), so even a small transfer
+                is a good throughput sample and `min_sample_bytes` does not apply.
 
         Returns:
             Whether the sample was used (large enough, and longer than the round trip).
@@ -106,7 +110,8 @@ class BandwidthEstimator:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.samples_seen += 1
         transfer_s = seconds - rtt_ms / 1000.0
-        if nbytes < max(self.config.min_sample_bytes, 1) or transfer_s <= _MIN_SECONDS:
+        min_bytes = 1 if exact else max(self.config.min_sample_bytes, 1)
+        if nbytes < min_bytes or transfer_s <= _MIN_SECONDS:
             self.samples_ignored += 1
             return False
         self._push(Sample(nbytes, transfer_s, self._clock()))

@@ -22,8 +22,12 @@ MAX_MODELS_PER_REPLICA = 16
 
 
 def error_entry(err: Exception) -> dict:
-    """A client error as a result entry: status 404 for an unknown variant, else 400."""
-    status = 404 if isinstance(err, SeriesError) and "unknown variant" in str(err) else 400
+    """An error as a result entry: 404 for an unknown variant, 500 for a series that cannot be
+    read (a server fault, e.g. a weights file that fails its sha256), 400 for bad input."""
+    if isinstance(err, SeriesError):
+        status = 404 if "unknown variant" in str(err) else 500
+    else:
+        status = 400
     return {"error": str(err), "status": status}
 
 
@@ -52,7 +56,7 @@ class DeviceHead:
             runner = await self.get_runner(serve.get_multiplexed_model_id())
             if len(shape) != 4 or len(pixels) != int(np.prod(shape)):
                 raise RequestError(f"{len(pixels)} bytes of pixels do not fill shape {tuple(shape)}")
-            array = np.frombuffer(pixels, np.uint8).reshape(tuple(shape))
+            array = np.frombuffer(pixels, np.uint8).reshape(tuple(shape)).copy()
             out = await asyncio.to_thread(runner.run_head, array, split)
         except (RequestError, SeriesError) as err:
             return error_entry(err)

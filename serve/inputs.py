@@ -175,8 +175,9 @@ def decode_image(body: bytes, fmt: str, channels: int, size: int, max_pixels: in
                 img = img.convert("L" if channels == 1 else "RGB")
     except HttpError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise HttpError(413, f"image refused as a decompression bomb: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise HttpError(400, f"body is not a readable {fmt} image: {err}") from None
     if (width, height) != (size, size):
         if width <= size and height <= size:
@@ -187,7 +188,7 @@ def decode_image(body: bytes, fmt: str, channels: int, size: int, max_pixels: in
             img = img.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(img, dtype=np.uint8)
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(pixels[None])
+    return np.array(pixels[None], dtype=np.uint8, order="C")  # a writable copy
 
 
 def decode_pixels(body: bytes, content_type: str | None, shape_text: str | None, channels: int,

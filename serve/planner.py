@@ -76,10 +76,9 @@ class Planner:
         self.best_accuracy = max(c.accuracy for c in candidates)
 
     def splits_of(self, variant_id: str) -> list[str]:
-        """Split points a variant can be served at: those it offers, plus input and output."""
-        entry = self.variants[variant_id]
-        offered = set(entry["splits"]) | {"input", "output"}
-        return [s for s in split_points(ArchSpec.from_dict(entry["spec"])) if s in offered]
+        """Split points a variant can be served at: those it offers, plus the baselines'."""
+        spec = ArchSpec.from_dict(self.variants[variant_id]["spec"])
+        return [s for s in split_points(spec) if (variant_id, s) in self._by_key]
 
     def candidate(self, variant_id: str, split: str) -> Candidate:
         """The candidate for a forced (variant, split); ValueError naming the valid ones."""

@@ -38,6 +38,10 @@ class AppArgs(BaseModel):
     # Bandwidth estimate and hysteresis (serve/bandwidth.py, serve/planner.py).
     initial_bandwidth_bps: float = Field(10e6, gt=0.0, le=MAX_BANDWIDTH_BPS)
     rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS)
+    # Also learn from the measured head -> tail handoff when the link is not emulated (for a
+    # cluster where that hop crosses the real device-edge network; set rtt_ms to the hop's fixed
+    # latency). Off by default: on one machine the hop measures Serve, not a link.
+    measure_handoff: bool = False
     estimator_window: int = Field(8, ge=1, le=1024)
     estimator_max_age_s: float = Field(30.0, gt=0.0)
     estimator_band: float = Field(0.25, ge=0.0, le=10.0)

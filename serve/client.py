@@ -1,0 +1,235 @@
+"""The device client: run a variant's head locally, as a real device would, and let the edge finish.
+
+`DeviceClient` fetches the head weights of a (variant, split) from the edge and checks their
+sha256, runs the head on the device's own CPU, encodes the feature map with the series' codec,
+POSTs the frame to `/v1/tail` and returns the prediction with the time of every stage. It
+measures its own uplink from each upload (request time minus the server's time minus the round
+trip measured by pinging `/v1/health`) and reports it with the next request (`uplink_bps`), so the
+edge's planner knows this device's link. `throttle_bps` makes the client hold each frame back as
+a link of that rate would (link emulation on the device side, for one-machine runs).
+Standard library HTTP (one keep-alive connection), no Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.codec import encode_frame, variant_tag
+from pipeline.data import DataInfo, normalize
+from pipeline.models.registry import ArchSpec
+from pipeline.split import split_model
+from serve.inputs import IMAGE_TYPES, decode_image
+from serve.runner import codec_config
+from serve.weights import load_head
+
+
+class DeviceError(RuntimeError):
+    """The edge refused a request or could not be reached; `status` is the HTTP status (0: none)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+
+
+@dataclass
+class DeviceResult:
+    """One inference: what served it, the prediction, and the time of each stage in ms."""
+
+    prediction: int
+    label: str
+    logits: list[float]
+    variant: str
+    split: str
+    bytes_sent: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    uplink_bps: float | None = None
+
+
+def _ms(start_ns: int) -> float:
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
+
+class DeviceClient:
+    """A device talking to the edge's HTTP API at `url` as link `link`."""
+
+    def __init__(self, url: str, link: str = "device", timeout_s: float = 30.0,
+                 throttle_bps: float | None = None, min_report_bytes: int = 512):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
+        if throttle_bps is not None and not throttle_bps > 0:
+            raise ValueError(f"throttle_bps must be > 0, got {throttle_bps!r}")
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.link = link
+        self.timeout_s = timeout_s
+        self.throttle_bps = throttle_bps
+        self.min_report_bytes = min_report_bytes
+        self._conn: http.client.HTTPConnection | None = None
+        self._info: dict | None = None
+        self._heads: dict[tuple[str, str], tuple[torch.nn.Module, str]] = {}
+        self.rtt_ms: float | None = None
+        self.uplink_bps: float | None = None
+
+    # ---- HTTP ----
+    def _request(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
+                 content_type: str | None = None) -> tuple[int, dict, bytes]:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        target = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = {"Content-Type": content_type} if content_type else {}
+        for attempt in (0, 1):  # one retry on a keep-alive connection the server closed
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            try:
+                self._conn.request(method, target, body=body, headers=headers)
+                response = self._conn.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError) as err:
+                self.close()
+                if attempt:
+                    raise DeviceError(0, f"cannot reach {self.host}:{self.port}: {err}") from err
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("error", data[:200].decode(errors="replace"))
+            except (ValueError, AttributeError):
+                message = data[:200].decode(errors="replace")
+            raise DeviceError(response.status, message)
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def _json(self, method: str, path: str, **kwargs) -> dict:
+        return json.loads(self._request(method, path, **kwargs)[2])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- edge information ----
+    def info(self) -> dict:
+        """`GET /v1/variants` (cached): data info, codec and the variants with their splits."""
+        if self._info is None:
+            self._info = self._json("GET", "/v1/variants")
+        return self._info
+
+    def variant(self, variant_id: str) -> dict:
+        for entry in self.info()["variants"]:
+            if entry["id"] == variant_id:
+                return entry
+        raise ValueError(f"the edge has no variant {variant_id!r}")
+
+    def ping(self, count: int = 3) -> float:
+        """Round-trip time to the edge in ms (the minimum of `count` health requests)."""
+        times = []
+        for _ in range(count):
+            start = time.perf_counter_ns()
+            self._request("GET", "/v1/health")
+            times.append(_ms(start))
+        self.rtt_ms = min(times)
+        return self.rtt_ms
+
+    def plan(self, accuracy_floor: float | None = None, latency_budget_ms: float | None = None,
+             bandwidth_bps: float | None = None) -> dict:
+        """`GET /v1/plan` for this device's link (its reported uplink unless `bandwidth_bps`)."""
+        bandwidth = bandwidth_bps if bandwidth_bps is not None else self.uplink_bps
+        return self._json("GET", "/v1/plan", params={
+            "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
+            "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link})
+
+    def download_head(self, variant_id: str, split: str,
+                      expected_sha256: str | None = None) -> tuple[bytes, str]:
+        """(safetensors bytes of the head at `split`, sha256), checked against the edge's
+        `X-Twostep-Sha256` header and against `expected_sha256` when pinned."""
+        _, headers, data = self._request("GET", f"/v1/variants/{variant_id}/head",
+                                         params={"split": split})
+        sha = headers.get("x-twostep-sha256", "")
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise DeviceError(0, f"head weights of {variant_id}@{split} do not match their sha256")
+        if expected_sha256 is not None and sha != expected_sha256.lower():
+            raise DeviceError(0, f"head weights sha256 {sha} is not the pinned {expected_sha256}")
+        return data, sha
+
+    def fetch_head(self, variant_id: str, split: str, expected_sha256: str | None = None) -> torch.nn.Module:
+        """The variant's head module at `split`, from verified weights (downloaded once)."""
+        key = (variant_id, split)
+        if key not in self._heads:
+            data, sha = self.download_head(variant_id, split, expected_sha256)
+            spec = ArchSpec.from_dict(self.variant(variant_id)["spec"])
+            model = load_head(data, spec, split)
+            self._heads[key] = (split_model(model, split)[0].eval(), sha)
+        return self._heads[key][0]
+
+    # ---- inference ----
+    def pixels(self, image: bytes | np.ndarray, content_type: str = "image/png") -> np.ndarray:
+        """uint8 (1, C, S, S) for the series from PNG/JPEG bytes or a uint8 (C, S, S) array."""
+        data = DataInfo.from_dict(self.info()["data"])
+        if isinstance(image, np.ndarray):
+            array = image.astype(np.uint8, copy=False)
+            return array[None] if array.ndim == 3 else array
+        fmt = IMAGE_TYPES.get(content_type)
+        if fmt is None:
+            raise ValueError(f"content_type must be one of {', '.join(IMAGE_TYPES)}, got {content_type!r}")
+        return decode_image(image, fmt, data.in_channels, data.input_size, 1 << 24)
+
+    def classify(self, pixels: np.ndarray, variant: str | None = None, split: str | None = None,
+                 accuracy_floor: float | None = None,
+                 latency_budget_ms: float | None = None) -> DeviceResult:
+        """Classify uint8 (1, C, S, S) `pixels`: plan (unless `variant` and `split` are given),
+        run the head here, send the frame, and return what the edge answered."""
+        if (variant is None) != (split is None):
+            raise ValueError("give variant and split together, or neither (the edge plans)")
+        start = time.perf_counter_ns()
+        timings: dict[str, float] = {}
+        if self.rtt_ms is None:
+            self.ping()
+        if variant is None or split is None:
+            plan_start = time.perf_counter_ns()
+            best = self.plan(accuracy_floor, latency_budget_ms)["best"]
+            variant, split = best["variant"], best["split"]
+            timings["plan"] = _ms(plan_start)
+        info = self.info()
+        data = DataInfo.from_dict(info["data"])
+        fetch_start = time.perf_counter_ns()
+        head = self.fetch_head(variant, split)
+        timings["fetch"] = _ms(fetch_start)
+        head_start = time.perf_counter_ns()
+        with torch.inference_mode():
+            features = head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), data))
+        timings["head"] = _ms(head_start)
+        if split == "output":
+            logits = features[0].tolist()
+            prediction = int(np.argmax(logits))
+            timings["total"] = _ms(start)
+            return DeviceResult(prediction, data.classes[prediction], logits, variant, split, 0, timings)
+        encode_start = time.perf_counter_ns()
+        frame = encode_frame(features, codec_config(info["codec"]), variant_tag(variant))
+        timings["encode"] = _ms(encode_start)
+        send_start = time.perf_counter_ns()
+        if self.throttle_bps is not None:
+            time.sleep(len(frame) * 8.0 / self.throttle_bps)
+        answer = self._json("POST", "/v1/tail", body=frame, content_type="application/octet-stream",
+                            params={"variant": variant, "split": split, "link": self.link,
+                                    "uplink_bps": self.uplink_bps})
+        timings["send"] = _ms(send_start)
+        timings["edge"] = answer["timings_ms"]["total"]
+        timings["edge_tail"] = answer["timings_ms"]["tail"]
+        timings["uplink"] = max(0.0, timings["send"] - timings["edge"] - (self.rtt_ms or 0.0))
+        if len(frame) >= self.min_report_bytes and timings["uplink"] > 0:
+            self.uplink_bps = len(frame) * 8.0 / (timings["uplink"] / 1000.0)
+        timings["total"] = _ms(start)
+        prediction = answer["predictions"][0]
+        return DeviceResult(prediction, answer["labels"][0], answer["logits"][0], variant, split,
+                            len(frame), timings, self.uplink_bps)

@@ -1,0 +1,393 @@
+"""`Router`: the HTTP ingress. Plans each request from the bandwidth estimate, runs head and tail.
+
+Per request to `/v1/classify` it decodes the image, chooses (variant, split) with
+`serve.planner.Planner` from the held bandwidth estimate of the request's link and its accuracy
+floor or latency budget, awaits `DeviceHead` for the frame, carries the frame over the (possibly
+emulated) link and awaits `EdgeTail` for the logits: two handle hops, bytes both ways. The time
+each transfer took feeds the link's estimator. A head or tail call that fails because its
+replica died is retried (the frame is kept, so retrying is safe). The HTTP API is documented in
+docs/serve.md; every bad request gets a 4xx JSON `{"error": ...}` and the replica serves on.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import PIL.Image  # noqa: F401  (imported here so the first request does not pay for it)
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from pipeline.cost import Breakdown, Link, latency_breakdown
+from pipeline.data import DataInfo
+from pipeline.selection import Candidate, NoFeasibleCandidate
+from pipeline.series import SeriesStore
+from serve.bandwidth import EstimatorConfig, EstimatorPool
+from serve.inputs import (
+    HttpError,
+    check_params,
+    decode_pixels,
+    media_type,
+    parse_bandwidth_param,
+    parse_constraint,
+    parse_int,
+    parse_link_id,
+    parse_rtt,
+    parse_variant_id,
+    read_body,
+)
+from serve.link import LinkEmulator, LinkSaturated, check_link_settings
+from serve.planner import Planner, constraint_key
+from serve.profiles import resolve_profiles
+from serve.settings import AppArgs
+from serve.weights import pack_head
+
+logger = logging.getLogger("ray.serve")
+api = FastAPI(title="twostep split inference", version="1",
+              description="Bandwidth-aware split inference of a pruned model series. See docs/serve.md.")
+
+CLASSIFY_PARAMS = {"accuracy_floor", "latency_budget_ms", "link", "uplink_bps", "variant", "split",
+                   "shape"}
+TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
+PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link"}
+FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
+MAX_JSON_BYTES = 4096
+HEAD_CACHE = 32
+
+
+def _ms(start_ns: int) -> float:
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
+
+def _replica_failure(err: BaseException) -> bool:
+    """Whether `err` means the replica died or is unreachable (so a retry may succeed)."""
+    if isinstance(err, RayActorError | DeploymentUnavailableError | BackPressureError):
+        return True
+    return isinstance(err, RayTaskError) and isinstance(getattr(err, "cause", None), RayActorError)
+
+
+async def call_with_retries(call: Callable[[], Awaitable[dict]], what: str, retries: int,
+                            timeout_s: float) -> tuple[dict, int]:
+    """(result of `await call()`, failed attempts before it), retrying when a replica died.
+
+    Serve re-routes requests a dead replica had not yet accepted; one it was running fails with
+    `ActorDiedError`, and is sent again here (head and tail calls are idempotent). A result with
+    an `error` entry is the replica reporting a client error: HttpError with its status. 503
+    when every attempt fails, 504 when one takes longer than `timeout_s`.
+    """
+    last: BaseException | None = None
+    for attempt in range(retries + 1):
+        try:
+            result = await asyncio.wait_for(call(), timeout_s)
+        except TimeoutError:
+            raise HttpError(504, f"{what} did not answer in {timeout_s:g} s") from None
+        except Exception as err:
+            if not _replica_failure(err):
+                raise
+            last = err
+            logger.warning("%s failed (attempt %d): %s", what, attempt + 1, type(err).__name__)
+            await asyncio.sleep(min(0.2 * 2 ** attempt, 2.0))
+            continue
+        if "error" in result:
+            raise HttpError(result["status"], result["error"])
+        return result, attempt
+    raise HttpError(503, f"{what} unavailable after {retries + 1} attempts: {type(last).__name__}")
+
+
+def _row(rank: int, candidate: Candidate, breakdown: Breakdown) -> dict:
+    return {
+        "rank": rank, "variant": candidate.variant_id, "split": candidate.split,
+        "strategy": candidate.strategy, "accuracy": candidate.accuracy,
+        "bytes": candidate.bytes_sent, "device_ms": breakdown.device_ms,
+        "transfer_ms": breakdown.transfer_ms, "edge_ms": breakdown.edge_ms,
+        "total_ms": breakdown.total_ms,
+    }
+
+
+@api.exception_handler(HttpError)
+async def _http_error(request: Request, err: HttpError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+@api.exception_handler(NoFeasibleCandidate)
+async def _infeasible(request: Request, err: NoFeasibleCandidate) -> JSONResponse:
+    closest = [_row(i + 1, c, b) for i, (c, b) in enumerate(err.closest)]
+    return JSONResponse({"error": str(err), "closest": closest}, status_code=422)
+
+
+@api.exception_handler(LinkSaturated)
+async def _saturated(request: Request, err: LinkSaturated) -> JSONResponse:
+    return JSONResponse({"error": str(err)}, status_code=503)
+
+
+@serve.deployment(name="Router")
+@serve.ingress(api)
+class Router:
+    """HTTP ingress: request parsing, planning, the head -> link -> tail handoff, the link API."""
+
+    def __init__(self, head: DeploymentHandle, tail: DeploymentHandle, args: dict):
+        self.args = AppArgs.model_validate(args)
+        self.head = head
+        self.tail = tail
+        self.store = SeriesStore.open(self.args.series_dir)
+        manifest = self.store.manifest
+        self.info = DataInfo.from_dict(manifest["data"])
+        base = manifest.get("base") or self.store.ids()[0]
+        profiles = resolve_profiles(
+            self.args.series_dir, manifest, self.args.edge_profile, self.args.device_profile,
+            self.args.slowdown, self.args.ms_per_mmac, self.args.layer_ms,
+            calibration_model=None if self.args.ms_per_mmac is not None
+            else self.store.load_model(base)[:2],
+        )
+        self.profile_source = profiles.source
+        self.planner = Planner(manifest, profiles.device, profiles.edge, self.args.bytes_stat,
+                               self.args.baselines, self.args.switch_margin)
+        self.default_floor, self.default_budget = self.args.accuracy_floor, self.args.latency_budget_ms
+        if self.default_floor is None and self.default_budget is None:
+            self.default_floor = max(0.0, self.planner.best_accuracy - self.args.accuracy_drop)
+        self.estimators = EstimatorPool(EstimatorConfig(
+            self.args.initial_bandwidth_bps, self.args.estimator_window, self.args.estimator_max_age_s,
+            self.args.min_sample_bytes, self.args.estimator_band))
+        self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
+        self._heads: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        self._probes: dict[str, asyncio.Task] = {}
+        logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
+                    len(self.planner.table), self.profile_source)
+
+    # ---- helpers ----
+    def _rtt_ms(self) -> float:
+        return self.link.rtt_ms if self.link.enabled else self.args.rtt_ms
+
+    def _variant(self, variant_id: str | None) -> str:
+        variant_id = parse_variant_id(variant_id)
+        if variant_id is None:
+            raise HttpError(400, "variant is required")
+        if variant_id not in self.planner.variants:
+            raise HttpError(404, f"unknown variant {variant_id!r}; GET /v1/variants lists them")
+        return variant_id
+
+    def _split(self, variant_id: str, split: str | None) -> str:
+        splits = self.planner.splits_of(variant_id)
+        if split not in splits:
+            raise HttpError(400, f"variant {variant_id!r} is served at splits {', '.join(splits)}; "
+                                 f"got {split!r}")
+        return split
+
+    async def _call(self, handle: DeploymentHandle, variant_id: str, method: str, *args) -> tuple[dict, int]:
+        target = getattr(handle.options(multiplexed_model_id=variant_id), method)
+        return await call_with_retries(lambda: target.remote(*args), method, self.args.retries,
+                                       self.args.call_timeout_s)
+
+    def _maybe_probe(self, link_id: str) -> None:
+        """Send a probe over the emulated link when its estimate has had no sample for a while,
+        so a plan that sends nothing (all on device) can still see the link get better."""
+        estimator = self.estimators.get(link_id)
+        if (not self.link.enabled or link_id in self._probes
+                or estimator.age_s() < self.args.probe_interval_s):
+            return
+
+        async def probe() -> None:
+            try:
+                transfer = await self.link.transmit(self.args.probe_bytes)
+                estimator.add_transfer(self.args.probe_bytes, transfer.total_s, self.link.rtt_ms, exact=True)
+            except LinkSaturated:
+                pass
+            finally:
+                self._probes.pop(link_id, None)
+
+        self._probes[link_id] = asyncio.get_running_loop().create_task(probe())
+
+    # ---- endpoints ----
+    @api.get("/v1/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "variants": len(self.planner.variants),
+                "candidates": len(self.planner.table), "profiles": self.profile_source,
+                "link": self.link.snapshot()}
+
+    @api.get("/v1/variants")
+    async def variants(self) -> dict:
+        manifest = self.store.manifest
+        listed = []
+        for vid, entry in self.planner.variants.items():
+            accuracy = entry.get("test_accuracy")
+            listed.append({
+                "id": vid, "step": entry["step"], "layer": entry.get("layer"),
+                "accuracy": accuracy if accuracy is not None else entry.get("val_accuracy"),
+                "macs": entry["macs"], "spec": entry["spec"], "sha256": entry["sha256"],
+                "splits": self.planner.splits_of(vid),
+                "bytes_mean": {s: v["bytes_mean"] for s, v in entry["splits"].items()},
+            })
+        return {"base": manifest.get("base"), "data": manifest["data"], "codec": manifest["codec"],
+                "variants": listed}
+
+    @api.get("/v1/variants/{variant_id}/head")
+    async def head_weights(self, variant_id: str, request: Request) -> Response:
+        check_params(request.query_params, {"split"})
+        vid = self._variant(variant_id)
+        split = self._split(vid, request.query_params.get("split"))
+        key = (vid, split)
+        if key not in self._heads:
+            model, spec, _ = await asyncio.to_thread(self.store.load_model, vid)
+            self._heads[key] = pack_head(model, spec, vid, split)
+            while len(self._heads) > HEAD_CACHE:
+                self._heads.popitem(last=False)
+        self._heads.move_to_end(key)
+        data, sha = self._heads[key]
+        return Response(data, media_type="application/octet-stream", headers={
+            "X-Twostep-Sha256": sha, "ETag": f'"{sha}"', "X-Twostep-Variant": vid,
+            "X-Twostep-Split": split})
+
+    @api.get("/v1/plan")
+    async def plan(self, request: Request) -> dict:
+        params = request.query_params
+        check_params(params, PLAN_PARAMS)
+        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
+        link_id = parse_link_id(params)
+        bandwidth = parse_bandwidth_param(params, "bandwidth_bps")
+        rtt = parse_rtt(params)
+        top = parse_int(params, "top", 1, 100, 5)
+        source = "given"
+        if bandwidth is None:
+            bandwidth, source = self.estimators.get(link_id).estimate_bps, "estimate"
+        link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
+        decision = self.planner.plan(link, floor, budget, top)
+        ranked = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
+        return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
+                "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],
+                "ranked": ranked}
+
+    @api.get("/v1/link")
+    async def get_link(self, request: Request) -> dict:
+        check_params(request.query_params, {"link"})
+        link_id = parse_link_id(request.query_params)
+        return {"link": link_id, "emulation": self.link.snapshot(),
+                "estimate": self.estimators.get(link_id).snapshot()}
+
+    @api.put("/v1/link")
+    async def put_link(self, request: Request) -> dict:
+        check_params(request.query_params, set())
+        body = await read_body(request.stream(), request.headers.get("content-length"), MAX_JSON_BYTES)
+        try:
+            settings = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HttpError(400, f"body must be JSON: {err}") from None
+        if not isinstance(settings, dict) or not set(settings) <= {"bandwidth_bps", "rtt_ms"}:
+            raise HttpError(400, 'body must be {"bandwidth_bps": number or null, "rtt_ms": number}')
+        try:
+            bandwidth, rtt = check_link_settings(settings.get("bandwidth_bps"), settings.get("rtt_ms", 0.0))
+        except ValueError as err:
+            raise HttpError(400, str(err)) from None
+        self.link.configure(bandwidth, rtt)
+        return {"emulation": self.link.snapshot()}
+
+    # The two inference routes answer with JSONResponse directly: FastAPI's generic encoding of
+    # a returned dict costs a few hundred microseconds per request for nothing here.
+    @api.post("/v1/classify")
+    async def classify(self, request: Request) -> JSONResponse:
+        start = time.perf_counter_ns()
+        params = request.query_params
+        check_params(params, CLASSIFY_PARAMS)
+        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
+        link_id = parse_link_id(params)
+        estimator = self.estimators.get(link_id)
+        uplink = parse_bandwidth_param(params, "uplink_bps")
+        forced = "variant" in params or "split" in params
+        if forced:
+            vid = self._variant(params.get("variant"))
+            split = self._split(vid, params.get("split"))
+        body = await read_body(request.stream(), request.headers.get("content-length"),
+                               self.args.max_body_bytes)
+        parse_start = time.perf_counter_ns()
+        pixels = decode_pixels(body, request.headers.get("content-type"), params.get("shape"),
+                               self.info.in_channels, self.info.input_size, self.args.max_image_pixels)
+        parse_ms = _ms(parse_start)
+        if uplink is not None:
+            estimator.report(uplink)
+        plan_start = time.perf_counter_ns()
+        link = Link(estimator.estimate_bps, self._rtt_ms())
+        kept = switched = False
+        if forced:
+            candidate = self.planner.candidate(vid, split)
+            breakdown = latency_breakdown(candidate.head_ms, candidate.bytes_sent, candidate.tail_ms, link)
+        else:
+            choice = self.planner.choose(f"{link_id}|{constraint_key(floor, budget)}", link, floor, budget)
+            candidate, breakdown = choice.candidate, choice.breakdown
+            kept, switched = choice.kept, choice.switched
+            vid, split = candidate.variant_id, candidate.split
+        plan_ms = _ms(plan_start)
+        self._maybe_probe(link_id)
+
+        timings = {"parse": parse_ms, "plan": plan_ms}
+        head_start = time.perf_counter_ns()
+        head, retries = await self._call(self.head, vid, "run", split, pixels.tobytes(), pixels.shape)
+        timings.update(head=head["head_ms"], encode=head["encode_ms"], head_call=_ms(head_start))
+        frame = head["frame"]
+        bytes_sent = 0 if frame is None else len(frame)
+        link_ms = decode_ms = tail_ms = 0.0
+        if frame is None:
+            logits = head["logits"][0]
+        else:
+            link_start = time.perf_counter_ns()
+            if self.link.enabled:
+                transfer = await self.link.transmit(bytes_sent)
+                estimator.add_transfer(bytes_sent, transfer.total_s, self.link.rtt_ms, exact=True)
+            link_ms = _ms(link_start)
+            tail_start = time.perf_counter_ns()
+            tail, tail_retries = await self._call(self.tail, vid, "finish", frame, split)
+            tail_call_ms = _ms(tail_start)
+            retries += tail_retries
+            if not self.link.enabled and self.args.measure_handoff:
+                handoff_s = max(0.0, tail_call_ms - tail["server_ms"]) / 1000.0
+                estimator.add_transfer(bytes_sent, handoff_s, self.args.rtt_ms)
+            logits = tail["logits"][0]
+            decode_ms, tail_ms = tail["decode_ms"], tail["tail_ms"]
+            timings.update(tail_call=tail_call_ms)
+        timings.update(link=link_ms, decode=decode_ms, tail=tail_ms)
+        timings["total"] = _ms(start)
+        work = timings["head"] + timings["encode"] + link_ms + decode_ms + tail_ms
+        timings["overhead"] = max(0.0, timings["total"] - work)
+        prediction = max(range(len(logits)), key=logits.__getitem__)
+        return JSONResponse({
+            "prediction": prediction, "label": self.info.classes[prediction], "logits": logits,
+            "variant": vid, "split": split, "strategy": candidate.strategy,
+            "accuracy": candidate.accuracy, "bytes_sent": bytes_sent, "link": link_id,
+            "bandwidth_bps": link.bandwidth_bps, "forced": forced, "kept": kept, "switched": switched,
+            "planned_ms": {"device": breakdown.device_ms, "transfer": breakdown.transfer_ms,
+                           "edge": breakdown.edge_ms, "total": breakdown.total_ms},
+            "timings_ms": timings, "retries": retries,
+        })
+
+    @api.post("/v1/tail")
+    async def finish(self, request: Request) -> JSONResponse:
+        start = time.perf_counter_ns()
+        params = request.query_params
+        check_params(params, TAIL_PARAMS)
+        vid = self._variant(params.get("variant"))
+        split = self._split(vid, params.get("split"))
+        if split == "output":
+            raise HttpError(400, "split 'output' runs everything on the device: nothing to finish")
+        link_id = parse_link_id(params)
+        uplink = parse_bandwidth_param(params, "uplink_bps")
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in FRAME_TYPES:
+            raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind or '(none)'!r}")
+        frame = await read_body(request.stream(), request.headers.get("content-length"),
+                                self.args.max_body_bytes)
+        if uplink is not None:
+            self.estimators.get(link_id).report(uplink)
+        tail_start = time.perf_counter_ns()
+        tail, retries = await self._call(self.tail, vid, "finish", frame, split)
+        logits = tail["logits"]
+        predictions = [max(range(len(row)), key=row.__getitem__) for row in logits]
+        timings = {"decode": tail["decode_ms"], "tail": tail["tail_ms"], "tail_call": _ms(tail_start),
+                   "total": _ms(start)}
+        return JSONResponse({
+            "predictions": predictions, "labels": [self.info.classes[p] for p in predictions],
+            "logits": logits, "variant": vid, "split": split, "bytes_received": len(frame),
+            "link": link_id, "timings_ms": timings, "retries": retries})

@@ -1,0 +1,344 @@
+"""The Serve application on a real local Serve instance (one shared Ray session, one app for the
+module, a tiny series built here): end-to-end predictions, the bandwidth-aware switch without
+flapping, malformed input of every kind, the device client, and a tail replica killed mid-burst.
+
+Quantisation tolerance: frames carry 8-bit per-tensor affine codes, so a split tensor is off by
+at most half a quantisation step per element. The served logits must equal, within float
+rounding (1e-4), the same head -> encode -> decode -> tail computed in-process, and be within 5%
+of the logit range of the unsplit float model, whose prediction they must match wherever that
+model's top-1 margin exceeds twice the logit error.
+"""
+
+import concurrent.futures
+import io
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from pipeline.data import DataInfo, normalize
+
+pytestmark = pytest.mark.integration
+
+APP = "twostep"
+SPLITS = ("input", "conv1_1", "pool1", "conv3_2", "pool3", "pool5", "output")
+
+
+@dataclass
+class Served:
+    url: str
+    store: object
+    images: np.ndarray  # (N, 1, 32, 32) uint8 test images
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """PNG of grey uint8 pixels (1, 1, H, W)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[0, 0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.demo_series import make_tiny_series, synthetic_images
+    from serve.settings import AppArgs
+
+    store = make_tiny_series(tmp_path_factory.mktemp("served") / "series")
+    port = _free_port()
+    serve.shutdown()  # a Serve instance left by another module would ignore our HTTP options
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False})
+    args = AppArgs(
+        series_dir=str(store.directory), ms_per_mmac=20.0, placement="local",
+        max_image_pixels=65536, max_body_bytes=65536, call_timeout_s=60.0, probe_interval_s=0.5,
+        tail_upscale_delay_s=30.0,  # one tail replica, so the kill test kills the only one
+    )
+    serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
+    images = synthetic_images(12, seed=99).images.numpy()
+    yield Served(f"http://127.0.0.1:{port}", store, images)
+    serve.shutdown()
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
+
+
+def classify(http, served, pixels, **params) -> dict:
+    response = http.post(f"{served.url}/v1/classify", params=params, data=_png(pixels),
+                         headers={"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def set_link(http, served, bandwidth_bps, rtt_ms=0.0) -> None:
+    response = http.put(f"{served.url}/v1/link", json={"bandwidth_bps": bandwidth_bps, "rtt_ms": rtt_ms})
+    assert response.status_code == 200, response.text
+
+
+def in_process(served, variant: str, split: str, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits through head, wire frame and tail as served; logits of the unsplit float model)."""
+    from serve.runner import VariantRunner
+
+    runner = VariantRunner.load(served.store, variant)
+    head = runner.run_head(pixels, split)
+    quantised = head.logits if head.frame is None else runner.run_tail(head.frame, split).logits
+    info = DataInfo.from_dict(served.store.manifest["data"])
+    with torch.inference_mode():
+        exact = runner.model(normalize(torch.from_numpy(pixels), info)).numpy()
+    return quantised, exact
+
+
+def test_health_and_variants(http, served):
+    health = http.get(f"{served.url}/v1/health").json()
+    assert health["status"] == "ok" and health["variants"] == len(served.store.variants)
+    listed = http.get(f"{served.url}/v1/variants").json()
+    assert {v["id"] for v in listed["variants"]} == set(served.store.ids())
+    assert listed["data"]["input_size"] == 32
+
+
+@pytest.mark.parametrize("variant", ["vgg11-base", "vgg11-s2-conv3_2-i1"])
+def test_end_to_end_prediction_equals_the_in_process_model(http, served, variant):
+    listed = {v["id"]: v for v in http.get(f"{served.url}/v1/variants").json()["variants"]}
+    splits = [s for s in SPLITS if s in listed[variant]["splits"]]
+    assert "input" in splits and "output" in splits and len(splits) >= 3
+    for split in splits:
+        for pixels in served.images[:4]:
+            pixels = pixels[None]
+            answer = classify(http, served, pixels, variant=variant, split=split)
+            assert (answer["variant"], answer["split"], answer["forced"]) == (variant, split, True)
+            quantised, exact = in_process(served, variant, split, pixels)
+            served_logits = np.array(answer["logits"], np.float32)
+            np.testing.assert_allclose(served_logits, quantised[0], atol=1e-4, rtol=1e-4)
+            error = np.abs(served_logits - exact[0]).max()
+            assert error <= 0.05 * (exact.max() - exact.min()), (split, error)
+            top2 = np.sort(exact[0])[-2:]
+            if top2[1] - top2[0] > 2 * error:
+                assert answer["prediction"] == int(exact[0].argmax()), split
+            assert (answer["bytes_sent"] == 0) == (split == "output")
+            timings = answer["timings_ms"]
+            assert timings["total"] >= timings["head"] + timings["tail"]
+            assert answer["label"] == served.store.manifest["data"]["classes"][answer["prediction"]]
+
+
+def _phase(http, served, link, count) -> list[tuple[str, str, int]]:
+    """(variant, split, bytes sent) of `count` planned requests over `link`."""
+    answers = [classify(http, served, served.images[i % 12][None], link=link) for i in range(count)]
+    return [(a["variant"], a["split"], a["bytes_sent"]) for a in answers]
+
+
+def _changes(phase) -> int:
+    return sum(a[:2] != b[:2] for a, b in zip(phase, phase[1:], strict=False))
+
+
+def test_router_switches_to_fewer_bytes_when_bandwidth_drops_and_back(http, served):
+    link = "switch-test"
+    try:
+        set_link(http, served, 10e6)
+        fast = _phase(http, served, link, 4)
+        set_link(http, served, 100e3)
+        slow = _phase(http, served, link, 8)
+        set_link(http, served, 10e6)
+        back = _phase(http, served, link, 14)
+    finally:
+        set_link(http, served, None)
+    assert _changes(fast) == 0
+    assert slow[-1][2] < min(b for _, _, b in fast)  # fewer bytes than any fast-link frame
+    assert back[-1][:2] == fast[-1][:2]
+    assert _changes(slow) <= 1 and _changes(back) <= 1, (slow, back)  # no flapping
+    estimate = http.get(f"{served.url}/v1/link", params={"link": link}).json()["estimate"]
+    assert estimate["samples"] > 0
+
+
+def test_plan_endpoint(http, served):
+    fast = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "1gbit", "top": 3}).json()
+    slow = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "10kbit"}).json()
+    assert fast["bandwidth_source"] == "given" and len(fast["ranked"]) == 3
+    assert slow["best"]["bytes"] < fast["best"]["bytes"]
+    budget = http.get(f"{served.url}/v1/plan", params={"latency_budget_ms": 1000}).json()
+    assert budget["best"]["total_ms"] <= 1000 and budget["bandwidth_source"] == "estimate"
+
+
+def _bad_png_bomb() -> bytes:
+    import struct
+    import zlib
+
+    data = _png(np.zeros((1, 1, 32, 32), np.uint8))
+    chunk = b"IHDR" + struct.pack(">II", 30_000, 30_000) + data[24:29]
+    return data[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served):
+    from pipeline.codec import CodecConfig, encode_frame, variant_tag
+
+    u = served.url
+    good_png = _png(served.images[0][None])
+    png_type = {"Content-Type": "image/png"}
+    raw_type = {"Content-Type": "application/octet-stream"}
+    tag = variant_tag("vgg11-base")
+    pool3 = np.zeros((1, 16, 4, 4), np.float32)
+    good_frame = encode_frame(pool3, CodecConfig(), tag)
+    cases = {
+        "garbage image": ("POST", "/v1/classify", {}, b"\x89PNG garbage", png_type, 400),
+        "truncated image": ("POST", "/v1/classify", {}, good_png[:50], png_type, 400),
+        "decompression bomb": ("POST", "/v1/classify", {}, _bad_png_bomb(), png_type, 413),
+        "too many pixels": ("POST", "/v1/classify", {}, _png(np.zeros((1, 1, 300, 300), np.uint8)),
+                            png_type, 413),
+        "unsupported type": ("POST", "/v1/classify", {}, good_png, {"Content-Type": "text/plain"}, 415),
+        "empty body": ("POST", "/v1/classify", {}, b"", png_type, 400),
+        "oversize body": ("POST", "/v1/classify", {}, b"\0" * 70_000, png_type, 413),
+        "raw without shape": ("POST", "/v1/classify", {}, bytes(1024), raw_type, 400),
+        "raw wrong shape": ("POST", "/v1/classify", {"shape": "3,32,32"}, bytes(1024), raw_type, 400),
+        "raw short": ("POST", "/v1/classify", {"shape": "1,32,32"}, bytes(1000), raw_type, 400),
+        "unknown variant": ("POST", "/v1/classify", {"variant": "nope", "split": "pool3"}, good_png,
+                            png_type, 404),
+        "bad variant id": ("POST", "/v1/classify", {"variant": "../x", "split": "pool3"}, good_png,
+                           png_type, 400),
+        "unknown split": ("POST", "/v1/classify", {"variant": "vgg11-base", "split": "pool9"},
+                          good_png, png_type, 400),
+        "split not offered": ("POST", "/v1/classify", {"variant": "vgg11-s2-conv3_2-i1",
+                              "split": "conv1_1"}, good_png, png_type, 400),
+        "floor above 1": ("POST", "/v1/classify", {"accuracy_floor": "2"}, good_png, png_type, 400),
+        "negative budget": ("POST", "/v1/classify", {"latency_budget_ms": "-5"}, good_png, png_type, 400),
+        "both constraints": ("POST", "/v1/classify", {"accuracy_floor": "0.5",
+                             "latency_budget_ms": "50"}, good_png, png_type, 400),
+        "nan floor": ("POST", "/v1/classify", {"accuracy_floor": "nan"}, good_png, png_type, 400),
+        "infeasible budget": ("POST", "/v1/classify", {"latency_budget_ms": "0.001"}, good_png,
+                              png_type, 422),
+        "unknown parameter": ("POST", "/v1/classify", {"accuracy_flor": "0.5"}, good_png, png_type, 400),
+        "bad uplink": ("POST", "/v1/classify", {"uplink_bps": "-1"}, good_png, png_type, 400),
+        "garbage frame": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                          b"\x00" * 64, raw_type, 400),
+        "truncated frame": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                            good_frame[:-5], raw_type, 400),
+        "corrupted frame": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                            good_frame[:-1] + bytes([good_frame[-1] ^ 0xFF]), raw_type, 400),
+        "frame of another variant": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                                     encode_frame(pool3, CodecConfig(), variant_tag("vgg11-s1-i1")),
+                                     raw_type, 400),
+        "frame of another split": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                                   encode_frame(np.zeros((1, 32, 1, 1), np.float32), CodecConfig(), tag),
+                                   raw_type, 400),
+        "frame batch too large": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                                  encode_frame(np.zeros((65, 16, 4, 4), np.float32), CodecConfig(), tag),
+                                  raw_type, 400),
+        "frame for output": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "output"},
+                             good_frame, raw_type, 400),
+        "frame wrong type": ("POST", "/v1/tail", {"variant": "vgg11-base", "split": "pool3"},
+                             good_frame, png_type, 415),
+        "frame unknown variant": ("POST", "/v1/tail", {"variant": "nope", "split": "pool3"},
+                                  good_frame, raw_type, 404),
+        "frame without split": ("POST", "/v1/tail", {"variant": "vgg11-base"}, good_frame, raw_type, 400),
+        "weights unknown variant": ("GET", "/v1/variants/nope/head", {"split": "pool1"}, None, {}, 404),
+        "weights bad split": ("GET", "/v1/variants/vgg11-base/head", {"split": "x"}, None, {}, 400),
+        "plan zero bandwidth": ("GET", "/v1/plan", {"bandwidth_bps": "0"}, None, {}, 400),
+        "plan absurd rtt": ("GET", "/v1/plan", {"rtt_ms": "1e12"}, None, {}, 400),
+        "plan bad top": ("GET", "/v1/plan", {"top": "0"}, None, {}, 400),
+        "link not json": ("PUT", "/v1/link", {}, b"{bad", {"Content-Type": "application/json"}, 400),
+        "link negative": ("PUT", "/v1/link", {}, b'{"bandwidth_bps": -1}', {}, 400),
+        "link unknown key": ("PUT", "/v1/link", {}, b'{"speed": 1}', {}, 400),
+    }
+    for name, (method, path, params, body, headers, status) in cases.items():
+        response = http.request(method, u + path, params=params, data=body, headers=headers, timeout=60)
+        assert response.status_code == status, (name, response.status_code, response.text)
+        assert response.json()["error"], name
+    assert http.get(f"{u}/v1/health").json()["status"] == "ok"
+    answer = classify(http, served, served.images[1][None], variant="vgg11-base", split="pool3")
+    assert answer["bytes_sent"] > 0
+    raw = http.post(f"{u}/v1/classify", params={"shape": "1,32,32", "variant": "vgg11-base",
+                                                "split": "pool3"},
+                    data=served.images[1].tobytes(), headers=raw_type, timeout=60).json()
+    assert raw["logits"] == answer["logits"]
+
+
+def test_device_client_round_trip(served):
+    from serve.client import DeviceClient
+
+    with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256) as client:
+        pixels = client.pixels(_png(served.images[2][None]))
+        np.testing.assert_array_equal(pixels, served.images[2][None])
+        results = [client.classify(pixels, "vgg11-base", "conv1_1") for _ in range(3)]
+        quantised, _ = in_process(served, "vgg11-base", "conv1_1", pixels)
+        for result in results:
+            assert result.prediction == int(quantised[0].argmax())
+            np.testing.assert_allclose(result.logits, quantised[0], atol=1e-4, rtol=1e-4)
+            assert result.bytes_sent > 1000 and result.timings_ms["send"] > 0
+        assert client.uplink_bps is not None and client.uplink_bps > 0
+        planned = client.classify(pixels)  # the edge's plan for this device's link
+        assert planned.variant in served.store.ids()
+        on_device = client.classify(pixels, "vgg11-base", "output")
+        assert on_device.bytes_sent == 0 and on_device.prediction == int(quantised[0].argmax())
+        estimate = client._json("GET", "/v1/link", params={"link": "phone-1"})["estimate"]
+        assert estimate["samples"] >= 1  # the reported uplink reached the edge's estimator
+
+
+def _tail_replicas() -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if "EdgeTail" in a["name"] and f"{APP}#" in a["name"]]
+
+
+def _running_tails() -> int:
+    from ray import serve
+
+    states = serve.status().applications[APP].deployments["EdgeTail"].replica_states
+    return states.get("RUNNING", 0)
+
+
+def test_killing_a_tail_replica_mid_burst_loses_no_request(served):
+    """40 device frames (16 images each, so the tail is busy most of the time) from 8 threads;
+    the only tail replica is killed once 8 have been answered. Every request must succeed
+    (queued ones are re-routed by Serve, running ones retried by the router: see
+    tests/serve/test_serve_retries.py) and the replica must come back."""
+    import ray
+
+    from serve.runner import VariantRunner
+
+    replicas = _tail_replicas()
+    assert replicas, "no EdgeTail replica found"
+    batch = np.concatenate([served.images, served.images[:4]])
+    frame = VariantRunner.load(served.store, "vgg11-base").run_head(batch, "pool1").frame
+    expected, _ = in_process(served, "vgg11-base", "pool1", batch)
+
+    def one(_):
+        with requests.Session() as session:
+            response = session.post(f"{served.url}/v1/tail", data=frame, timeout=120,
+                                    params={"variant": "vgg11-base", "split": "pool1"},
+                                    headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(40)]
+        deadline = time.monotonic() + 60
+        while sum(f.done() for f in futures) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+        answers = [f.result(timeout=150) for f in futures]
+    assert len(answers) == 40
+    for answer in answers:
+        assert answer["predictions"] == expected.argmax(1).tolist()
+    deadline = time.monotonic() + 90
+    while _running_tails() < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _running_tails() >= 1
+    assert replicas[0] not in _tail_replicas()
+    with requests.Session() as session:
+        assert classify(session, served, served.images[0][None], variant="vgg11-base",
+                        split="pool3")["bytes_sent"] > 0

@@ -1,0 +1,43 @@
+"""`twostep serve --check` and `twostep device` argument handling, without starting anything."""
+
+import json
+import socket
+
+import numpy as np
+
+from twostep.cli import main
+
+
+def test_serve_check_prints_the_resolved_arguments(tiny_store, capsys):
+    code = main(["serve", str(tiny_store.directory), "--check", "--link-bandwidth", "1mbit",
+                 "--tail-replicas", "2", "--set", "probe_bytes=1000", "--set", "placement=local"])
+    assert code == 0
+    args = json.loads(capsys.readouterr().out)
+    assert args["link_bandwidth_bps"] == 1e6 and args["tail_replicas"] == 2
+    assert args["probe_bytes"] == 1000 and args["placement"] == "local"
+
+
+def test_serve_refuses_bad_arguments(tiny_store, tmp_path, capsys):
+    for argv in (["--accuracy-floor", "2"], ["--set", "nonsense=1"], ["--set", "novalue"],
+                 ["--link-bandwidth", "fast"], ["--port", "0"], ["--tail-max-replicas", "0"]):
+        assert main(["serve", str(tiny_store.directory), "--check", *argv]) == 2, argv
+        assert "error" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--check"]) == 2
+    assert "no model series" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_device_reports_an_unreachable_edge(tmp_path, capsys):
+    image = tmp_path / "x.npy"
+    np.save(image, np.zeros((1, 32, 32), np.uint8))
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["device", "classify", str(image), "--url", url, "--timeout-s", "2"]) == 2
+    assert "cannot reach" in capsys.readouterr().err
+    assert main(["device", "classify", str(tmp_path / "missing.png"), "--url", url]) == 2
+    assert main(["device", "classify", str(image), "--url", url, "--variant", "v"]) == 2
+    assert main(["device", "plan", "--url", "ftp://x"]) == 2

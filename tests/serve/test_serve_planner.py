@@ -1,0 +1,107 @@
+"""The router's planner: switches with bandwidth, holds its choice near a threshold (no flapping),
+budget mode, forced candidates, and estimated profiles."""
+
+import random
+
+import pytest
+
+from pipeline.cost import Link
+from pipeline.profiler import save_profile, validate_profile
+from pipeline.selection import NoFeasibleCandidate
+from serve.bandwidth import BandwidthEstimator, EstimatorConfig
+from serve.planner import Planner
+from serve.profiles import calibrate, estimate_profile, resolve_profiles
+
+
+@pytest.fixture(scope="module")
+def planner(tiny_store):
+    profiles = resolve_profiles(tiny_store.directory, tiny_store.manifest, ms_per_mmac=20.0)
+    return Planner(tiny_store.manifest, profiles.device, profiles.edge)
+
+
+def test_estimated_profile_is_valid_and_proportional_to_macs(tiny_store):
+    doc = estimate_profile(tiny_store.manifest, ms_per_mmac=10.0, layer_ms=0.5)
+    validate_profile(doc)
+    base = doc["variants"]["vgg11-base"]
+    assert base["head_ms"]["input"] == 0.0
+    assert base["total_ms"] == pytest.approx(10.0 * tiny_store.get("vgg11-base")["macs"] / 1e6
+                                             + 0.5 * len(base["layers"]))
+
+
+def test_profiles_come_from_files_when_present(tiny_store, tmp_path):
+    edge = estimate_profile(tiny_store.manifest, 1.0)
+    device = estimate_profile(tiny_store.manifest, 7.0)
+    save_profile(tmp_path / "edge.json", edge)
+    got = resolve_profiles(tiny_store.directory, tiny_store.manifest, str(tmp_path / "edge.json"),
+                           slowdown=3.0)
+    assert got.device["slowdown"] == 3.0 and "device = 3 x edge" in got.source
+    save_profile(tmp_path / "edge.device.json", device)
+    got = resolve_profiles(tiny_store.directory, tiny_store.manifest, str(tmp_path / "edge.json"))
+    assert got.device["variants"]["vgg11-base"]["total_ms"] == device["variants"]["vgg11-base"]["total_ms"]
+    with pytest.raises(ValueError):
+        resolve_profiles(tiny_store.directory, tiny_store.manifest)  # nothing to estimate with
+
+
+def test_calibration_fits_positive_constants(tiny_store):
+    model, spec, _ = tiny_store.load_model("vgg11-base")
+    ms_per_mmac, layer_ms = calibrate(model, spec, warmup=1, repeats=2)
+    assert ms_per_mmac > 0 and layer_ms >= 0
+
+
+def test_fewer_bytes_when_the_bandwidth_drops(planner):
+    fast = planner.choose("k", Link(1e9), accuracy_floor=0.0)
+    slow = planner.choose("k", Link(1e4), accuracy_floor=0.0)
+    assert slow.switched and slow.candidate.bytes_sent < fast.candidate.bytes_sent
+
+
+def _threshold(planner, floor):
+    """A bandwidth where the stateless best changes (bisection over a log scale)."""
+    low, high = 1e3, 1e9
+    best_high = planner.plan(Link(high), floor).best
+    for _ in range(60):
+        mid = (low * high) ** 0.5
+        if planner.plan(Link(mid), floor).best == best_high:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def test_choice_does_not_flap_around_a_threshold(planner):
+    threshold = _threshold(planner, 0.0)
+    stateless = {planner.plan(Link(threshold * f), 0.0).best for f in (0.97, 1.03)}
+    assert len(stateless) == 2  # the plain selection would flap
+    choices = [planner.choose("jitter", Link(threshold * f), accuracy_floor=0.0).candidate
+               for f in [0.97, 1.03] * 10]
+    assert len(set(choices)) == 1
+
+
+def test_estimator_and_planner_together_switch_once_per_change(planner):
+    """Noisy samples around two rates: the chosen bytes change once when the link drops."""
+    rng = random.Random(0)
+    est = BandwidthEstimator(EstimatorConfig(initial_bps=1e9, window=8, min_sample_bytes=0))
+    history = []
+    for rate in [1e9] * 20 + [1e4] * 40:
+        est.add_transfer(2000, 2000 * 8 / (rate * rng.uniform(0.7, 1.3)))
+        history.append(planner.choose("noisy", Link(est.estimate_bps), accuracy_floor=0.0).candidate)
+    changes = sum(a != b for a, b in zip(history, history[1:], strict=False))
+    assert changes == 1
+    assert history[-1].bytes_sent < history[0].bytes_sent
+
+
+def test_latency_budget_mode_keeps_a_feasible_choice(planner):
+    decision = planner.plan(Link(1e6), latency_budget_ms=1e6)
+    first = planner.choose("b", Link(1e6), latency_budget_ms=1e6)
+    assert first.candidate == decision.best
+    with pytest.raises(NoFeasibleCandidate):
+        planner.choose("b", Link(1e6), latency_budget_ms=1e-3)
+
+
+def test_forced_candidates_and_splits(planner):
+    assert planner.splits_of("vgg11-s2-conv5_2-i1") == ["input", "conv5_2", "pool5", "output"]
+    assert planner.candidate("vgg11-s2-conv5_2-i1", "input").strategy == "raw-input"
+    assert planner.candidate("vgg11-base", "conv3_1").split == "conv3_1"
+    with pytest.raises(ValueError, match="splits are"):
+        planner.candidate("vgg11-s2-conv5_2-i1", "conv1_1")
+    with pytest.raises(KeyError):
+        planner.candidate("nope", "input")
