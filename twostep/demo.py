@@ -87,3 +87,217 @@ def write_json(path: Path, document: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int) -> str:
+    """Start the Serve app on 127.0.0.1 (Ray must be running); returns its base URL."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.settings import AppArgs
+
+    port = port or free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False})
+    args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
+                   slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
+    serve.run(build_app(args), name="twostep", route_prefix="/",
+              logging_config={"enable_access_log": False})
+    return f"http://127.0.0.1:{port}"
+
+
+def _http(url: str, method: str = "GET", body: bytes | None = None, content_type: str = "",
+          timeout: float = 60.0) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def measure_bandwidths(url: str, images, labels, bandwidths_mbit: tuple[float, ...],
+                       requests: int, log: Log) -> list[dict]:
+    """Classify real test images over the emulated link at each bandwidth; one row per request."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    shape = ",".join(str(d) for d in images.shape[1:])
+    for mbit in bandwidths_mbit:
+        _http(f"{url}/v1/link", "PUT", json.dumps({"bandwidth_bps": mbit * 1e6, "rtt_ms": 0}).encode(),
+              "application/json")
+        # The first requests teach the router's estimator this link; they are warm-up.
+        warmup = 4
+        for i in tqdm(range(warmup + requests), desc=f"{mbit:g} Mbit/s", leave=False):
+            image = images[i % len(images)]
+            answer = _http(f"{url}/v1/classify?shape={shape}", "POST", image.numpy().tobytes(),
+                           "application/octet-stream")
+            if i < warmup:
+                continue
+            rows.append({
+                "bandwidth_mbit": mbit, "variant": answer["variant"], "split": answer["split"],
+                "strategy": answer["strategy"], "bytes_sent": answer["bytes_sent"],
+                "correct": answer["prediction"] == int(labels[i % len(labels)]),
+                "measured_ms": answer["timings_ms"]["total"], "planned_ms": answer["planned_ms"]["total"],
+                "link_ms": answer["timings_ms"].get("link", 0.0),
+            })
+        last = rows[-1]
+        log(f"   {mbit:g} Mbit/s: {last['variant']} @ {last['split']}, {last['bytes_sent']} B")
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per bandwidth: the choice(s), bytes, accuracy on the requests, latency p50/p95."""
+    import numpy as np
+
+    table = []
+    for mbit in sorted({r["bandwidth_mbit"] for r in rows}):
+        group = [r for r in rows if r["bandwidth_mbit"] == mbit]
+        choices = sorted({f"{r['variant']}@{r['split']}" for r in group})
+        measured = np.array([r["measured_ms"] for r in group])
+        table.append({
+            "bandwidth_mbit": mbit, "choice": ", ".join(choices),
+            "bytes_sent": float(np.mean([r["bytes_sent"] for r in group])),
+            "accuracy": float(np.mean([r["correct"] for r in group])),
+            "measured_p50_ms": float(np.percentile(measured, 50)),
+            "measured_p95_ms": float(np.percentile(measured, 95)),
+            "planned_ms": float(np.mean([r["planned_ms"] for r in group])),
+            "requests": len(group),
+        })
+    return table
+
+
+def markdown_table(summary: list[dict], manifest: dict) -> str:
+    variants = {v["id"]: v for v in manifest["variants"]}
+    lines = ["| bandwidth | choice (variant @ split) | test acc of choice | bytes sent | "
+             "measured p50 / p95 ms | cost model ms |", "|---|---|---|---|---|---|"]
+    for row in summary:
+        first = row["choice"].split(", ")[0].split("@")[0]
+        accuracy = variants[first]["test_accuracy"] if first in variants else float("nan")
+        lines.append(f"| {row['bandwidth_mbit']:g} Mbit/s | {row['choice']} | {accuracy:.4f} | "
+                     f"{row['bytes_sent']:.0f} | "
+                     f"{row['measured_p50_ms']:.1f} / {row['measured_p95_ms']:.1f} | "
+                     f"{row['planned_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def predicted_curves(store: SeriesStore, edge_path: Path, device_path: Path,
+                     accuracy_floor: float) -> dict[str, list[tuple[float, float]]]:
+    """Cost-model latency against bandwidth for: all on device, raw input, best split of the
+    original, best split of the step-1 model, and twostep (the whole series)."""
+    from pipeline.cost import Link
+    from pipeline.profiler import load_profile
+    from pipeline.selection import CandidateTable, baseline_candidates, candidates_from_series
+
+    manifest = store.manifest
+    device, edge = load_profile(device_path), load_profile(edge_path)
+    every = candidates_from_series(manifest, device, edge) + baseline_candidates(manifest, device, edge)
+    base, step1 = manifest["base"], manifest["step1"]
+    groups = {
+        "all on device": [c for c in every if c.variant_id == base and c.strategy == "all-on-device"],
+        "raw input to edge": [c for c in every if c.variant_id == base and c.strategy == "raw-input"],
+        "best split, original": [c for c in every if c.variant_id == base and c.strategy == "split"],
+        "best split, step 1": [c for c in every if c.variant_id == step1 and c.strategy == "split"],
+        "twostep": [c for c in every if c.accuracy >= accuracy_floor],
+    }
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, candidates in groups.items():
+        if not candidates:
+            continue
+        table = CandidateTable.from_candidates(candidates)
+        curves[name] = []
+        for bps in (1e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8):
+            decision = table.select(Link(bps), accuracy_floor=0.0)
+            curves[name].append((bps, decision.breakdown.total_ms))
+    return curves
+
+
+def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dict:
+    """All stages; returns the paths of what was produced and the summary table."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from pipeline.data import load_splits
+    from pipeline.plots import plot_accuracy_vs_bytes, plot_latency_vs_bandwidth, plot_split_sizes
+    from pipeline.report import format_series_table
+    from tune.launch import init_ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = Path(config.demo.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"train": dataclasses.asdict(config.train),
+                                     "prune": dataclasses.asdict(config.prune),
+                                     "demo": dataclasses.asdict(config.demo)})
+    stages = Stages(5, log)
+    started_ray = False
+    try:
+        stages.run("train the base model", lambda: train_stage(config.train, progress, log))
+
+        def prune():
+            nonlocal started_ray
+            started_ray = init_ray(config.demo.ray_address)
+            return prune_stage(config, progress, log)
+
+        store: SeriesStore = stages.run("2-step pruning on Ray Tune", prune)
+        log(format_series_table(store.manifest, config.prune.step1_budget))
+        edge_path, device_path = stages.run(
+            "profile every variant", lambda: profile_stage(store, config.demo.slowdown, log))
+        base = store.get(store.manifest["base"])
+        floor = base["test_accuracy"] - config.demo.accuracy_drop
+
+        def serve_and_measure():
+            url = start_app(store.directory, floor, config.demo.slowdown, config.demo.port)
+            log(f"   serving at {url} (accuracy floor {floor:.4f})")
+            test = load_splits(config.prune.dataset, config.prune.data_dir, config.prune.val_fraction,
+                               test_subset=max(64, config.demo.requests_per_bandwidth + 4),
+                               seed=config.prune.seed).test
+            return measure_bandwidths(url, test.images, test.labels, config.demo.bandwidths_mbit,
+                                      config.demo.requests_per_bandwidth, log)
+
+        rows = stages.run("serve on Ray Serve and send requests", serve_and_measure)
+
+        def report():
+            summary = summarize(rows)
+            curves = predicted_curves(store, edge_path, device_path, floor)
+            measured = [(r["bandwidth_mbit"] * 1e6, r["measured_p50_ms"]) for r in summary]
+            pictures = {
+                "split_sizes": str(plot_split_sizes(store.manifest, out / "split_sizes.png",
+                                                    config.prune.step1_budget)),
+                "accuracy_vs_bytes": str(plot_accuracy_vs_bytes(store.manifest,
+                                                                out / "accuracy_vs_bytes.png")),
+                "latency_vs_bandwidth": str(plot_latency_vs_bandwidth(
+                    {**{f"{k} (model)": v for k, v in curves.items()}, "twostep (measured)": measured},
+                    out / "latency_vs_bandwidth.png",
+                    f"Device = {config.demo.slowdown:g}x edge; accuracy floor {floor:.3f}")),
+            }
+            table = markdown_table(summary, store.manifest)
+            (out / "results.md").write_text(table + "\n")
+            write_json(out / "results.json", {"summary": summary, "requests": rows,
+                                              "predicted": curves, "pictures": pictures,
+                                              "stage_seconds": stages.times})
+            return table, pictures
+
+        table, pictures = stages.run("results table and pictures", report)
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+    log("\n" + table)
+    for name, path in pictures.items():
+        log(f"picture ({name}): {path}")
+    total = sum(stages.times.values())
+    log(f"demo finished in {total:.0f} s; results in {out}/results.md and results.json")
+    return {"out": str(out), "series": str(store.directory), "table": table, "pictures": pictures,
+            "stage_seconds": stages.times}

@@ -1,0 +1,73 @@
+"""The demo pipeline end to end on a tiny configuration: every stage leaves its artifact."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from twostep.demo import run_demo
+from twostep.demo_config import load_demo_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_produces_series_profile_plots_and_table(ray_session, learnable_fashion_dir, tmp_path):
+    out = tmp_path / "demo"
+    (tmp_path / "tiny.toml").write_text(f"""
+[train]
+data_dir = "{learnable_fashion_dir}"
+arch = "vgg11"
+width = 0.125
+epochs = 3
+train_subset = 0
+test_subset = 0
+augment = false
+
+[prune]
+data_dir = "{learnable_fashion_dir}"
+train_subset = 0
+val_subset = 0
+test_subset = 0
+rank_batches = 1
+step1_finetune_epochs = 0.2
+step1_max_iterations = 1
+step1_budget = 0.5
+step2_splits = ["pool2", "pool5"]
+step2_steps = 2
+step2_finetune_epochs = 0.2
+bytes_images = 8
+augment = false
+
+[demo]
+bandwidths_mbit = [0.1, 10.0]
+requests_per_bandwidth = 3
+accuracy_drop = 0.5
+""")
+    config = load_demo_config(tmp_path / "tiny.toml", out=str(out))
+    logged = []
+    result = run_demo(config, progress=False, log=logged.append)
+
+    manifest = json.loads((out / "series" / "manifest.json").read_text())
+    steps = sorted({v["step"] for v in manifest["variants"]})
+    assert steps == [0, 1, 2] and manifest["step1"] is not None
+    profile = json.loads((out / "series" / "profile.json").read_text())
+    assert set(profile["variants"]) == {v["id"] for v in manifest["variants"]}
+    assert (out / "series" / "profile.device.json").is_file()
+    for name in ("split_sizes", "accuracy_vs_bytes", "latency_vs_bandwidth"):
+        with Image.open(out / f"{name}.png") as picture:
+            assert picture.size[0] > 300 and picture.size[1] > 200
+    results = json.loads((out / "results.json").read_text())
+    summary = {row["bandwidth_mbit"]: row for row in results["summary"]}
+    assert set(summary) == {0.1, 10.0}
+    assert all(row["requests"] == 3 and row["measured_p50_ms"] > 0 for row in summary.values())
+    # a slower link never makes the router send more bytes
+    assert summary[0.1]["bytes_sent"] <= summary[10.0]["bytes_sent"]
+    table = (out / "results.md").read_text()
+    assert "0.1 Mbit/s" in table and "10 Mbit/s" in table
+    assert result["table"] == table.strip()
+    assert any("[5/5]" in line for line in logged)
+
+    # a second run reuses the trained model and the finished series
+    run_demo(config, progress=False, log=logged.append)
+    assert any("reusing" in line for line in logged)
+    assert json.loads((out / "series" / "manifest.json").read_text())["variants"] == manifest["variants"]
