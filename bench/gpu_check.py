@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import write_fashion_like  # noqa: E402
+from datafiles import write_fashion_like  # noqa: E402
 
 from pipeline.base_model import train_base  # noqa: E402
 from pipeline.config import PruneConfig, TrainConfig  # noqa: E402
-from pipeline.prune_job import prune_series  # noqa: E402
 from pipeline.profiler import profile_model  # noqa: E402
+from pipeline.prune_job import prune_series  # noqa: E402
 from pipeline.report import format_series_table  # noqa: E402
 
 

@@ -36,6 +36,7 @@ class SeriesCollector(Callback):
         self.errors: dict[str, str] = {}
         self.failures: dict[str, int] = defaultdict(int)
         self.iterations: dict[str, list[int]] = defaultdict(list)
+        self.completed: set[str] = set()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         key = trial_key(trial)
@@ -53,6 +54,9 @@ class SeriesCollector(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.failures[trial_key(trial)] += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.completed.add(trial_key(trial))
 
 
 def _cell(value, fmt: str = "{}") -> str:
@@ -96,7 +100,7 @@ class LiveTable(TrialProgressCallback):
             }
             for job in jobs
         }
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: sys.stdout at draw time (Tune pickles its callbacks)
         self.interval_s = interval_s
         self._last = 0.0
         self._drawn_lines = 0
@@ -105,14 +109,15 @@ class LiveTable(TrialProgressCallback):
     def _draw(self, force: bool = False) -> None:
         if not self.enabled or not (self._dirty or force):
             return
-        live = self.stream.isatty()
+        stream = self.stream or sys.stdout
+        live = stream.isatty()
         if not force and not live and time.monotonic() - self._last < self.interval_s:
             return
         text = format_trial_table(self.rows)
         if live and self._drawn_lines:
-            self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
-        self.stream.write(text + "\n" + ("" if live else "\n"))
-        self.stream.flush()
+            stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+        stream.write(text + "\n" + ("" if live else "\n"))
+        stream.flush()
         self._drawn_lines = text.count("\n") + 1
         self._last = time.monotonic()
         self._dirty = False

@@ -58,9 +58,13 @@ def init_ray(address: str | None = None) -> bool:
 
     Args:
         address: None or "local" starts a local session sized to this machine (no dashboard);
-            "auto", "HOST:PORT" or "ray://HOST:PORT" joins an existing cluster. An already
-            initialised session (e.g. a test fixture) is reused as it is.
+            "auto" or "HOST:PORT" joins an existing cluster. An already initialised session
+            (e.g. a test fixture) is reused as it is.
     """
+    if address and address.startswith("ray://"):
+        raise ValueError(f"Ray Client addresses ({address}) are not supported: the driver writes "
+                         "the series on its own machine, so run the command on the cluster "
+                         "(`ray job submit ... -- twostep prune --ray auto ...`)")
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
@@ -146,6 +150,8 @@ class _Launcher:
             "max_concurrent": self.max_concurrent, "trials": trials,
         })
         failed = {k: t["error"] for k, t in trials.items() if t["error"]}
+        failed.update({j["key"]: "did not finish" for j in jobs
+                       if j["key"] not in collector.completed and j["key"] not in failed})
         failed.update({k: f"collection failed: {e}" for k, e in collector.errors.items()})
         if failed:
             lines = "\n".join(f"  {k}: {e.splitlines()[0] if e else e}" for k, e in failed.items())
@@ -244,13 +250,18 @@ class _Launcher:
 
 @contextlib.contextmanager
 def _quiet_tune():
-    """Tune's own console output off (the LiveTable is the view): its newer output engine
-    prints an experiment banner at any verbosity, the classic one takes our LiveTable as its
-    trial printer. With `num_to_keep` set, every checkpoint forces an experiment snapshot,
-    which is cheap here but warns."""
-    names = ("RAY_AIR_NEW_OUTPUT", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
-    previous = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "0"))
+    """Tune's console output and signal handling off for one run.
+
+    Its newer output engine prints an experiment banner at any verbosity; the classic one takes
+    our LiveTable as its trial printer. With `num_to_keep` set, every checkpoint forces an
+    experiment snapshot, which is cheap here but warns. Tune's SIGINT handler would end the run
+    quietly as if it had finished; without it Ctrl-C raises KeyboardInterrupt, and the store
+    (not Tune's experiment state) is what the next run resumes from.
+    """
+    settings = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+                "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
     tune_logger.setLevel(logging.WARNING)
@@ -299,6 +310,8 @@ def launch_pruning(
     try:
         _check_resources(resources, joined=address not in (None, "", "local"), log=log)
         store, _, _, base_spec = prepare(config, log)
+        if steps != "1":
+            step2_layers(base_spec, config)  # a bad split name fails now, not after step 1
         if steps == "2" and store.manifest["step1"] is None:
             raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
         storage = str(storage_path or Path(config.out) / "tune")

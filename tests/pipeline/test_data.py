@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
+from datafiles import write_idx
 from PIL import Image
 
 from pipeline.data import (

@@ -1,0 +1,24 @@
+"""One Ray session for the whole test run (starting Ray costs ~7 s on two cores).
+
+Tests that need Ray request `ray_session`; it yields nothing, it only makes sure Ray is running
+(2 CPUs, no dashboard, worker logs not forwarded) and shuts it down when the run ends.
+"""
+
+import logging
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    yield
+    if started:
+        ray.shutdown()

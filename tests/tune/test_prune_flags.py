@@ -1,0 +1,31 @@
+"""`twostep prune` flags for Ray Tune, checked before anything runs (no Ray session)."""
+
+import pytest
+
+from twostep.cli import main
+from twostep.commands.prune import _numbers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gpus-per-trial", "1"], "--gpus-per-trial only apply with --ray"),
+    (["--search-divisors", "8,16", "--max-concurrent", "2"],
+     "--max-concurrent, --search-divisors only apply with --ray"),
+    (["--resume"], "--resume: no series at"),
+])
+def test_ray_flags_are_checked_before_running(argv, message, tmp_path, capsys):
+    assert main(["prune", "--out", str(tmp_path / "none"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_search_values_parse_as_comma_separated_numbers():
+    assert _numbers("8, 16,32", int, "--search-divisors") == (8, 16, 32)
+    assert _numbers(None, float, "--search-budgets") == ()
+    with pytest.raises(ValueError, match="--search-budgets takes comma-separated numbers"):
+        _numbers("0.01,lots", float, "--search-budgets")
+
+
+def test_ray_client_addresses_are_refused():
+    from tune.launch import init_ray
+
+    with pytest.raises(ValueError, match="ray job submit"):
+        init_ray("ray://head:10001")
