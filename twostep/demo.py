@@ -116,17 +116,21 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
 
 def _http(url: str, method: str = "GET", body: bytes | None = None, content_type: str = "",
           timeout: float = 60.0) -> dict:
+    import urllib.error
     import urllib.request
 
     request = urllib.request.Request(url, data=body, method=method)
     if content_type:
         request.add_header("Content-Type", content_type)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        raise RuntimeError(f"{method} {url} answered {err.code}: {err.read()[:300]!r}") from None
 
 
 def measure_bandwidths(url: str, images, labels, bandwidths_mbit: tuple[float, ...],
-                       requests: int, log: Log) -> list[dict]:
+                       requests: int, log: Log, progress: bool = True) -> list[dict]:
     """Classify real test images over the emulated link at each bandwidth; one row per request."""
     from tqdm.auto import tqdm
 
@@ -137,10 +141,14 @@ def measure_bandwidths(url: str, images, labels, bandwidths_mbit: tuple[float, .
               "application/json")
         # The first requests teach the router's estimator this link; they are warm-up.
         warmup = 4
-        for i in tqdm(range(warmup + requests), desc=f"{mbit:g} Mbit/s", leave=False):
+        for i in tqdm(range(warmup + requests), desc=f"{mbit:g} Mbit/s", leave=False,
+                      disable=not progress):
             image = images[i % len(images)]
-            answer = _http(f"{url}/v1/classify?shape={shape}", "POST", image.numpy().tobytes(),
-                           "application/octet-stream")
+            # The device reports the uplink it measures, as `twostep device` does; without it the
+            # router would learn the rate only from frames, and none flow while it runs all on
+            # the device.
+            answer = _http(f"{url}/v1/classify?shape={shape}&uplink_bps={int(mbit * 1e6)}", "POST",
+                           image.numpy().tobytes(), "application/octet-stream")
             if i < warmup:
                 continue
             rows.append({
@@ -202,11 +210,12 @@ def predicted_curves(store: SeriesStore, edge_path: Path, device_path: Path,
     device, edge = load_profile(device_path), load_profile(edge_path)
     every = candidates_from_series(manifest, device, edge) + baseline_candidates(manifest, device, edge)
     base, step1 = manifest["base"], manifest["step1"]
+    ends = ("input", "output")
     groups = {
-        "all on device": [c for c in every if c.variant_id == base and c.strategy == "all-on-device"],
-        "raw input to edge": [c for c in every if c.variant_id == base and c.strategy == "raw-input"],
-        "best split, original": [c for c in every if c.variant_id == base and c.strategy == "split"],
-        "best split, step 1": [c for c in every if c.variant_id == step1 and c.strategy == "split"],
+        "all on device": [c for c in every if c.variant_id == base and c.split == "output"],
+        "raw input to edge": [c for c in every if c.variant_id == base and c.split == "input"],
+        "best split, original": [c for c in every if c.variant_id == base and c.split not in ends],
+        "best split, step 1": [c for c in every if c.variant_id == step1 and c.split not in ends],
         "twostep": [c for c in every if c.accuracy >= accuracy_floor],
     }
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -263,7 +272,7 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                                test_subset=max(64, config.demo.requests_per_bandwidth + 4),
                                seed=config.prune.seed).test
             return measure_bandwidths(url, test.images, test.labels, config.demo.bandwidths_mbit,
-                                      config.demo.requests_per_bandwidth, log)
+                                      config.demo.requests_per_bandwidth, log, progress)
 
         rows = stages.run("serve on Ray Serve and send requests", serve_and_measure)
 

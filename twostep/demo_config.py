@@ -21,10 +21,10 @@ class DemoSettings:
     """Serving and measurement part of the demo."""
 
     out: str = "runs/demo"
-    bandwidths_mbit: tuple[float, ...] = (0.25, 1.0, 10.0)
+    bandwidths_mbit: tuple[float, ...] = (0.1, 0.25, 1.0, 10.0)
     requests_per_bandwidth: int = 12
     slowdown: float = 5.0
-    accuracy_drop: float = 0.01
+    accuracy_drop: float = 0.03
     ray_address: str = "local"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
