@@ -145,8 +145,9 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
     bar = tqdm(desc="step 1", total=ctx.config.step1_max_iterations, initial=last["iteration"],
                disable=not progress, unit="it")
     kept = last
+    base_spec = ArchSpec.from_dict(base["spec"])
     for snap in run_step1(model, spec, ctx.splits, ctx.config, base["val_accuracy"],
-                          start_iteration=last["iteration"]):
+                          start_iteration=last["iteration"], base_spec=base_spec):
         bar.update(1)
         bar.set_postfix(val=f"{snap.val_accuracy:.4f}",
                         macs=f"{base['macs'] / snap.macs:.2f}x")

@@ -113,14 +113,17 @@ def step1_verdict(
 
 def run_step1(
     model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
-    start_iteration: int = 0,
+    start_iteration: int = 0, base_spec: ArchSpec | None = None,
 ) -> Iterator[Snapshot]:
     """Yield every step-1 iteration (accepted or not) until the procedure stops.
 
     The model to keep is the last snapshot with `accepted=True` (or the input model if none).
+    When resuming, `base_spec` is the unpruned model's: the MAC target and the filters per
+    iteration are measured against it, not against the resumed model.
     """
-    base_macs = total_macs(spec)
-    per_iteration = step1_filters_per_iteration(sum(spec.widths), config.step1_divisor)
+    base_spec = base_spec or spec
+    base_macs = total_macs(base_spec)
+    per_iteration = step1_filters_per_iteration(sum(base_spec.widths), config.step1_divisor)
     iteration = start_iteration
     while iteration < config.step1_max_iterations:
         iteration += 1

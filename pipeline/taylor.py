@@ -67,6 +67,8 @@ def taylor_scores(
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     layers = layers or list(model.conv_blocks())
+    # Train-mode passes update BatchNorm running statistics; ranking must not change the model.
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     model.train()
     sums: dict[str, torch.Tensor] = {}
     loss_fn = nn.CrossEntropyLoss()
@@ -79,6 +81,7 @@ def taylor_scores(
             model.zero_grad(set_to_none=True)
             loss_fn(model(x.to(device)), y.to(device)).backward()
     model.zero_grad(set_to_none=True)
+    model.load_state_dict(saved, strict=False)
     return {name: sums[name].cpu() for name in layers}  # backward filled `sums` in reverse order
 
 

@@ -74,3 +74,19 @@ def test_real_step1_and_step2_iterations_on_a_tiny_model(fashion_dir):
     with pytest.raises(ValueError, match="not below"):
         steps.step2_iteration(s1.model, s1.spec, "conv3_1", 99, splits, config,
                               torch.Generator(), 1)
+
+
+def test_resumed_step1_measures_against_the_base_model(monkeypatch):
+    base = make_spec("vgg11", 0.125, in_channels=1)
+    resumed = base.with_widths({"conv5_2": 1, "conv5_1": 1})
+    seen = []
+
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration):
+        seen.append(per_iteration)
+        return Snapshot(model, spec, iteration, 0.95, total_macs(base) // 7)
+
+    monkeypatch.setattr(steps, "step1_iteration", fake_iteration)
+    config = PruneConfig(step1_budget=0.01, step1_target_mac_reduction=6.0)
+    snaps = list(run_step1(None, resumed, None, config, 0.95, start_iteration=3, base_spec=base))
+    assert seen == [-(-sum(base.widths) // 16)] and snaps[0].iteration == 4
+    assert "MAC reduction target (7.00x)" in snaps[0].stop_reason

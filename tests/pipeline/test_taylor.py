@@ -30,10 +30,9 @@ def test_taylor_scores_have_one_value_per_filter_and_unit_norm(tiny):
         assert s.shape == (spec.width_of()[name],)
         assert (s >= 0).all()
         assert torch.linalg.vector_norm(s).item() == pytest.approx(1.0, abs=1e-5)
-    # ranking never changes weights, and leaves no hooks or gradients behind
+    # ranking changes nothing (weights nor BN statistics), and leaves no hooks or gradients
     for key, value in model.state_dict().items():
-        if "running" not in key and "num_batches" not in key:
-            assert torch.equal(value, before[key]), key
+        assert torch.equal(value, before[key]), key
     assert all(p.grad is None for p in model.parameters())
     assert not any(block._forward_hooks for block in model.stages.values())
 
