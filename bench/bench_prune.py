@@ -6,7 +6,11 @@ the unpruned model of the same run:
   step 2 + 8-bit coding: at the best split, >= 100x fewer bytes (whole frame) than that split's
   float32 tensor of the unpruned model, at <= 1.0 point loss.
 
-    .venv/bin/python bench/bench_prune.py --base runs/bench-train/vgg16-w025.safetensors
+The base must not have been trained on the validation images (prepare() warns when it was):
+
+    .venv/bin/twostep train --arch vgg16 --width 0.25 --epochs 5 --lr 0.05 --val-fraction 0.1 \
+        --seed 0 --out runs/bench-prune-base/vgg16-w025.safetensors
+    .venv/bin/python bench/bench_prune.py --fresh --mac-weight 0.1
 """
 
 from __future__ import annotations
@@ -25,15 +29,21 @@ from pipeline.report import format_series_table, series_rows
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="runs/bench-train/vgg16-w025.safetensors",
-                        help="checkpoint of the unpruned model (bench/bench_train.py writes it)")
+    parser.add_argument("--base", default="runs/bench-prune-base/vgg16-w025.safetensors",
+                        help="checkpoint of the unpruned model, trained with val_fraction 0.1, seed 0")
     parser.add_argument("--out", default="runs/bench-prune/series")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
-    parser.add_argument("--train-subset", type=int, default=20000)
-    parser.add_argument("--val-subset", type=int, default=3000)
-    parser.add_argument("--test-subset", type=int, default=3000)
+    parser.add_argument("--train-subset", type=int, default=0, help="0: all 54,000")
+    parser.add_argument("--val-subset", type=int, default=0, help="0: all 6,000")
+    parser.add_argument("--test-subset", type=int, default=0, help="0: all 10,000")
     parser.add_argument("--mac-weight", type=float, default=0.0)
     parser.add_argument("--step1-finetune-epochs", type=float, default=1.0)
+    parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--step1-recovery-epochs", type=float, default=0.0,
+                        help="more fine-tuning for an iteration under the budget before rolling back")
+    parser.add_argument("--distill-weight", type=float, default=0.0,
+                        help="knowledge distillation from the unpruned model while fine-tuning")
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--step1-target", type=float, default=6.0)
     parser.add_argument("--step2-splits", default="conv1_1,pool1,pool2,pool3,pool4,pool5")
     parser.add_argument("--step2-steps", type=int, default=8)
@@ -44,8 +54,10 @@ def main() -> None:
         shutil.rmtree(args.out, ignore_errors=True)
     config = PruneConfig(
         base=args.base, out=args.out, train_subset=args.train_subset, val_subset=args.val_subset,
-        test_subset=args.test_subset, mac_weight=args.mac_weight,
+        test_subset=args.test_subset, mac_weight=args.mac_weight, finetune_lr=args.finetune_lr,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         step1_finetune_epochs=args.step1_finetune_epochs,
+        step1_recovery_epochs=args.step1_recovery_epochs,
         step1_target_mac_reduction=args.step1_target, step1_budget=0.01,
         step2_splits=tuple(s for s in args.step2_splits.split(",") if s),
         step2_steps=args.step2_steps, step2_finetune_epochs=args.step2_finetune_epochs,

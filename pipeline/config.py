@@ -146,8 +146,13 @@ class PruneConfig:
     weight_decay: float = 5e-4
     augment: bool = True
     min_width: int = 1
+    # Knowledge distillation from the unpruned model while fine-tuning (0 = plain cross-entropy).
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
     step1_divisor: int = 16
     step1_finetune_epochs: float = 1.0
+    # An iteration under the budget gets this many more epochs and is judged again (0: none).
+    step1_recovery_epochs: float = 0.0
     step1_budget: float = 0.01
     step1_target_mac_reduction: float = 0.0
     step1_max_iterations: int = 40
@@ -173,8 +178,11 @@ class PruneConfig:
         _check_range("momentum", self.momentum, 0.0, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("min_width", self.min_width, 1, 8192)
+        _check_range("distill_weight", self.distill_weight, 0.0, 1.0)
+        _check_range("distill_temperature", self.distill_temperature, 0.0, 100.0, low_open=True)
         _check_range("step1_divisor", self.step1_divisor, 1, 100_000)
         _check_range("step1_finetune_epochs", self.step1_finetune_epochs, 0.0, 1000.0)
+        _check_range("step1_recovery_epochs", self.step1_recovery_epochs, 0.0, 1000.0)
         _check_range("step1_budget", self.step1_budget, 0.0, 1.0)
         _check_range("step1_target_mac_reduction", self.step1_target_mac_reduction, 0.0, 1e6)
         _check_range("step1_max_iterations", self.step1_max_iterations, 0, 100_000)

@@ -37,6 +37,7 @@ class PruneContext:
     config: PruneConfig
     splits: Splits
     byte_images: torch.Tensor
+    teacher: VGG | None = None  # the unpruned model, when fine-tuning distils from it
 
     @property
     def codec(self) -> CodecConfig:
@@ -53,7 +54,10 @@ def load_context(config: PruneConfig, info: DataInfo | None = None) -> PruneCont
     if config.val_subset:
         splits.val = splits.val.take(torch.arange(min(config.val_subset, len(splits.val))))
     images = splits.test.images[: config.bytes_images]
-    return PruneContext(config, splits, normalize(images, splits.info))
+    teacher = None
+    if config.distill_weight > 0:
+        teacher = load_checkpoint(config.base)[0].to(resolve_device(config.device)).eval()
+    return PruneContext(config, splits, normalize(images, splits.info), teacher)
 
 
 def step2_layers(spec: ArchSpec, config: PruneConfig) -> dict[str, list[str]]:
@@ -117,9 +121,31 @@ def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInf
     return SeriesStore.create(config.out, base_spec, info.to_dict(), codec, config_dict)
 
 
+def validation_leak(train: dict | None, config: PruneConfig) -> str | None:
+    """Why the base model (trained with `train`, its TrainConfig as a dict) has seen the images
+    pruning validates on, or None when they were held out (or nothing says otherwise)."""
+    if not train or train.get("dataset") != config.dataset:
+        return None
+    if train.get("data_dir") not in (None, config.data_dir):
+        return None
+    held_out = float(train.get("val_fraction", 0.0))
+    if held_out == 0.0:
+        return "it was trained on the whole training set (val_fraction 0)"
+    if held_out != config.val_fraction or int(train.get("seed", 0)) != config.seed:
+        return (f"it held out another validation split (val_fraction {held_out:g}, seed "
+                f"{train.get('seed', 0)}; pruning uses {config.val_fraction:g}, seed {config.seed})")
+    return None
+
+
 def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneContext, VGG, ArchSpec]:
     """Load the base checkpoint and data, open/create the store, record the base variant."""
     base_model, base_spec, meta = load_checkpoint(config.base)
+    leak = validation_leak(meta.get("train"), config)
+    if leak:
+        # The base's validation accuracy is then optimistic: step 1 measures its budget against
+        # images the base memorised and the fine-tuned models no longer see, and stops early.
+        log(f"warning: the base model has seen the validation images step 1 is judged on: {leak}. "
+            f"Train it with --val-fraction {config.val_fraction:g} --seed {config.seed} for a fair budget.")
     info = DataInfo.from_dict(meta["data"]) if "data" in meta else None
     ctx = load_context(config, info)
     store = open_or_create_store(config, base_spec, ctx.splits.info)
@@ -147,7 +173,7 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
     kept = last
     base_spec = ArchSpec.from_dict(base["spec"])
     for snap in run_step1(model, spec, ctx.splits, ctx.config, base["val_accuracy"],
-                          start_iteration=last["iteration"], base_spec=base_spec):
+                          start_iteration=last["iteration"], base_spec=base_spec, teacher=ctx.teacher):
         bar.update(1)
         bar.set_postfix(val=f"{snap.val_accuracy:.4f}",
                         macs=f"{base['macs'] / snap.macs:.2f}x")
@@ -155,7 +181,11 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
             kept = record_variant(store, ctx, snap.model, snap.spec, step=1,
                                   iteration=snap.iteration, val_accuracy=snap.val_accuracy,
                                   offered_splits=split_points(snap.spec),
-                                  extra={"removed": snap.removed})
+                                  extra={"removed": snap.removed,
+                                         "recovered_from": snap.recovered_from})
+        if snap.recovered_from is not None:
+            log(f"step 1 iteration {snap.iteration}: validation {snap.recovered_from:.4f} -> "
+                f"{snap.val_accuracy:.4f} after {ctx.config.step1_recovery_epochs:g} recovery epochs")
         if snap.stop_reason:
             log(f"step 1 stopped at iteration {snap.iteration}: {snap.stop_reason}")
     bar.close()
@@ -178,7 +208,7 @@ def prune_step2_layer(
     model, spec = step1_model, step1_spec
     if done:
         model, spec, _ = store.load_model(variant_id(step1_spec.arch, 2, done, layer))
-    for snap in run_step2(model, spec, layer, ctx.splits, ctx.config, ladder, done):
+    for snap in run_step2(model, spec, layer, ctx.splits, ctx.config, ladder, done, teacher=ctx.teacher):
         entries.append(record_variant(
             store, ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,
             val_accuracy=snap.val_accuracy, offered_splits=offered, layer=layer,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import PruneConfig
 from pipeline.data import Splits
@@ -39,6 +40,7 @@ class Snapshot:
     removed: dict[str, int] = field(default_factory=dict)
     accepted: bool = True
     stop_reason: str | None = None
+    recovered_from: float | None = None  # validation accuracy before a recovery fine-tune
 
 
 def derive_seed(seed: int, *names: str) -> int:
@@ -47,12 +49,37 @@ def derive_seed(seed: int, *names: str) -> int:
     return int.from_bytes(digest[:8], "big") % (2**63)
 
 
+def distillation_loss(
+    teacher: VGG, weight: float, temperature: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(student logits, images, labels) -> (1 - w) CE + w T^2 KL(teacher || student) at T.
+
+    Hinton et al.'s knowledge distillation; the teacher (the unpruned model) sees the same
+    augmented batch, in eval mode, without gradients.
+    """
+    def loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / temperature, dim=1)
+        kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
+        return (1 - weight) * F.cross_entropy(logits, y) + weight * temperature**2 * kl
+
+    return loss
+
+
 def finetune(
     model: VGG, splits: Splits, config: PruneConfig, epochs: float, generator: torch.Generator,
+    teacher: VGG | None = None,
 ) -> None:
-    """SGD (momentum, weight decay), cosine-decayed LR, for a possibly fractional number of epochs."""
+    """SGD (momentum, weight decay), cosine-decayed LR, for a possibly fractional number of epochs;
+    distilling from `teacher` when `config.distill_weight` > 0."""
     if epochs <= 0:
         return
+    loss_fn = None
+    if config.distill_weight > 0:
+        if teacher is None:
+            raise ValueError("distill_weight > 0 needs the unpruned model as the teacher")
+        teacher.eval()
+        loss_fn = distillation_loss(teacher, config.distill_weight, config.distill_temperature)
     optimizer = make_optimizer(model, config.finetune_lr, config.momentum, config.weight_decay)
     batches_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total = max(1, round(epochs * batches_per_epoch))
@@ -63,7 +90,8 @@ def finetune(
     while remaining > 0:
         batches = min(remaining, batches_per_epoch)
         train_one_epoch(model, splits.train, splits.info, optimizer, generator, config.batch_size,
-                        config.augment, step_hook=scheduler.step, max_batches=batches)
+                        config.augment, step_hook=scheduler.step, max_batches=batches,
+                        loss_fn=loss_fn)
         remaining -= batches
 
 
@@ -71,7 +99,7 @@ def finetune(
 
 def step1_iteration(
     model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
-    filters_per_iteration: int, iteration: int,
+    filters_per_iteration: int, iteration: int, teacher: VGG | None = None,
 ) -> Snapshot:
     """Rank all filters, remove the globally lowest, fine-tune, evaluate on validation."""
     model = model.to(resolve_device(config.device))
@@ -83,7 +111,7 @@ def step1_iteration(
         return Snapshot(model, spec, iteration, float("nan"), total_macs(spec), accepted=False,
                         stop_reason="every layer is at its minimum width")
     new_model, new_spec = remove_filters(model, spec, removals)
-    finetune(new_model, splits, config, config.step1_finetune_epochs, generator)
+    finetune(new_model, splits, config, config.step1_finetune_epochs, generator, teacher)
     accuracy = evaluate(new_model, splits.val, splits.info)
     return Snapshot(new_model, new_spec, iteration, accuracy, total_macs(new_spec),
                     {k: len(v) for k, v in removals.items()})
@@ -111,9 +139,31 @@ def step1_verdict(
     return True, None
 
 
+def judge_step1(
+    snapshot: Snapshot, baseline_val: float, base_macs: int, splits: Splits, config: PruneConfig,
+    generator: torch.Generator, teacher: VGG | None = None,
+) -> Snapshot:
+    """Set `accepted` and `stop_reason` of a step-1 iteration (see `step1_verdict`).
+
+    With `config.step1_recovery_epochs`, an iteration under the budget first gets that much more
+    fine-tuning and is judged again: the procedure rolls back only when even a longer
+    fine-tune cannot bring it within the budget.
+    """
+    snapshot.accepted, snapshot.stop_reason = step1_verdict(snapshot, baseline_val, base_macs, config)
+    under_budget = (not snapshot.accepted and math.isfinite(snapshot.val_accuracy)
+                    and snapshot.model is not None)
+    if under_budget and config.step1_recovery_epochs > 0:
+        before = snapshot.val_accuracy
+        finetune(snapshot.model, splits, config, config.step1_recovery_epochs, generator, teacher)
+        snapshot.val_accuracy = evaluate(snapshot.model, splits.val, splits.info)
+        snapshot.recovered_from, snapshot.stop_reason = before, None
+        snapshot.accepted, snapshot.stop_reason = step1_verdict(snapshot, baseline_val, base_macs, config)
+    return snapshot
+
+
 def run_step1(
     model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
-    start_iteration: int = 0, base_spec: ArchSpec | None = None,
+    start_iteration: int = 0, base_spec: ArchSpec | None = None, teacher: VGG | None = None,
 ) -> Iterator[Snapshot]:
     """Yield every step-1 iteration (accepted or not) until the procedure stops.
 
@@ -128,9 +178,9 @@ def run_step1(
     while iteration < config.step1_max_iterations:
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
-        snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration)
-        snapshot.accepted, snapshot.stop_reason = step1_verdict(
-            snapshot, baseline_val, base_macs, config)
+        snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration,
+                                   teacher)
+        judge_step1(snapshot, baseline_val, base_macs, splits, config, generator, teacher)
         yield snapshot
         if not snapshot.accepted or snapshot.stop_reason:
             return
@@ -141,7 +191,7 @@ def run_step1(
 
 def step2_iteration(
     model: VGG, spec: ArchSpec, layer: str, target_width: int, splits: Splits,
-    config: PruneConfig, generator: torch.Generator, iteration: int,
+    config: PruneConfig, generator: torch.Generator, iteration: int, teacher: VGG | None = None,
 ) -> Snapshot:
     """Prune only `layer` down to `target_width` filters (lowest ranked), fine-tune, evaluate."""
     model = model.to(resolve_device(config.device))
@@ -152,7 +202,7 @@ def step2_iteration(
                           config.rank_batches, config.batch_size, layers=[layer])
     removals = lowest_filters(scores, width - target_width, min_width=target_width)
     new_model, new_spec = remove_filters(model, spec, removals)
-    finetune(new_model, splits, config, config.step2_finetune_epochs, generator)
+    finetune(new_model, splits, config, config.step2_finetune_epochs, generator, teacher)
     accuracy = evaluate(new_model, splits.val, splits.info)
     return Snapshot(new_model, new_spec, iteration, accuracy, total_macs(new_spec),
                     {layer: width - target_width})
@@ -165,7 +215,7 @@ def step2_ladder(spec: ArchSpec, layer: str, config: PruneConfig) -> list[int]:
 
 def run_step2(
     model: VGG, spec: ArchSpec, layer: str, splits: Splits, config: PruneConfig,
-    ladder: list[int] | None = None, done: int = 0,
+    ladder: list[int] | None = None, done: int = 0, teacher: VGG | None = None,
 ) -> Iterator[Snapshot]:
     """Yield one snapshot per width of the ladder; each is a variant of the series.
 
@@ -182,6 +232,6 @@ def run_step2(
         generator = torch.Generator().manual_seed(
             derive_seed(config.seed, "step2", layer, str(iteration)))
         snapshot = step2_iteration(model, spec, layer, ladder[iteration - 1], splits, config,
-                                   generator, iteration)
+                                   generator, iteration, teacher)
         yield snapshot
         model, spec = snapshot.model, snapshot.spec

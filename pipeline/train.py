@@ -51,6 +51,7 @@ def train_one_epoch(
     step_hook: Callable[[], None] | None = None,
     max_batches: int = 0,
     progress: str | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over `data`; returns mean loss and training accuracy.
 
@@ -58,10 +59,11 @@ def train_one_epoch(
         step_hook: called after every optimizer step (e.g. a per-step LR scheduler).
         max_batches: stop after this many batches (0 = the whole epoch).
         progress: a description for a progress bar, or None for none.
+        loss_fn: (logits, images, labels) -> loss, instead of cross-entropy (e.g. distillation).
     """
     model.train()
     device = model_device(model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
     n_batches = math.ceil(len(data) / batch_size)
     if max_batches:
@@ -74,7 +76,7 @@ def train_one_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, x, y) if loss_fn is not None else cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
         if step_hook is not None:

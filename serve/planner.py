@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.models.registry import ArchSpec
+from pipeline.profiler import derive_profile
 from pipeline.selection import (
     Candidate,
     CandidateTable,
@@ -47,6 +48,9 @@ def constraint_key(accuracy_floor: float | None, latency_budget_ms: float | None
     return f"budget={latency_budget_ms:g}"
 
 
+MAX_DEVICE_TABLES = 16
+
+
 class Planner:
     """Candidates of a series and its profiles, with per-key hysteresis over the choice."""
 
@@ -62,10 +66,11 @@ class Planner:
     ):
         if not 0 <= switch_margin < 1:
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin!r}")
-        candidates = candidates_from_series(manifest, device_profile, edge_profile, bytes_stat)
-        if baselines:
-            candidates += baseline_candidates(manifest, device_profile, edge_profile)
+        self._manifest, self._edge_profile = manifest, edge_profile
+        self._bytes_stat, self._baselines = bytes_stat, baselines
+        candidates = self._candidates(device_profile)
         self.table = CandidateTable(candidates)
+        self._device_tables: OrderedDict[float, CandidateTable] = OrderedDict()
         self.switch_margin = switch_margin
         self.max_keys = max_keys
         self._current: OrderedDict[str, Candidate] = OrderedDict()
@@ -74,6 +79,28 @@ class Planner:
         self._by_key = {(c.variant_id, c.split): c for c in candidates}
         self.variants = {v["id"]: v for v in manifest["variants"]}
         self.best_accuracy = max(c.accuracy for c in candidates)
+
+    def _candidates(self, device_profile: dict) -> list[Candidate]:
+        candidates = candidates_from_series(self._manifest, device_profile, self._edge_profile,
+                                            self._bytes_stat)
+        if self._baselines:
+            candidates += baseline_candidates(self._manifest, device_profile, self._edge_profile)
+        return candidates
+
+    def table_for(self, device_slowdown: float | None) -> CandidateTable:
+        """The candidates with the configured device profile (None), or with a device that runs
+        `device_slowdown` times slower than the edge's own profile (a device that reports its
+        speed); a few such tables are cached."""
+        if device_slowdown is None:
+            return self.table
+        key = float(device_slowdown)
+        if key not in self._device_tables:
+            self._device_tables[key] = CandidateTable(
+                self._candidates(derive_profile(self._edge_profile, key)))
+            while len(self._device_tables) > MAX_DEVICE_TABLES:
+                self._device_tables.popitem(last=False)
+        self._device_tables.move_to_end(key)
+        return self._device_tables[key]
 
     def splits_of(self, variant_id: str) -> list[str]:
         """Split points a variant can be served at: those it offers, plus the baselines'."""
@@ -93,9 +120,11 @@ class Planner:
         return found
 
     def plan(self, link: Link, accuracy_floor: float | None = None,
-             latency_budget_ms: float | None = None, top_k: int = 5) -> Decision:
-        """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits)."""
-        return self.table.select(link, accuracy_floor, latency_budget_ms, top_k)
+             latency_budget_ms: float | None = None, top_k: int = 5,
+             device_slowdown: float | None = None) -> Decision:
+        """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits); see
+        `table_for` for `device_slowdown`."""
+        return self.table_for(device_slowdown).select(link, accuracy_floor, latency_budget_ms, top_k)
 
     def choose(self, key: str, link: Link, accuracy_floor: float | None = None,
                latency_budget_ms: float | None = None) -> Choice:

@@ -16,7 +16,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import PIL.Image  # noqa: F401  (imported here so the first request does not pay for it)
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -24,8 +26,9 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from pipeline.codec import encode_frame, variant_tag
 from pipeline.cost import Breakdown, Link, latency_breakdown
-from pipeline.data import DataInfo
+from pipeline.data import DataInfo, normalize
 from pipeline.selection import Candidate, NoFeasibleCandidate
 from pipeline.series import SeriesStore
 from serve.bandwidth import EstimatorConfig, EstimatorPool
@@ -38,6 +41,7 @@ from serve.inputs import (
     parse_constraint,
     parse_int,
     parse_link_id,
+    parse_number,
     parse_rtt,
     parse_variant_id,
     read_body,
@@ -45,6 +49,7 @@ from serve.inputs import (
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
+from serve.runner import codec_config
 from serve.settings import AppArgs
 from serve.weights import pack_head
 
@@ -55,7 +60,8 @@ api = FastAPI(title="twostep split inference", version="1",
 CLASSIFY_PARAMS = {"accuracy_floor", "latency_budget_ms", "link", "uplink_bps", "variant", "split",
                    "shape"}
 TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
-PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link"}
+PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link",
+               "device_slowdown"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
@@ -155,6 +161,7 @@ class Router:
             self.args.initial_bandwidth_bps, self.args.estimator_window, self.args.estimator_max_age_s,
             self.args.min_sample_bytes, self.args.estimator_band))
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
+        self.codec = codec_config(manifest["codec"])
         self._heads: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
         self._probes: dict[str, asyncio.Task] = {}
         logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
@@ -183,6 +190,13 @@ class Router:
         target = getattr(handle.options(multiplexed_model_id=variant_id), method)
         return await call_with_retries(lambda: target.remote(*args), method, self.args.retries,
                                        self.args.call_timeout_s)
+
+    def _encode_input(self, variant_id: str, pixels) -> tuple[bytes, float]:
+        """The wire frame of the normalised input pixels (what the head sends at split `input`)."""
+        start = time.perf_counter_ns()
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
+        return encode_frame(x, self.codec, variant_tag(variant_id)), _ms(start)
 
     def _maybe_probe(self, link_id: str) -> None:
         """Send a probe over the emulated link when its estimate has had no sample for a while,
@@ -252,13 +266,15 @@ class Router:
         bandwidth = parse_bandwidth_param(params, "bandwidth_bps")
         rtt = parse_rtt(params)
         top = parse_int(params, "top", 1, 100, 5)
+        slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
         source = "given"
         if bandwidth is None:
             bandwidth, source = self.estimators.get(link_id).estimate_bps, "estimate"
         link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
-        decision = self.planner.plan(link, floor, budget, top)
+        decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown)
         ranked = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
+                "device_slowdown": slowdown,
                 "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],
                 "ranked": ranked}
 
@@ -325,9 +341,14 @@ class Router:
 
         timings = {"parse": parse_ms, "plan": plan_ms}
         head_start = time.perf_counter_ns()
-        head, retries = await self._call(self.head, vid, "run", split, pixels.tobytes(), pixels.shape)
+        if split == "input":
+            # Nothing runs before the split: encode the pixels here and skip the head's hop.
+            frame, encode_ms = self._encode_input(vid, pixels)
+            head, retries = {"head_ms": 0.0, "encode_ms": encode_ms}, 0
+        else:
+            head, retries = await self._call(self.head, vid, "run", split, pixels.tobytes(), pixels.shape)
+            frame = head["frame"]
         timings.update(head=head["head_ms"], encode=head["encode_ms"], head_call=_ms(head_start))
-        frame = head["frame"]
         bytes_sent = 0 if frame is None else len(frame)
         link_ms = decode_ms = tail_ms = 0.0
         if frame is None:

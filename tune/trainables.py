@@ -30,7 +30,7 @@ from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
 from pipeline.schedule import step1_filters_per_iteration
 from pipeline.split import split_points, total_macs
-from pipeline.steps import derive_seed, run_step2, step1_iteration, step1_verdict
+from pipeline.steps import derive_seed, judge_step1, run_step2, step1_iteration
 from tune.collect import read_trial_checkpoint, write_trial_checkpoint
 
 
@@ -96,8 +96,10 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
     while iteration < config.step1_max_iterations:
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
-        snap = step1_iteration(model, spec, ctx.splits, config, generator, per_iteration, iteration)
-        accepted, stop_reason = step1_verdict(snap, job["baseline_val"], base_macs, config)
+        snap = step1_iteration(model, spec, ctx.splits, config, generator, per_iteration, iteration,
+                               teacher=ctx.teacher)
+        judge_step1(snap, job["baseline_val"], base_macs, ctx.splits, config, generator, ctx.teacher)
+        accepted, stop_reason = snap.accepted, snap.stop_reason
         metrics = {
             "phase": "step1", "iteration": iteration, "val_accuracy": snap.val_accuracy,
             "macs": snap.macs, "mac_reduction": base_macs / snap.macs, "accepted": accepted,
@@ -107,7 +109,8 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
             entry = describe_variant(ctx, snap.model, snap.spec, step=1, iteration=iteration,
                                      val_accuracy=snap.val_accuracy,
                                      offered_splits=split_points(snap.spec),
-                                     extra={"removed": snap.removed})
+                                     extra={"removed": snap.removed,
+                                            "recovered_from": snap.recovered_from})
             metrics.update(test_accuracy=entry["test_accuracy"], variant=entry["id"])
             _report(metrics, snap.model, snap.spec, entry, stop_reason)
         else:
@@ -123,7 +126,7 @@ def step2_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
     config, job, ctx = _setup(trial_config)
     model, spec, done, _ = _resume(job, start_blobs)
     layer, ladder, offered = job["layer"], job["ladder"], job["offered"]
-    for snap in run_step2(model, spec, layer, ctx.splits, config, ladder, done):
+    for snap in run_step2(model, spec, layer, ctx.splits, config, ladder, done, teacher=ctx.teacher):
         entry = describe_variant(ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,
                                  val_accuracy=snap.val_accuracy, offered_splits=offered,
                                  layer=layer, extra={"ladder": ladder})

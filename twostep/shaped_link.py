@@ -2,9 +2,10 @@
 each direction shaped with `tc ... tbf`. Needs root and iproute2; `available()` says whether
 this machine permits it. Everything made here is removed on exit.
 
-Note: tbf lets one burst (here one MTU) through at line rate after idle, so a frame smaller
-than the burst is not slowed; the benchmark reports where that makes measurements beat the
-cost model.
+Note: tbf lets one burst (here one full Ethernet frame, `burst_bytes`) through at line rate
+after idle, so a message smaller than that is not slowed by itself. `twostep bench` spends the
+burst with one filler frame right before each request, so the request pays its bytes at the
+link rate as on a real link.
 """
 
 from __future__ import annotations
@@ -67,13 +68,19 @@ class ShapedLink:
             raise
         return self
 
+    @property
+    def burst_bytes(self) -> int:
+        """The token bucket's size: one full frame (MTU plus the 14-byte Ethernet header),
+        the least tbf accepts."""
+        return self.mtu + 14
+
     def set_rate(self, bandwidth_bps: float) -> None:
-        """Shape both directions to `bandwidth_bps` (token bucket, one-MTU burst)."""
+        """Shape both directions to `bandwidth_bps` (token bucket, one-frame burst)."""
         if not bandwidth_bps > 0:
             raise ValueError(f"bandwidth must be > 0 bit/s, got {bandwidth_bps}")
         self.bandwidth_bps = bandwidth_bps
         rate = f"{int(bandwidth_bps)}bit"
-        burst = str(self.mtu + 100)
+        burst = str(self.burst_bytes)
         for ns, dev in ((self.device, self.device_if), (self.edge, self.edge_if)):
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
                  "rate", rate, "burst", burst, "latency", "2s")

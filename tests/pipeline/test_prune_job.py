@@ -79,3 +79,17 @@ def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashio
     with pytest.raises(SeriesError, match="other settings"):
         prune_job.prune_series(_config(base_checkpoint, learnable_fashion_dir, tmp_path / "s",
                                        step1_max_iterations=3), progress=False, log=None)
+
+
+def test_a_base_trained_on_the_validation_images_is_detected(tmp_path):
+    from pipeline.config import DEFAULT_FASHION_MNIST_DIR, PruneConfig
+    from pipeline.prune_job import validation_leak
+
+    config = PruneConfig(val_fraction=0.1, seed=0)
+    trained = {"dataset": "fashion-mnist", "data_dir": DEFAULT_FASHION_MNIST_DIR, "seed": 0}
+    assert "whole training set" in validation_leak({**trained, "val_fraction": 0.0}, config)
+    assert "seed 3" in validation_leak({**trained, "val_fraction": 0.1, "seed": 3}, config)
+    assert "val_fraction 0.2" in validation_leak({**trained, "val_fraction": 0.2}, config)
+    assert validation_leak({**trained, "val_fraction": 0.1}, config) is None
+    assert validation_leak({**trained, "val_fraction": 0.0, "dataset": "cifar10"}, config) is None
+    assert validation_leak(None, config) is None

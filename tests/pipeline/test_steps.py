@@ -1,3 +1,5 @@
+import types
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from pipeline.steps import Snapshot, run_step1, run_step2, step1_verdict, step2_
 def _scripted_step1(monkeypatch, accuracies, macs_factor=0.8):
     """Replace only the expensive iteration with one that returns a scripted accuracy, so the
     loop, the verdicts and the rollback are the real ones."""
-    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration):
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None):
         return Snapshot(model, spec, iteration, accuracies[iteration - 1],
                         int(total_macs(spec) * macs_factor ** iteration))
     monkeypatch.setattr(steps, "step1_iteration", fake_iteration)
@@ -81,7 +83,7 @@ def test_resumed_step1_measures_against_the_base_model(monkeypatch):
     resumed = base.with_widths({"conv5_2": 1, "conv5_1": 1})
     seen = []
 
-    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration):
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None):
         seen.append(per_iteration)
         return Snapshot(model, spec, iteration, 0.95, total_macs(base) // 7)
 
@@ -90,3 +92,56 @@ def test_resumed_step1_measures_against_the_base_model(monkeypatch):
     snaps = list(run_step1(None, resumed, None, config, 0.95, start_iteration=3, base_spec=base))
     assert seen == [-(-sum(base.widths) // 16)] and snaps[0].iteration == 4
     assert "MAC reduction target (7.00x)" in snaps[0].stop_reason
+
+
+def test_distillation_loss_is_cross_entropy_plus_a_kl_to_the_teacher():
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    student = torch.randn(8, 3, requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(student, y)
+    assert steps.distillation_loss(teacher, 0.0, 4.0)(student, x, y).item() == pytest.approx(ce.item())
+    with torch.no_grad():
+        same = teacher(x)
+    # A student that matches the teacher pays only the (1 - w) cross-entropy.
+    mixed = steps.distillation_loss(teacher, 0.7, 2.0)(same, x, y)
+    assert mixed.item() == pytest.approx(0.3 * torch.nn.functional.cross_entropy(same, y).item(), rel=1e-5)
+    loss = steps.distillation_loss(teacher, 0.7, 2.0)(student, x, y)
+    assert loss.item() > 0.3 * ce.item()
+    loss.backward()
+    assert student.grad is not None and teacher.weight.grad is None
+
+
+def test_distilled_finetuning_needs_a_teacher_and_uses_it(fashion_dir):
+    torch.manual_seed(0)
+    spec = make_spec("vgg11", 0.125, in_channels=1)
+    model, teacher = build(spec), build(spec)
+    splits = load_splits("fashion-mnist", fashion_dir, 0.2)
+    config = PruneConfig(batch_size=16, distill_weight=0.5)
+    with pytest.raises(ValueError, match="teacher"):
+        steps.finetune(model, splits, config, 0.1, torch.Generator())
+    before = [p.detach().clone() for p in teacher.parameters()]
+    steps.finetune(model, splits, config, 0.1, torch.Generator(), teacher)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
+    with pytest.raises(ValueError, match="distill_weight"):
+        PruneConfig(distill_weight=1.5)
+
+
+def test_an_iteration_under_budget_gets_a_recovery_finetune_before_rolling_back(monkeypatch):
+    spec = make_spec("vgg11", 0.0625, in_channels=1)
+    _scripted_step1(monkeypatch, [0.945, 0.90, 0.90])
+    recovered = iter([0.942, 0.92])  # what validation says after each recovery fine-tune
+    tuned = []
+    monkeypatch.setattr(steps, "finetune", lambda model, splits, config, epochs, *a: tuned.append(epochs))
+    monkeypatch.setattr(steps, "evaluate", lambda *a: next(recovered))
+    config = PruneConfig(step1_budget=0.01, step1_max_iterations=10, step1_recovery_epochs=3.0)
+    splits = types.SimpleNamespace(val=None, info=None)
+    snaps = list(run_step1(build(spec), spec, splits, config, baseline_val=0.95))
+    assert [s.accepted for s in snaps] == [True, True, False]
+    assert snaps[1].recovered_from == 0.90 and snaps[1].val_accuracy == 0.942
+    assert snaps[2].val_accuracy == 0.92 and "rolled back" in snaps[2].stop_reason
+    assert tuned == [3.0, 3.0] and snaps[0].recovered_from is None
+    # Without recovery epochs the second iteration already stops the procedure.
+    _scripted_step1(monkeypatch, [0.945, 0.90, 0.90])
+    plain = list(run_step1(build(spec), spec, None, PruneConfig(step1_budget=0.01), baseline_val=0.95))
+    assert [s.accepted for s in plain] == [True, False]

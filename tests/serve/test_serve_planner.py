@@ -105,3 +105,19 @@ def test_forced_candidates_and_splits(planner):
         planner.candidate("vgg11-s2-conv5_2-i1", "conv1_1")
     with pytest.raises(KeyError):
         planner.candidate("nope", "input")
+
+
+def test_device_slowdown_plans_for_the_reported_device_speed(planner):
+    edge = planner.table_for(1.0)
+    slow = planner.table_for(1000.0)
+    assert planner.table_for(1000.0) is slow  # cached
+    i = next(i for i, c in enumerate(edge.candidates) if c.head_ms > 0)
+    assert slow.candidates[i].head_ms == pytest.approx(1000.0 * edge.candidates[i].head_ms)
+    assert slow.candidates[i].tail_ms == pytest.approx(edge.candidates[i].tail_ms)
+    link = Link(1e6)
+    fast_plan = planner.plan(link, accuracy_floor=0.0, device_slowdown=1.0)
+    slow_plan = planner.plan(link, accuracy_floor=0.0, device_slowdown=1000.0)
+    # A very slow device runs (almost) nothing itself: the input goes to the edge.
+    assert slow_plan.best.head_ms == 0.0
+    assert slow_plan.breakdown.device_ms <= fast_plan.breakdown.device_ms * 1000.0
+    assert planner.plan(link, accuracy_floor=0.0).best == planner.table.select(link, 0.0).best

@@ -1,0 +1,131 @@
+"""`twostep bench` without Ray: strategy choices, the report's targets, config and CLI errors."""
+
+import pytest
+
+from pipeline.profiler import derive_profile
+from serve.profiles import estimate_profile
+from twostep.cli import main
+from twostep.compare.report import deviations, strategy_rows, targets
+from twostep.compare.run import BenchConfig
+from twostep.compare.strategies import Execution, LinkCosts, baseline_choices, execution_for
+
+
+@pytest.fixture(scope="module")
+def edge_profile(tiny_store):
+    return estimate_profile(tiny_store.manifest, ms_per_mmac=2.0, layer_ms=0.05)
+
+
+def _choices(tiny_store, edge_profile, slowdown, bps, costs=LinkCosts(300, 5.0)):
+    return baseline_choices(tiny_store.manifest, edge_profile, slowdown, costs, bps,
+                            raw_bytes=1024, jpeg_bytes=600, jpeg_encode_ms=0.2)
+
+
+def test_link_costs_add_header_bytes_at_the_link_rate():
+    costs = LinkCosts(overhead_bytes=250, fixed_ms=4.0)
+    assert costs.rtt_ms(1e5) == pytest.approx(4.0 + 250 * 8 / 1e5 * 1000)
+    assert costs.link(1e6).rtt_ms == pytest.approx(4.0 + 2.0)
+
+
+def test_baselines_are_the_papers_strategies(tiny_store, edge_profile):
+    choices = _choices(tiny_store, edge_profile, 5.0, 1e6)
+    assert set(choices) == set("abcde")
+    assert choices["a"][0] == Execution("device", "vgg11-base", "output")
+    assert choices["a"][1]["bytes"] == 0 and choices["a"][1]["transfer_ms"] == 0
+    assert choices["b"][0].mode == "raw" and choices["b"][1]["bytes"] == 1024
+    assert choices["c"][0].mode == "jpeg" and choices["c"][1]["device_ms"] == pytest.approx(1.0)
+    # (d) is the cheapest split of the unpruned model under the same cost model.
+    device = derive_profile(edge_profile, 5.0)["variants"]["vgg11-base"]
+    edge = edge_profile["variants"]["vgg11-base"]
+    splits = tiny_store.get("vgg11-base")["splits"]
+    costs = LinkCosts(300, 5.0)
+
+    def predicted(split):
+        sent = 0 if split == "output" else splits[split]["bytes_mean"]
+        transfer = 0 if split == "output" else sent * 8 / 1e6 * 1000 + costs.rtt_ms(1e6)
+        return device["head_ms"][split] + transfer + edge["tail_ms"][split]
+
+    best = min(splits, key=predicted)
+    assert choices["d"][0].split == best
+    assert choices["d"][1]["total_ms"] == pytest.approx(predicted(best))
+
+
+def test_a_slow_link_keeps_everything_on_the_device_and_a_slow_device_sends(tiny_store, edge_profile):
+    slow_link = _choices(tiny_store, edge_profile, 1.0, 1e3)
+    assert slow_link["d"][0].mode == "device"
+    slow_device = _choices(tiny_store, edge_profile, 1000.0, 1e9, LinkCosts(0, 0.0))
+    assert slow_device["d"][0].split == "input"
+
+
+def test_planner_rows_map_to_executions():
+    assert execution_for("v", "pool3") == Execution("frame", "v", "pool3")
+    assert execution_for("v", "output") == Execution("device", "v", "output")
+    assert execution_for("v", "input", "raw-input") == Execution("raw", "v", "input")
+    assert execution_for("v", "output", "all-on-device").mode == "device"
+    with pytest.raises(ValueError, match="mode"):
+        Execution("carrier-pigeon", "v", "input")
+
+
+def _request(total, correct=True, payload=0, device=0.0, send=0.0, edge=0.0):
+    return {"total_ms": total, "correct": correct, "payload_bytes": payload, "device_ms": device,
+            "send_ms": send, "edge_compute_ms": edge, "tx_bytes": payload + 300 if payload else 0,
+            "rx_bytes": 0}
+
+
+def _document(tiny_store, f_total, d_total):
+    """One grid point where (a)-(e) share two executions and the router picked a third."""
+    base, step2 = "vgg11-base", "vgg11-s2-conv5_2-i1"
+    on_device = Execution("device", base, "output")
+    sent = Execution("frame", step2, "pool5")
+    measured = {
+        on_device.key: {"execution": on_device.to_dict(),
+                        "rows": [_request(d_total, device=d_total)] * 3},
+        sent.key: {"execution": sent.to_dict(),
+                   "rows": [_request(f_total, payload=40, device=1.0, send=f_total - 1, edge=0.5)] * 3},
+    }
+    predicted = {k: {"execution": on_device.key, "device_ms": d_total, "transfer_ms": 0.0,
+                     "edge_ms": 0.0, "total_ms": d_total, "bytes": 0} for k in "abcde"}
+    plan = {"device_ms": 1.0, "transfer_ms": 2.0, "edge_ms": 0.5, "total_ms": 3.5}
+    return {"points": [{"bandwidth_mbit": 0.1, "slowdown": 10.0, "predicted": predicted,
+                        "router_execution": sent.key, "plan": plan, "measured": measured}],
+            "jpeg": {"accuracy": 0.5}, "base_test_accuracy": 0.9}
+
+
+def test_targets_and_deviations_come_from_the_measured_rows(tiny_store):
+    rows = strategy_rows(_document(tiny_store, f_total=10.0, d_total=60.0), tiny_store)
+    assert [r["strategy"] for r in rows] == list("abcdef")
+    f = rows[-1]
+    assert f["choice"] == "vgg11-s2-conv5_2-i1@pool5" and f["link_tx_bytes"] == 340
+    result = targets(rows, 0.9)
+    assert result["within_10_percent"]["met"]
+    assert result["reduction_vs_d"]["d_over_f"] == pytest.approx(6.0) and result["reduction_vs_d"]["met"]
+    # The variant the router chose is 5 points under the unpruned model.
+    assert result["accuracy_loss"]["points"] == pytest.approx(0.05)
+    assert not result["accuracy_loss"]["met"]
+    notes = deviations(rows)
+    assert [n["strategy"] for n in notes] == ["f"]  # measured 10 ms, predicted 3.5 ms
+    assert notes[0]["part"] == "transfer_ms"
+
+
+def test_a_router_slower_than_a_baseline_breaks_the_10_percent_target(tiny_store):
+    rows = strategy_rows(_document(tiny_store, f_total=70.0, d_total=60.0), tiny_store)
+    result = targets(rows, 0.9)
+    assert not result["within_10_percent"]["met"]
+    assert result["within_10_percent"]["violations"][0]["f_over_best"] == pytest.approx(70 / 60)
+    assert not result["reduction_vs_d"]["met"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("bandwidths_mbit", (0.0,), "bandwidths"), ("slowdowns", (-1.0,), "slowdowns"),
+    ("requests", 0, "requests"), ("link", "wifi", "link"), ("max_loss", 1.5, "max_loss"),
+])
+def test_bad_bench_settings_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(series="x", **{field: value})
+
+
+def test_cli_names_a_missing_series_and_a_bad_grid(tmp_path, capsys):
+    assert main(["bench", "--series", str(tmp_path / "nope")]) == 2
+    assert "is not a model series directory" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["bench", "--series", str(tmp_path), "--bandwidths", "1,fast"]) == 2
+    assert "--bandwidths" in capsys.readouterr().err

@@ -1,0 +1,289 @@
+"""The device of `twostep bench`: a process that serves requests the way each strategy says.
+
+    python -m twostep.compare.device_side SETUP.json
+
+It runs in the device network namespace of a shaped link (or beside the edge, with the link
+emulated), reads one JSON job per line on stdin and answers each with one `RESULT {json}` line on
+stdout. Jobs: `calibrate` (the per-request bytes and fixed time of the serving path) and `point`
+(every execution of one bandwidth x slowdown grid point, `requests` times each, interleaved).
+
+The device is `slowdown` times slower than this CPU: after each piece of device work (head,
+JPEG encoding) it sleeps `slowdown - 1` times the measured time. On a shaped link each request
+first lets the token bucket refill, then spends it with one filler datagram, so the request
+itself pays its bytes at the link rate (tbf passes a burst at line rate after idle; a real link
+serialises every byte). Without a shaped link, `throttle` sleeps for the request's bytes instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.codec import encode_frame, variant_tag
+from pipeline.data import DataInfo, normalize
+from serve.client import DeviceClient
+from serve.runner import codec_config
+from twostep.compare.strategies import Execution, execution_for
+
+# Ethernet + IPv4 + TCP (with timestamps) headers of one segment: what an emulated link adds.
+TCP_SEGMENT_OVERHEAD = 66
+# Ethernet + IPv4 + UDP headers of the filler datagram.
+UDP_OVERHEAD = 42
+
+
+@dataclass
+class Setup:
+    url: str
+    images: str
+    labels: str
+    interface: str | None = None  # count bytes on this interface (shaped link)
+    prime_host: str | None = None  # filler datagrams go to (prime_host, prime_port)
+    prime_port: int = 0
+    burst_bytes: int = 0  # the token bucket's size; the filler spends it
+    throttle: bool = False  # emulated link: sleep for the bytes of each request
+    jpeg_quality: int = 90
+
+    @classmethod
+    def load(cls, path: str) -> Setup:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _ms(start_ns: int) -> float:
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
+
+class Counters:
+    """Bytes sent and received on a network interface (None: not counted)."""
+
+    def __init__(self, interface: str | None):
+        self.base = Path("/sys/class/net") / interface / "statistics" if interface else None
+
+    def read(self) -> tuple[int, int] | None:
+        if self.base is None:
+            return None
+        return (int((self.base / "tx_bytes").read_text()), int((self.base / "rx_bytes").read_text()))
+
+
+class Device:
+    """Runs executions against the edge at `setup.url` and times every stage."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.client = DeviceClient(setup.url, link="bench", timeout_s=120.0)
+        parsed = urllib.parse.urlsplit(setup.url)
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.sock: socket.socket | None = None
+        self.images = np.load(setup.images, allow_pickle=False)
+        self.labels = np.load(setup.labels, allow_pickle=False)
+        self.counters = Counters(setup.interface)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if setup.prime_host else None
+        self.filler = b"\0" * max(0, setup.burst_bytes - UDP_OVERHEAD)
+        self.bandwidth_bps = 1e9
+        info = self.client.info()
+        self.data = DataInfo.from_dict(info["data"])
+        self.codec = codec_config(info["codec"])
+
+    # ---- one request ----
+    def _post(self, target: str, body: bytes, content_type: str) -> dict:
+        head = (f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        if self.setup.throttle:
+            time.sleep((len(head) + len(body) + TCP_SEGMENT_OVERHEAD) * 8.0 / self.bandwidth_bps)
+        if self.udp is not None:
+            self.udp.sendto(self.filler, (self.setup.prime_host, self.setup.prime_port))
+        for attempt in (0, 1):
+            if self.sock is None:
+                self.sock = socket.create_connection((self.host, self.port), timeout=120)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.sock.sendall(head + body)
+                response = http.client.HTTPResponse(self.sock, method="POST")
+                response.begin()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError):
+                self.sock.close()
+                self.sock = None
+                if attempt:
+                    raise
+        if response.status >= 400:
+            raise RuntimeError(f"{target} answered {response.status}: {data[:300]!r}")
+        return json.loads(data)
+
+    def _device_work(self, fn, slowdown: float):
+        start = time.perf_counter_ns()
+        result = fn()
+        spent = _ms(start)
+        if slowdown > 1:
+            time.sleep(spent * (slowdown - 1) / 1000.0)
+        return result, spent * slowdown
+
+    def run_once(self, execution: Execution, index: int, slowdown: float) -> dict:
+        pixels = self.images[index % len(self.images)][None]
+        label = int(self.labels[index % len(self.labels)])
+        row: dict = {"payload_bytes": 0, "device_ms": 0.0, "send_ms": 0.0, "edge_ms": 0.0,
+                     "edge_compute_ms": 0.0}
+        start = time.perf_counter_ns()
+        if execution.mode in ("device", "frame"):
+            head = self.client.fetch_head(execution.variant, execution.split)
+
+            def run_head():
+                with torch.inference_mode():
+                    return head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.data))
+
+            features, row["device_ms"] = self._device_work(run_head, slowdown)
+            if execution.mode == "device":
+                prediction = int(features[0].argmax())
+            else:
+                frame = encode_frame(features, self.codec, variant_tag(execution.variant))
+                query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
+                send = time.perf_counter_ns()
+                answer = self._post(f"/v1/tail?{query}", frame, "application/octet-stream")
+                row["send_ms"] = _ms(send)
+                row["payload_bytes"] = len(frame)
+                prediction = answer["predictions"][0]
+        else:
+            if execution.mode == "jpeg":
+                quality = self.setup.jpeg_quality
+                body, row["device_ms"] = self._device_work(lambda: jpeg(pixels[0], quality), slowdown)
+                content_type, extra = "image/jpeg", {}
+            else:
+                body, content_type = pixels.tobytes(), "application/octet-stream"
+                extra = {"shape": ",".join(str(d) for d in pixels.shape[1:])}
+            query = urllib.parse.urlencode({"variant": execution.variant, "split": "input", **extra})
+            send = time.perf_counter_ns()
+            answer = self._post(f"/v1/classify?{query}", body, content_type)
+            row["send_ms"] = _ms(send)
+            row["payload_bytes"] = len(body)
+            prediction = answer["prediction"]
+        row["total_ms"] = _ms(start)
+        if execution.mode != "device":
+            timings = answer["timings_ms"]
+            row["edge_ms"] = timings["total"]
+            row["edge_compute_ms"] = (timings.get("decode", 0.0) + timings["tail"]
+                                      + timings.get("parse", 0.0))
+        row["correct"] = prediction == label
+        return row
+
+    # ---- jobs ----
+    def _refill(self) -> None:
+        """Let the token bucket (and the idle downlink's) fill up before the next request."""
+        if self.udp is not None:
+            time.sleep(self.setup.burst_bytes * 8.0 / self.bandwidth_bps * 1.1 + 0.002)
+
+    def measure(self, executions: dict[str, Execution], requests: int, slowdown: float,
+                first_index: int = 0) -> dict[str, dict]:
+        """`requests` interleaved requests of every execution; rows and link bytes per request."""
+        for execution in executions.values():  # warm-up: weights fetched, caches filled
+            if execution.mode in ("device", "frame"):
+                self.client.fetch_head(execution.variant, execution.split)
+            self.run_once(execution, first_index, 1.0)
+        out = {key: {"execution": e.to_dict(), "rows": []} for key, e in executions.items()}
+        for i in range(requests):
+            for key, execution in executions.items():
+                self._refill()
+                before = self.counters.read()
+                row = self.run_once(execution, first_index + i, slowdown)
+                out[key]["rows"].append(row)
+                out[key].setdefault("_before", []).append(before)
+        self._refill()
+        self._attribute_bytes(out)
+        return out
+
+    def _attribute_bytes(self, out: dict[str, dict]) -> None:
+        """Link bytes of each request: the counters from just before it to just before the next
+        request (late ACKs included), less the filler datagram."""
+        keys = list(out)
+        order = [(i, key) for i in range(len(out[keys[0]]["rows"])) for key in keys]
+        final = self.counters.read()
+        filler = len(self.filler) + UDP_OVERHEAD if self.udp is not None and self.filler else 0
+        for n, (i, key) in enumerate(order):
+            before = out[key]["_before"][i]
+            after = final if n + 1 == len(order) else out[order[n + 1][1]]["_before"][order[n + 1][0]]
+            row = out[key]["rows"][i]
+            if before is None or after is None:
+                row["tx_bytes"] = row["rx_bytes"] = None
+                continue
+            sent = after[0] - before[0] - (filler if out[key]["execution"]["mode"] != "device" else 0)
+            row["tx_bytes"], row["rx_bytes"] = sent, after[1] - before[1]
+        for entry in out.values():
+            entry.pop("_before")
+
+    def calibrate(self, execution: Execution, requests: int) -> dict:
+        """Bytes on the link per request besides the payload, and the fixed time of a request."""
+        self.bandwidth_bps = 1e9
+        measured = self.measure({"calibration": execution}, requests, 1.0)["calibration"]["rows"]
+        fixed = [r["send_ms"] - r["edge_compute_ms"] for r in measured]
+        if measured[0]["tx_bytes"] is not None:
+            overhead = float(np.mean([r["tx_bytes"] - r["payload_bytes"] for r in measured]))
+            source = "counted on the link"
+        else:
+            overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
+            source = "HTTP request head + one TCP segment's headers (emulated link)"
+        return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
+                "overhead_source": source, "rows": measured}
+
+    def request_head_bytes(self, execution: Execution) -> int:
+        query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
+        return len(f"POST /v1/tail?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                   f"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n")
+
+    def point(self, job: dict) -> dict:
+        """Every execution of one grid point, plus the router's own choice (strategy f)."""
+        self.bandwidth_bps = float(job["bandwidth_bps"])
+        slowdown = float(job["slowdown"])
+        plan = self.client._json("GET", "/v1/plan", params={
+            "bandwidth_bps": self.bandwidth_bps, "rtt_ms": job["rtt_ms"], "device_slowdown": slowdown,
+            "accuracy_floor": job["accuracy_floor"], "top": 1})
+        best = plan["best"]
+        chosen = execution_for(best["variant"], best["split"], best["strategy"])
+        executions = {k: Execution(**e) for k, e in job["executions"].items()}
+        executions.setdefault(chosen.key, chosen)
+        measured = self.measure(executions, int(job["requests"]), slowdown, int(job.get("first_index", 0)))
+        return {"plan": best, "router_execution": chosen.key, "measured": measured}
+
+
+def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of one uint8 (C, H, W) image (grey or RGB)."""
+    from PIL import Image
+
+    array = pixels[0] if pixels.shape[0] == 1 else np.transpose(pixels, (1, 2, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(1)
+    device = Device(Setup.load(argv[0]))
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        try:
+            if job["kind"] == "calibrate":
+                result = device.calibrate(Execution(**job["execution"]), int(job["requests"]))
+            elif job["kind"] == "point":
+                result = device.point(job)
+            else:
+                raise ValueError(f"unknown job kind {job['kind']!r}")
+        except Exception as err:  # reported to the orchestrator, which stops the run
+            result = {"error": f"{type(err).__name__}: {err}"}
+        print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The edge of `twostep bench`: Ray and the Serve app, bound to one address, until stdin closes.
+
+    python -m twostep.compare.edge_side --series DIR --host IP --port P --edge-profile FILE \
+        --accuracy-floor F [--sink-port U] [--ray-address ADDR]
+
+Run inside the edge namespace of a shaped link (its own Ray instance there), or in the host
+namespace on 127.0.0.1 with the link emulated. Prints `READY` once the app answers, then serves
+until its stdin is closed (the orchestrator's exit closes it too). `--sink-port` also opens a UDP
+socket that swallows the device's filler datagrams (see `device_side`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import threading
+import urllib.request
+
+
+def udp_sink(host: str, port: int) -> None:
+    """Receive and drop datagrams on (host, port) in a daemon thread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+
+    def drain() -> None:
+        while True:
+            sock.recv(65536)
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_floor: float,
+               ray_address: str | None = None) -> None:
+    """Start (or join) Ray and run the Serve app on host:port with one fixed tail replica."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.settings import AppArgs
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, num_cpus=None if ray_address else 2, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR)
+    for attempt in range(3):
+        # Serve gives its HTTP proxy 60 s to start; on a loaded two-core machine it can miss that.
+        try:
+            serve.start(http_options={"host": host, "port": port},
+                        logging_config={"enable_access_log": False})
+            break
+        except Exception:
+            serve.shutdown()
+            if attempt == 2:
+                raise
+    args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
+                   tail_replicas=1, baselines=True)
+    serve.run(build_app(args), name="twostep", route_prefix="/",
+              logging_config={"enable_access_log": False})
+    with urllib.request.urlopen(f"http://{host}:{port}/v1/health", timeout=60) as response:
+        response.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--edge-profile", required=True)
+    parser.add_argument("--accuracy-floor", type=float, required=True)
+    parser.add_argument("--sink-port", type=int, default=0)
+    parser.add_argument("--ray-address")
+    args = parser.parse_args(argv)
+    if args.sink_port:
+        udp_sink(args.host, args.sink_port)
+    start_edge(args.series, args.host, args.port, args.edge_profile, args.accuracy_floor,
+               args.ray_address)
+    print("READY", flush=True)
+    sys.stdin.read()  # until the orchestrator closes the pipe
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

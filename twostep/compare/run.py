@@ -1,0 +1,343 @@
+"""`twostep bench`: strategies (a)-(f) side by side over a bandwidth x device-slowdown grid.
+
+Stages: profile every variant here (the edge) -> test images, JPEG sizes and accuracy ->
+the link (two namespaces and a shaped veth pair where permitted, else emulated) -> the edge
+(Ray + Serve) and the device (a process that runs heads and sends frames) -> calibration of the
+serving path's per-request bytes and time -> every grid point -> JSON, markdown, pictures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.series import SeriesStore
+from twostep.compare.strategies import Execution, LinkCosts, baseline_choices
+
+Log = Callable[[str], None]
+LINK_MODES = ("auto", "shaped", "emulated")
+EDGE_PORT, SINK_PORT = 8000, 9009
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `twostep bench` runs; every value is checked here, with the bad one named."""
+
+    series: str
+    out: str = "runs/bench"
+    bandwidths_mbit: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)
+    slowdowns: tuple[float, ...] = (1.0, 5.0, 10.0)
+    requests: int = 20
+    max_loss: float = 0.01
+    link: str = "auto"
+    jpeg_quality: int = 90
+    calibration_requests: int = 20
+    accuracy_images: int = 2000
+    startup_timeout_s: float = 300.0
+
+    def __post_init__(self):
+        if not self.bandwidths_mbit or any(not 0 < b <= 1e6 for b in self.bandwidths_mbit):
+            raise ValueError(f"bandwidths must be in (0, 1e6] Mbit/s, got {self.bandwidths_mbit}")
+        if not self.slowdowns or any(not 0 < s <= 1000 for s in self.slowdowns):
+            raise ValueError(f"device slowdowns must be in (0, 1000], got {self.slowdowns}")
+        if not 1 <= self.requests <= 10_000:
+            raise ValueError(f"requests per point must be in 1..10000, got {self.requests}")
+        if not 0 <= self.max_loss <= 1:
+            raise ValueError(f"max_loss must be a fraction in [0, 1], got {self.max_loss}")
+        if self.link not in LINK_MODES:
+            raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {self.link!r}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
+        if not 1 <= self.calibration_requests <= 1000:
+            raise ValueError(f"calibration_requests must be in 1..1000, got {self.calibration_requests}")
+        if not 1 <= self.accuracy_images <= 1_000_000:
+            raise ValueError(f"accuracy_images must be in 1..1000000, got {self.accuracy_images}")
+
+
+# ---- preparation (this process) ----
+
+def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
+    """Profile every variant on this CPU with one thread, as the Serve replicas run."""
+    import torch
+
+    from pipeline.profiler import profile_document, profile_model, save_profile
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        variants = {}
+        for vid in store.ids():
+            model, spec, _ = store.load_model(vid)
+            variants[vid] = profile_model(model, spec, batch_size=1, warmup=3, repeats=15)
+    finally:
+        torch.set_num_threads(threads)
+    doc = profile_document(variants, batch_size=1, warmup=3, repeats=15)
+    save_profile(path, doc)
+    log(f"   {len(variants)} variants profiled (1 thread) -> {path}")
+    return doc
+
+
+def test_images(manifest: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images (uint8 N,C,S,S) and labels of the series' test split."""
+    from pipeline.data import load_splits
+
+    config = manifest.get("config") or {}
+    if "dataset" not in config or "data_dir" not in config:
+        raise ValueError("the series manifest does not say which dataset it was pruned on")
+    splits = load_splits(config["dataset"], config["data_dir"], config.get("val_fraction", 0.1),
+                         seed=config.get("seed", 0))
+    n = min(count, len(splits.test))
+    return splits.test.images[:n].numpy(), splits.test.labels[:n].numpy()
+
+
+def jpeg_stats(store: SeriesStore, images: np.ndarray, labels: np.ndarray, quality: int) -> dict:
+    """Mean JPEG size, encode time (1 thread, this CPU) and the base model's accuracy on JPEGs."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pipeline.data import DataInfo, normalize
+    from twostep.compare.device_side import jpeg
+
+    sizes, times, decoded = [], [], []
+    for image in images:
+        start = time.perf_counter_ns()
+        data = jpeg(image, quality)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+        sizes.append(len(data))
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L" if image.shape[0] == 1 else "RGB"))
+        decoded.append(pixels[None] if pixels.ndim == 2 else np.transpose(pixels, (2, 0, 1)))
+    model, _, _ = store.load_model(store.manifest["base"])
+    info = DataInfo.from_dict(store.manifest["data"])
+    correct = 0
+    with torch.inference_mode():
+        batch = torch.from_numpy(np.stack(decoded))
+        for start in range(0, len(batch), 500):
+            x = normalize(batch[start:start + 500], info)
+            correct += int((model(x).argmax(1).numpy() == labels[start:start + 500]).sum())
+    return {"quality": quality, "bytes_mean": float(np.mean(sizes)),
+            "encode_ms": float(np.median(times)), "accuracy": correct / len(images),
+            "images": len(images)}
+
+
+# ---- processes ----
+
+@dataclass
+class Process:
+    """A child process spoken to in JSON lines (`RESULT ...` answers)."""
+
+    name: str
+    popen: subprocess.Popen
+    stderr_path: Path
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline()
+            if not line:
+                break
+            if line.strip() == "READY":
+                return
+        raise RuntimeError(f"the {self.name} did not start:\n{self.stderr_tail()}")
+
+    def ask(self, job: dict) -> dict:
+        self.popen.stdin.write(json.dumps(job) + "\n")
+        self.popen.stdin.flush()
+        while True:
+            line = self.popen.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {self.name} exited:\n{self.stderr_tail()}")
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+                if "error" in result:
+                    raise RuntimeError(f"the {self.name} failed: {result['error']}")
+                return result
+
+    def stderr_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.stdin.close()
+                self.popen.wait(timeout=timeout_s)
+            except (OSError, subprocess.TimeoutExpired):
+                self.popen.kill()
+                self.popen.wait()
+
+
+def spawn(name: str, argv: list[str], out: Path) -> Process:
+    stderr_path = out / f"{name}.log"
+    popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=stderr_path.open("w"), text=True, bufsize=1)
+    return Process(name, popen, stderr_path)
+
+
+@dataclass
+class Link:
+    """The link the benchmark runs over: shaped (namespaces) or emulated (sleeps)."""
+
+    kind: str
+    shaped: object | None = None
+    description: str = ""
+    settings: dict = field(default_factory=dict)
+
+    def set_rate(self, bandwidth_bps: float) -> None:
+        if self.shaped is not None:
+            self.shaped.set_rate(bandwidth_bps)
+
+    def edge_argv(self, argv: list[str]) -> list[str]:
+        return self.shaped.command(self.shaped.edge, argv) if self.shaped is not None else argv
+
+    def device_argv(self, argv: list[str]) -> list[str]:
+        return self.shaped.command(self.shaped.device, argv) if self.shaped is not None else argv
+
+    @property
+    def edge_host(self) -> str:
+        return self.shaped.edge_ip if self.shaped is not None else "127.0.0.1"
+
+    def close(self) -> None:
+        if self.shaped is not None:
+            self.shaped.close()
+
+
+def open_link(mode: str, log: Log) -> Link:
+    from twostep.shaped_link import ShapedLink, available
+
+    if mode == "emulated" or (mode == "auto" and not available()):
+        why = "requested" if mode == "emulated" else "network namespaces are not permitted here"
+        log(f"   link: EMULATED ({why}): the device sleeps for each request's bytes at the rate")
+        return Link("emulated", description="emulated: the device sleeps (request bytes + 66 B of "
+                    "TCP/IP/Ethernet headers) x 8 / bandwidth before each request")
+    if not available():
+        raise ValueError("link 'shaped' needs root and network namespaces (ip netns); use --link emulated")
+    shaped = ShapedLink(1e9).__enter__()
+    log(f"   link: SHAPED: namespaces {shaped.device} ({shaped.device_ip}) and {shaped.edge} "
+        f"({shaped.edge_ip}), veth shaped by tc tbf both ways, burst {shaped.burst_bytes} B spent "
+        "by a filler frame before each request")
+    return Link("shaped", shaped, description=(
+        "real: two network namespaces joined by a veth pair, tc tbf both directions at the grid "
+        f"rate, one-frame burst ({shaped.burst_bytes} B) spent before each request"),
+        settings={"device_if": shaped.device_if, "edge_ip": shaped.edge_ip, "mtu": shaped.mtu,
+                  "burst_bytes": shaped.burst_bytes})
+
+
+# ---- the run ----
+
+def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> dict:
+    """All stages; returns what `compare.report` needs (also written as bench.json)."""
+    from tqdm.auto import tqdm
+
+    from twostep.compare.report import write_report
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = SeriesStore.open(config.series)
+    manifest = store.manifest
+    base = store.get(manifest["base"])
+    floor = max(0.0, base["test_accuracy"] - config.max_loss)
+    log(f"== series {store.directory}: {len(store.ids())} variants; base {base['id']} test accuracy "
+        f"{base['test_accuracy']:.4f}; twostep's accuracy floor {floor:.4f}")
+    log("== [1/5] profile every variant here (the edge)")
+    edge_profile = profile_edge(store, out / "profile.edge.json", log)
+    log("== [2/5] test images, JPEG sizes and accuracy")
+    images, labels = test_images(manifest, max(config.accuracy_images, config.requests))
+    np.save(out / "images.npy", images[: max(config.requests, 1)])
+    np.save(out / "labels.npy", labels[: max(config.requests, 1)])
+    jpeg = jpeg_stats(store, images[: config.accuracy_images], labels[: config.accuracy_images],
+                      config.jpeg_quality)
+    log(f"   JPEG q{jpeg['quality']}: {jpeg['bytes_mean']:.0f} B mean, base accuracy on JPEGs "
+        f"{jpeg['accuracy']:.4f} over {jpeg['images']} images")
+    raw_bytes = float(images[0].size)
+    log("== [3/5] link, edge and device")
+    link = open_link(config.link, log)
+    processes: list[Process] = []
+    try:
+        port = EDGE_PORT if link.shaped is not None else _free_port()
+        edge = spawn("edge", link.edge_argv([
+            sys.executable, "-m", "twostep.compare.edge_side", "--series", str(store.directory),
+            "--host", link.edge_host, "--port", str(port),
+            "--edge-profile", str((out / "profile.edge.json").resolve()),
+            "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0)]), out)
+        processes.append(edge)
+        edge.wait_ready(config.startup_timeout_s)
+        setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),
+                 "labels": str((out / "labels.npy").resolve()), "jpeg_quality": config.jpeg_quality,
+                 "throttle": link.shaped is None}
+        if link.shaped is not None:
+            setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
+                         prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
+        (out / "device_setup.json").write_text(json.dumps(setup, indent=1))
+        device = spawn("device", link.device_argv([
+            sys.executable, "-m", "twostep.compare.device_side", str((out / "device_setup.json").resolve())]),
+            out)
+        processes.append(device)
+        device.wait_ready(config.startup_timeout_s)
+        log(f"   edge at {setup['url']} (Ray Serve, 1 tail replica); device process ready")
+
+        log("== [4/5] calibrate the serving path, then every grid point")
+        link.set_rate(1e9)
+        probe = Execution("frame", manifest["step1"] or manifest["base"], "pool5")
+        calibration = device.ask({"kind": "calibrate", "execution": probe.to_dict(),
+                                  "requests": config.calibration_requests})
+        costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"])
+        log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
+            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop)")
+        points = []
+        grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
+        bar = tqdm(grid, desc="grid", disable=not progress, unit="point")
+        current_rate = None
+        for mbit, slowdown in bar:
+            bps = mbit * 1e6
+            if bps != current_rate:
+                link.set_rate(bps)
+                current_rate = bps
+            bar.set_postfix(bw=f"{mbit:g}Mbit/s", slowdown=f"{slowdown:g}x")
+            choices = baseline_choices(manifest, edge_profile, slowdown, costs, bps, raw_bytes,
+                                       jpeg["bytes_mean"], jpeg["encode_ms"])
+            executions = {e.key: e.to_dict() for e, _ in choices.values()}
+            result = device.ask({"kind": "point", "bandwidth_bps": bps, "slowdown": slowdown,
+                                 "rtt_ms": costs.rtt_ms(bps), "accuracy_floor": floor,
+                                 "requests": config.requests, "executions": executions})
+            points.append({"bandwidth_mbit": mbit, "slowdown": slowdown,
+                           "predicted": {k: {"execution": e.key, **p} for k, (e, p) in choices.items()},
+                           **result})
+        bar.close()
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        link.close()
+    log("== [5/5] results")
+    document = {
+        "config": dataclasses.asdict(config), "series": str(store.directory),
+        "link": {"kind": link.kind, "description": link.description, **link.settings},
+        "device": {"emulation": "the device process sleeps (slowdown - 1) x its measured compute "
+                                "time after each head / JPEG encoding; 1 torch thread"},
+        "edge": "Ray Serve on this machine, 1 tail replica, 1 torch thread",
+        "base": base["id"], "step1": manifest["step1"], "accuracy_floor": floor,
+        "base_test_accuracy": base["test_accuracy"], "jpeg": jpeg, "raw_bytes": raw_bytes,
+        "calibration": {k: v for k, v in calibration.items() if k != "rows"},
+        "points": points, "wall_seconds": time.perf_counter() - started,
+    }
+    return write_report(document, store, out, log)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

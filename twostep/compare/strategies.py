@@ -1,0 +1,130 @@
+"""The strategies `twostep bench` compares, and how each one is chosen with the cost model.
+
+(a) all on the device, (b) raw input to the edge, (c) JPEG input to the edge, (d) the best split
+of the unpruned model (Neurosurgeon-style: any of its split points, `input` and `output`
+included), (e) the best split of the step-1 model, (f) twostep: the router's choice from the
+whole series under the accuracy floor (asked from the edge's `/v1/plan` by the device).
+
+A choice is an `Execution`: what the device does for one request. Several strategies may pick
+the same execution at a grid point; it is then measured once and shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.cost import Link, latency_breakdown
+from pipeline.profiler import derive_profile
+from pipeline.selection import CandidateTable, candidates_from_series
+
+STRATEGIES = {
+    "a": "all on device",
+    "b": "raw input to edge",
+    "c": "JPEG input to edge",
+    "d": "best split, unpruned",
+    "e": "best split, step 1",
+    "f": "twostep (router)",
+}
+# How the device runs a request: the whole model (`device`), its head then a frame to
+# /v1/tail (`frame`), or the image itself to /v1/classify (`raw` pixels, `jpeg`).
+MODES = ("device", "frame", "raw", "jpeg")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One way the device serves a request: `mode` with a variant at a split."""
+
+    mode: str
+    variant: str
+    split: str
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.mode}:{self.variant}@{self.split}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinkCosts:
+    """The per-request cost of the serving path besides the payload, measured by calibration.
+
+    `overhead_bytes` cross the link with every request that sends something (HTTP request line
+    and headers, TCP/IP and Ethernet headers); `fixed_ms` is what a request costs at any
+    bandwidth besides compute and transfer (HTTP parsing, the Serve hop to the tail).
+    """
+
+    overhead_bytes: float
+    fixed_ms: float
+
+    def rtt_ms(self, bandwidth_bps: float) -> float:
+        """The cost model's per-request term at `bandwidth_bps` (its `Link.rtt_ms`)."""
+        return self.fixed_ms + self.overhead_bytes * 8000.0 / bandwidth_bps
+
+    def link(self, bandwidth_bps: float) -> Link:
+        return Link(bandwidth_bps, self.rtt_ms(bandwidth_bps))
+
+
+def execution_for(variant: str, split: str, strategy: str = "split") -> Execution:
+    """The execution of a planner row (`strategy` as `pipeline.selection` names them)."""
+    if strategy == "all-on-device" or split == "output":
+        return Execution("device", variant, "output")
+    if strategy == "raw-input":
+        return Execution("raw", variant, "input")
+    if strategy == "jpeg-input":
+        return Execution("jpeg", variant, "input")
+    return Execution("frame", variant, split)
+
+
+def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:
+    decision = table.select(link, accuracy_floor=0.0, top_k=1)
+    best, b = decision.best, decision.breakdown
+    return (execution_for(best.variant_id, best.split, best.strategy),
+            {"device_ms": b.device_ms, "transfer_ms": b.transfer_ms, "edge_ms": b.edge_ms,
+             "total_ms": b.total_ms, "bytes": best.bytes_sent})
+
+
+def baseline_choices(
+    manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts, bandwidth_bps: float,
+    raw_bytes: float, jpeg_bytes: float, jpeg_encode_ms: float,
+) -> dict[str, tuple[Execution, dict]]:
+    """Strategies (a)-(e) at one grid point: the execution and the cost model's prediction.
+
+    Args:
+        manifest: the series manifest.
+        edge_profile: this machine's profile of every variant (the edge).
+        slowdown: the device runs this many times slower than the edge.
+        costs: the calibrated per-request costs of the serving path.
+        raw_bytes, jpeg_bytes: payload of (b) and (c) (raw pixels, mean JPEG size).
+        jpeg_encode_ms: the edge-speed time to JPEG-encode one image (the device pays it x slowdown).
+    """
+    device_profile = derive_profile(edge_profile, slowdown)
+    candidates = candidates_from_series(manifest, device_profile, edge_profile)
+    link = costs.link(bandwidth_bps)
+    base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
+
+    def of(variant: str, split: str | None = None) -> CandidateTable:
+        chosen = [c for c in candidates if c.variant_id == variant and split in (None, c.split)]
+        return CandidateTable(chosen)
+
+    whole = of(base, "output").candidates[0]
+    edge_all = of(base, "input").candidates[0]
+
+    def predicted(head_ms: float, bytes_sent: float, tail_ms: float) -> dict:
+        b = latency_breakdown(head_ms, bytes_sent, tail_ms, link)
+        return {"device_ms": b.device_ms, "transfer_ms": b.transfer_ms, "edge_ms": b.edge_ms,
+                "total_ms": b.total_ms, "bytes": bytes_sent}
+
+    return {
+        "a": (Execution("device", base, "output"), predicted(whole.head_ms, 0, 0)),
+        "b": (Execution("raw", base, "input"), predicted(0, raw_bytes, edge_all.tail_ms)),
+        "c": (Execution("jpeg", base, "input"),
+              predicted(jpeg_encode_ms * slowdown, jpeg_bytes, edge_all.tail_ms)),
+        "d": _best(of(base), link),
+        "e": _best(of(step1), link),
+    }
