@@ -110,7 +110,10 @@ def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInf
     config_dict["step2_splits"] = list(config.step2_splits)
     if (Path(config.out) / "manifest.json").exists():
         store = SeriesStore.open(config.out)
-        previous = {k: v for k, v in store.manifest.get("config", {}).items() if k != "step2_splits"}
+        # Keys added to PruneConfig after a series was made read as their defaults.
+        defaults = dataclasses.asdict(PruneConfig())
+        previous = {**defaults, **store.manifest.get("config", {})}
+        previous = {k: v for k, v in previous.items() if k != "step2_splits"}
         current = {k: v for k, v in config_dict.items() if k != "step2_splits"}
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current[k])

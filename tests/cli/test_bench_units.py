@@ -5,6 +5,7 @@ import pytest
 from pipeline.profiler import derive_profile
 from serve.profiles import estimate_profile
 from twostep.cli import main
+from twostep.compare.device_side import attribute_bytes
 from twostep.compare.report import deviations, strategy_rows, targets
 from twostep.compare.run import BenchConfig
 from twostep.compare.strategies import Execution, LinkCosts, baseline_choices, execution_for
@@ -115,7 +116,7 @@ def test_a_router_slower_than_a_baseline_breaks_the_10_percent_target(tiny_store
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("bandwidths_mbit", (0.0,), "bandwidths"), ("slowdowns", (-1.0,), "slowdowns"),
+    ("bandwidths_mbit", (0.0,), "bandwidths"), ("slowdowns", (0.5,), "slowdowns"),
     ("requests", 0, "requests"), ("link", "wifi", "link"), ("max_loss", 1.5, "max_loss"),
 ])
 def test_bad_bench_settings_are_named(field, value, message):
@@ -129,3 +130,26 @@ def test_cli_names_a_missing_series_and_a_bad_grid(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text("{}")
     assert main(["bench", "--series", str(tmp_path), "--bandwidths", "1,fast"]) == 2
     assert "--bandwidths" in capsys.readouterr().err
+
+
+def test_link_bytes_run_from_one_request_to_the_next_less_the_filler():
+    device, frame = {"mode": "device"}, {"mode": "frame"}
+    out = {"a": {"execution": device, "rows": [{}, {}], "_before": [(0, 0), (1700, 900)]},
+           "f": {"execution": frame, "rows": [{}, {}], "_before": [(0, 0), (2000, 950)]}}
+    # Order: a0, f0, a1, f1; the device-only request sends nothing but may carry late ACKs.
+    out["f"]["_before"] = [(0, 0), (1700, 900)]
+    out["a"]["_before"] = [(0, 0), (1600, 880)]
+    attribute_bytes(out, (3500, 1800), filler=1514)
+    assert out["a"]["rows"][0] == {"tx_bytes": 0, "rx_bytes": 0}
+    assert out["f"]["rows"][0] == {"tx_bytes": 1600 - 1514, "rx_bytes": 880}
+    assert out["a"]["rows"][1] == {"tx_bytes": 100, "rx_bytes": 20}
+    assert out["f"]["rows"][1] == {"tx_bytes": 1800 - 1514, "rx_bytes": 900}
+    assert "_before" not in out["a"]
+    unknown = {"a": {"execution": frame, "rows": [{}], "_before": [None]}}
+    attribute_bytes(unknown, None, filler=0)
+    assert unknown["a"]["rows"][0]["tx_bytes"] is None
+
+
+def test_the_accuracy_target_follows_max_loss(tiny_store):
+    rows = strategy_rows(_document(tiny_store, f_total=10.0, d_total=60.0), tiny_store)
+    assert targets(rows, 0.9, max_loss=0.06)["accuracy_loss"]["met"]

@@ -30,7 +30,7 @@ def test_bench_measures_every_strategy_on_the_serving_path(tiny_series, tmp_path
     out = tmp_path / "bench"
     config = BenchConfig(series=str(tiny_series.directory), out=str(out), bandwidths_mbit=(0.1, 100.0),
                          slowdowns=(1.0, 10.0), requests=3, calibration_requests=3, accuracy_images=50,
-                         max_loss=1.0)
+                         max_loss=0.2)
     logged = []
     document = run_bench(config, progress=False, log=logged.append)
     for name in ("bench.json", "bench.md", "profile.edge.json", "latency_vs_bandwidth_device10x.png",
@@ -56,5 +56,5 @@ def test_bench_measures_every_strategy_on_the_serving_path(tiny_series, tmp_path
     assert raw_slow["measured_p50_ms"] > raw_fast["measured_p50_ms"] + 50
     # A 10x slower device takes longer for the same on-device work.
     assert rows[(0.1, 10.0, "a")]["measured_p50_ms"] > 3 * rows[(0.1, 1.0, "a")]["measured_p50_ms"]
-    # The router's choice respects the floor (here: the base's accuracy minus 1.0, i.e. anything).
+    # The router's choice respects the floor (here: the base's accuracy minus 20 points).
     assert all(rows[(m, s, "f")]["accuracy"] >= document["accuracy_floor"] for m, s, _ in rows)

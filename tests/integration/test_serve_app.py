@@ -172,6 +172,10 @@ def test_plan_endpoint(http, served):
     assert slow["best"]["bytes"] < fast["best"]["bytes"]
     budget = http.get(f"{served.url}/v1/plan", params={"latency_budget_ms": 1000}).json()
     assert budget["best"]["total_ms"] <= 1000 and budget["bandwidth_source"] == "estimate"
+    # A device that says it is 1000x slower than the edge gets a plan that runs nothing on it.
+    slow_device = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "1gbit",
+                                                             "device_slowdown": "1000"}).json()
+    assert slow_device["device_slowdown"] == 1000 and slow_device["best"]["device_ms"] == 0
 
 
 def _bad_png_bomb() -> bytes:
@@ -249,6 +253,8 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
         "plan zero bandwidth": ("GET", "/v1/plan", {"bandwidth_bps": "0"}, None, {}, 400),
         "plan absurd rtt": ("GET", "/v1/plan", {"rtt_ms": "1e12"}, None, {}, 400),
         "plan bad top": ("GET", "/v1/plan", {"top": "0"}, None, {}, 400),
+        "plan zero device slowdown": ("GET", "/v1/plan", {"device_slowdown": "0"}, None, {}, 400),
+        "plan text device slowdown": ("GET", "/v1/plan", {"device_slowdown": "fast"}, None, {}, 400),
         "link not json": ("PUT", "/v1/link", {}, b"{bad", {"Content-Type": "application/json"}, 400),
         "link negative": ("PUT", "/v1/link", {}, b'{"bandwidth_bps": -1}', {}, 400),
         "link unknown key": ("PUT", "/v1/link", {}, b'{"speed": 1}', {}, 400),

@@ -79,6 +79,11 @@ def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashio
     with pytest.raises(SeriesError, match="other settings"):
         prune_job.prune_series(_config(base_checkpoint, learnable_fashion_dir, tmp_path / "s",
                                        step1_max_iterations=3), progress=False, log=None)
+    # A series made before a config key existed resumes with that key at its default.
+    older = {k: v for k, v in store.manifest["config"].items() if not k.startswith("distill")}
+    store.set_field("config", older)
+    again = prune_job.prune_series(config, progress=False, log=lambda m: None)
+    assert again.ids() == store.ids()
 
 
 def test_a_base_trained_on_the_validation_images_is_detected(tmp_path):

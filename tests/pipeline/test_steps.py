@@ -120,9 +120,15 @@ def test_distilled_finetuning_needs_a_teacher_and_uses_it(fashion_dir):
     config = PruneConfig(batch_size=16, distill_weight=0.5)
     with pytest.raises(ValueError, match="teacher"):
         steps.finetune(model, splits, config, 0.1, torch.Generator())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     before = [p.detach().clone() for p in teacher.parameters()]
-    steps.finetune(model, splits, config, 0.1, torch.Generator(), teacher)
+    steps.finetune(model, splits, config, 0.1, torch.Generator().manual_seed(1), teacher)
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
+    distilled = [p.detach().clone() for p in model.parameters()]
+    model.load_state_dict(start)
+    steps.finetune(model, splits, PruneConfig(batch_size=16), 0.1, torch.Generator().manual_seed(1))
+    # Same data order and start: only the loss differs, so the teacher changed the result.
+    assert any(not torch.equal(a, b) for a, b in zip(distilled, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="distill_weight"):
         PruneConfig(distill_weight=1.5)
 

@@ -118,6 +118,5 @@ def test_device_slowdown_plans_for_the_reported_device_speed(planner):
     fast_plan = planner.plan(link, accuracy_floor=0.0, device_slowdown=1.0)
     slow_plan = planner.plan(link, accuracy_floor=0.0, device_slowdown=1000.0)
     # A very slow device runs (almost) nothing itself: the input goes to the edge.
-    assert slow_plan.best.head_ms == 0.0
-    assert slow_plan.breakdown.device_ms <= fast_plan.breakdown.device_ms * 1000.0
+    assert slow_plan.best.head_ms == 0.0 and fast_plan.best.head_ms > 0.0
     assert planner.plan(link, accuracy_floor=0.0).best == planner.table.select(link, 0.0).best

@@ -139,13 +139,17 @@ class Device:
 
             def run_head():
                 with torch.inference_mode():
-                    return head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.data))
+                    out = head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.data))
+                if execution.mode == "device":
+                    return out
+                return encode_frame(out, self.codec, variant_tag(execution.variant))
 
-            features, row["device_ms"] = self._device_work(run_head, slowdown)
+            # Head and frame encoding are both the device's work, both slowed down.
+            output, row["device_ms"] = self._device_work(run_head, slowdown)
             if execution.mode == "device":
-                prediction = int(features[0].argmax())
+                prediction = int(output[0].argmax())
             else:
-                frame = encode_frame(features, self.codec, variant_tag(execution.variant))
+                frame = output
                 query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
                 send = time.perf_counter_ns()
                 answer = self._post(f"/v1/tail?{query}", frame, "application/octet-stream")
@@ -170,8 +174,8 @@ class Device:
         if execution.mode != "device":
             timings = answer["timings_ms"]
             row["edge_ms"] = timings["total"]
-            row["edge_compute_ms"] = (timings.get("decode", 0.0) + timings["tail"]
-                                      + timings.get("parse", 0.0))
+            row["edge_compute_ms"] = sum(timings.get(k, 0.0) for k in
+                                         ("parse", "plan", "encode", "decode", "tail"))
         row["correct"] = prediction == label
         return row
 
@@ -201,23 +205,8 @@ class Device:
         return out
 
     def _attribute_bytes(self, out: dict[str, dict]) -> None:
-        """Link bytes of each request: the counters from just before it to just before the next
-        request (late ACKs included), less the filler datagram."""
-        keys = list(out)
-        order = [(i, key) for i in range(len(out[keys[0]]["rows"])) for key in keys]
-        final = self.counters.read()
         filler = len(self.filler) + UDP_OVERHEAD if self.udp is not None and self.filler else 0
-        for n, (i, key) in enumerate(order):
-            before = out[key]["_before"][i]
-            after = final if n + 1 == len(order) else out[order[n + 1][1]]["_before"][order[n + 1][0]]
-            row = out[key]["rows"][i]
-            if before is None or after is None:
-                row["tx_bytes"] = row["rx_bytes"] = None
-                continue
-            sent = after[0] - before[0] - (filler if out[key]["execution"]["mode"] != "device" else 0)
-            row["tx_bytes"], row["rx_bytes"] = sent, after[1] - before[1]
-        for entry in out.values():
-            entry.pop("_before")
+        attribute_bytes(out, self.counters.read(), filler)
 
     def calibrate(self, execution: Execution, requests: int) -> dict:
         """Bytes on the link per request besides the payload, and the fixed time of a request."""
@@ -238,19 +227,55 @@ class Device:
         return len(f"POST /v1/tail?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                    f"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n")
 
+    def plan(self, point: dict) -> dict:
+        """The router's best row for a grid point (`/v1/plan` with this device's speed)."""
+        return self.client._json("GET", "/v1/plan", params={
+            "bandwidth_bps": point["bandwidth_bps"], "rtt_ms": point["rtt_ms"],
+            "device_slowdown": point["slowdown"], "accuracy_floor": point["accuracy_floor"],
+            "top": 1})["best"]
+
+    def prefetch(self, job: dict) -> dict:
+        """Ask the router's plan of every grid point and download every head the grid needs,
+        while the link is fast (a head of a few MB would take minutes at 0.1 Mbit/s)."""
+        plans = [self.plan(point) for point in job["points"]]
+        executions = [Execution(**e) for e in job["executions"]]
+        executions += [execution_for(p["variant"], p["split"], p["strategy"]) for p in plans]
+        for execution in executions:
+            if execution.mode in ("device", "frame"):
+                self.client.fetch_head(execution.variant, execution.split)
+        return {"plans": plans, "heads": len(self.client._heads)}
+
     def point(self, job: dict) -> dict:
         """Every execution of one grid point, plus the router's own choice (strategy f)."""
         self.bandwidth_bps = float(job["bandwidth_bps"])
         slowdown = float(job["slowdown"])
-        plan = self.client._json("GET", "/v1/plan", params={
-            "bandwidth_bps": self.bandwidth_bps, "rtt_ms": job["rtt_ms"], "device_slowdown": slowdown,
-            "accuracy_floor": job["accuracy_floor"], "top": 1})
-        best = plan["best"]
+        best = job["plan"]
         chosen = execution_for(best["variant"], best["split"], best["strategy"])
         executions = {k: Execution(**e) for k, e in job["executions"].items()}
         executions.setdefault(chosen.key, chosen)
         measured = self.measure(executions, int(job["requests"]), slowdown, int(job.get("first_index", 0)))
         return {"plan": best, "router_execution": chosen.key, "measured": measured}
+
+
+def attribute_bytes(out: dict[str, dict], final: tuple[int, int] | None, filler: int) -> None:
+    """Set `tx_bytes`/`rx_bytes` of every row of `out` (filled by `Device.measure`, requests
+    interleaved: request i of every execution, in order, then request i + 1): the interface
+    counters from just before a request to just before the next one (late ACKs included), less
+    the `filler` bytes a request that sends spent first. `final` is read after the last request.
+    Pops the `_before` readings."""
+    keys = list(out)
+    order = [(i, key) for i in range(len(out[keys[0]]["rows"])) for key in keys]
+    for n, (i, key) in enumerate(order):
+        before = out[key]["_before"][i]
+        after = final if n + 1 == len(order) else out[order[n + 1][1]]["_before"][order[n + 1][0]]
+        row = out[key]["rows"][i]
+        if before is None or after is None:
+            row["tx_bytes"] = row["rx_bytes"] = None
+            continue
+        sent = after[0] - before[0] - (filler if out[key]["execution"]["mode"] != "device" else 0)
+        row["tx_bytes"], row["rx_bytes"] = sent, after[1] - before[1]
+    for entry in out.values():
+        entry.pop("_before")
 
 
 def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
@@ -275,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if job["kind"] == "calibrate":
                 result = device.calibrate(Execution(**job["execution"]), int(job["requests"]))
+            elif job["kind"] == "prefetch":
+                result = device.prefetch(job)
             elif job["kind"] == "point":
                 result = device.point(job)
             else:

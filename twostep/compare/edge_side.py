@@ -43,7 +43,9 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(address=ray_address, num_cpus=None if ray_address else 2, include_dashboard=False,
+        # "local": a new instance here, never one that RAY_ADDRESS or `ray start` points at.
+        ray.init(address=ray_address or "local", num_cpus=None if ray_address else 2,
+                 include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR)
     for attempt in range(3):
         # Serve gives its HTTP proxy 60 s to start; on a loaded two-core machine it can miss that.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
 from twostep.compare.strategies import Execution, LinkCosts, baseline_choices
 
 Log = Callable[[str], None]
 LINK_MODES = ("auto", "shaped", "emulated")
 EDGE_PORT, SINK_PORT = 8000, 9009
+JOB_TIMEOUT_S = 3600.0  # one grid point at 0.1 Mbit/s with many requests takes minutes, not hours
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class BenchConfig:
     def __post_init__(self):
         if not self.bandwidths_mbit or any(not 0 < b <= 1e6 for b in self.bandwidths_mbit):
             raise ValueError(f"bandwidths must be in (0, 1e6] Mbit/s, got {self.bandwidths_mbit}")
-        if not self.slowdowns or any(not 0 < s <= 1000 for s in self.slowdowns):
-            raise ValueError(f"device slowdowns must be in (0, 1000], got {self.slowdowns}")
+        if not self.slowdowns or any(not 1 <= s <= 1000 for s in self.slowdowns):
+            # The device is emulated by sleeping after real work: it cannot be faster than this CPU.
+            raise ValueError(f"device slowdowns must be in [1, 1000], got {self.slowdowns}")
         if not 1 <= self.requests <= 10_000:
             raise ValueError(f"requests per point must be in 1..10000, got {self.requests}")
         if not 0 <= self.max_loss <= 1:
@@ -131,31 +136,41 @@ def jpeg_stats(store: SeriesStore, images: np.ndarray, labels: np.ndarray, quali
 
 # ---- processes ----
 
-@dataclass
 class Process:
-    """A child process spoken to in JSON lines (`RESULT ...` answers)."""
+    """A child process spoken to in JSON lines (`RESULT ...` answers); a thread reads its stdout
+    so that a silent or hung child times out instead of blocking the benchmark."""
 
-    name: str
-    popen: subprocess.Popen
-    stderr_path: Path
+    def __init__(self, name: str, popen: subprocess.Popen, stderr_path: Path):
+        self.name, self.popen, self.stderr_path = name, popen, stderr_path
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self.lines.put(line)
+        self.lines.put(None)  # end of output: the process exited
+
+    def _next_line(self, deadline: float, what: str) -> str:
+        try:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            self.stop(timeout_s=5)
+            raise RuntimeError(f"the {self.name} did not {what} in time:\n{self.stderr_tail()}") from None
+        if line is None:
+            raise RuntimeError(f"the {self.name} exited:\n{self.stderr_tail()}")
+        return line
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = self.popen.stdout.readline()
-            if not line:
-                break
-            if line.strip() == "READY":
-                return
-        raise RuntimeError(f"the {self.name} did not start:\n{self.stderr_tail()}")
+        while self._next_line(deadline, "start").strip() != "READY":
+            pass
 
-    def ask(self, job: dict) -> dict:
+    def ask(self, job: dict, timeout_s: float = JOB_TIMEOUT_S) -> dict:
         self.popen.stdin.write(json.dumps(job) + "\n")
         self.popen.stdin.flush()
+        deadline = time.monotonic() + timeout_s
         while True:
-            line = self.popen.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the {self.name} exited:\n{self.stderr_tail()}")
+            line = self._next_line(deadline, f"finish its {job['kind']} job")
             if line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT "):])
                 if "error" in result:
@@ -223,7 +238,14 @@ def open_link(mode: str, log: Log) -> Link:
                     "TCP/IP/Ethernet headers) x 8 / bandwidth before each request")
     if not available():
         raise ValueError("link 'shaped' needs root and network namespaces (ip netns); use --link emulated")
-    shaped = ShapedLink(1e9).__enter__()
+    try:
+        shaped = ShapedLink(1e9).__enter__()
+    except subprocess.CalledProcessError as err:
+        detail = f"{' '.join(err.cmd)}: {(err.stderr or '').strip()}"
+        if mode == "shaped":
+            raise ValueError(f"cannot make the shaped link ({detail}); use --link emulated") from None
+        log(f"   cannot make the shaped link ({detail})")
+        return open_link("emulated", log)
     log(f"   link: SHAPED: namespaces {shaped.device} ({shaped.device_ip}) and {shaped.edge} "
         f"({shaped.edge_ip}), veth shaped by tc tbf both ways, burst {shaped.burst_bytes} B spent "
         "by a filler frame before each request")
@@ -248,9 +270,10 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     store = SeriesStore.open(config.series)
     manifest = store.manifest
     base = store.get(manifest["base"])
-    floor = max(0.0, base["test_accuracy"] - config.max_loss)
+    base_accuracy = variant_accuracy(base)
+    floor = max(0.0, base_accuracy - config.max_loss)
     log(f"== series {store.directory}: {len(store.ids())} variants; base {base['id']} test accuracy "
-        f"{base['test_accuracy']:.4f}; twostep's accuracy floor {floor:.4f}")
+        f"{base_accuracy:.4f}; twostep's accuracy floor {floor:.4f}")
     log("== [1/5] profile every variant here (the edge)")
     edge_profile = profile_edge(store, out / "profile.edge.json", log)
     log("== [2/5] test images, JPEG sizes and accuracy")
@@ -296,24 +319,29 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"])
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop)")
-        points = []
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
+        choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs, b * 1e6, raw_bytes,
+                                            jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}
+        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": s, "rtt_ms": costs.rtt_ms(b * 1e6),
+                        "accuracy_floor": floor} for b, s in grid]
+        fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
+            e.to_dict() for point in choices.values() for e, _ in point.values()]})
+        log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
+        points = []
         bar = tqdm(grid, desc="grid", disable=not progress, unit="point")
         current_rate = None
-        for mbit, slowdown in bar:
+        for (mbit, slowdown), plan in zip(bar, fetched["plans"], strict=True):
             bps = mbit * 1e6
             if bps != current_rate:
                 link.set_rate(bps)
                 current_rate = bps
             bar.set_postfix(bw=f"{mbit:g}Mbit/s", slowdown=f"{slowdown:g}x")
-            choices = baseline_choices(manifest, edge_profile, slowdown, costs, bps, raw_bytes,
-                                       jpeg["bytes_mean"], jpeg["encode_ms"])
-            executions = {e.key: e.to_dict() for e, _ in choices.values()}
+            point = choices[(mbit, slowdown)]
+            executions = {e.key: e.to_dict() for e, _ in point.values()}
             result = device.ask({"kind": "point", "bandwidth_bps": bps, "slowdown": slowdown,
-                                 "rtt_ms": costs.rtt_ms(bps), "accuracy_floor": floor,
-                                 "requests": config.requests, "executions": executions})
-            points.append({"bandwidth_mbit": mbit, "slowdown": slowdown,
-                           "predicted": {k: {"execution": e.key, **p} for k, (e, p) in choices.items()},
+                                 "plan": plan, "requests": config.requests, "executions": executions})
+            points.append({"bandwidth_mbit": mbit, "slowdown": slowdown, "rtt_ms": costs.rtt_ms(bps),
+                           "predicted": {k: {"execution": e.key, **p} for k, (e, p) in point.items()},
                            **result})
         bar.close()
     finally:
@@ -328,7 +356,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                                 "time after each head / JPEG encoding; 1 torch thread"},
         "edge": "Ray Serve on this machine, 1 tail replica, 1 torch thread",
         "base": base["id"], "step1": manifest["step1"], "accuracy_floor": floor,
-        "base_test_accuracy": base["test_accuracy"], "jpeg": jpeg, "raw_bytes": raw_bytes,
+        "base_test_accuracy": base_accuracy, "max_loss": config.max_loss, "jpeg": jpeg,
+        "raw_bytes": raw_bytes,
         "calibration": {k: v for k, v in calibration.items() if k != "rows"},
         "points": points, "wall_seconds": time.perf_counter() - started,
     }
