@@ -153,3 +153,10 @@ def test_link_bytes_run_from_one_request_to_the_next_less_the_filler():
 def test_the_accuracy_target_follows_max_loss(tiny_store):
     rows = strategy_rows(_document(tiny_store, f_total=10.0, d_total=60.0), tiny_store)
     assert targets(rows, 0.9, max_loss=0.06)["accuracy_loss"]["met"]
+
+
+def test_the_calibrated_device_factor_scales_the_device_side_predictions(tiny_store, edge_profile):
+    calibrated = _choices(tiny_store, edge_profile, 5.0, 1e6, LinkCosts(300, 5.0, device_factor=2.0))
+    plain = _choices(tiny_store, edge_profile, 10.0, 1e6, LinkCosts(300, 5.0))
+    assert calibrated == plain
+    assert LinkCosts(0, 0, 1.5).device_slowdown(4.0) == 6.0

@@ -12,7 +12,8 @@ FLAGS = {
     "base": str, "out": str, "dataset": str, "data_dir": str, "train_subset": int,
     "val_subset": int, "test_subset": int, "seed": int, "threads": int, "device": str, "batch_size": int,
     "criterion": str, "mac_weight": float, "rank_batches": int, "finetune_lr": float, "step1_divisor": int,
-    "step1_finetune_epochs": float, "step1_budget": float, "step1_target_mac_reduction": float,
+    "step1_finetune_epochs": float, "step1_recovery_epochs": float, "step1_budget": float,
+    "distill_weight": float, "distill_temperature": float, "step1_target_mac_reduction": float,
     "step1_max_iterations": int, "step2_steps": int, "step2_finetune_epochs": float,
     "codec_bits": int, "bytes_images": int,
 }

@@ -208,10 +208,13 @@ class Device:
         filler = len(self.filler) + UDP_OVERHEAD if self.udp is not None and self.filler else 0
         attribute_bytes(out, self.counters.read(), filler)
 
-    def calibrate(self, execution: Execution, requests: int) -> dict:
-        """Bytes on the link per request besides the payload, and the fixed time of a request."""
+    def calibrate(self, execution: Execution, whole: Execution, requests: int) -> dict:
+        """Bytes on the link per request besides the payload, the fixed time of a request, and
+        the device's time for the `whole` model (split output) at slowdown 1."""
         self.bandwidth_bps = 1e9
-        measured = self.measure({"calibration": execution}, requests, 1.0)["calibration"]["rows"]
+        both = self.measure({"calibration": execution, "whole": whole}, requests, 1.0)
+        measured = both["calibration"]["rows"]
+        whole_ms = float(np.median([r["device_ms"] for r in both["whole"]["rows"]]))
         fixed = [r["send_ms"] - r["edge_compute_ms"] for r in measured]
         if measured[0]["tx_bytes"] is not None:
             overhead = float(np.mean([r["tx_bytes"] - r["payload_bytes"] for r in measured]))
@@ -220,7 +223,7 @@ class Device:
             overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
             source = "HTTP request head + one TCP segment's headers (emulated link)"
         return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
-                "overhead_source": source, "rows": measured}
+                "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}
 
     def request_head_bytes(self, execution: Execution) -> int:
         query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
@@ -299,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads(line)
         try:
             if job["kind"] == "calibrate":
-                result = device.calibrate(Execution(**job["execution"]), int(job["requests"]))
+                result = device.calibrate(Execution(**job["execution"]), Execution(**job["whole"]),
+                                          int(job["requests"]))
             elif job["kind"] == "prefetch":
                 result = device.prefetch(job)
             elif job["kind"] == "point":

@@ -314,15 +314,22 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         log("== [4/5] calibrate the serving path, then every grid point")
         link.set_rate(1e9)
         probe = Execution("frame", manifest["step1"] or manifest["base"], "pool5")
+        whole = Execution("device", manifest["base"], "output")
         calibration = device.ask({"kind": "calibrate", "execution": probe.to_dict(),
-                                  "requests": config.calibration_requests})
-        costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"])
+                                  "whole": whole.to_dict(), "requests": config.calibration_requests})
+        profiled = edge_profile["variants"][manifest["base"]]["head_ms"]["output"]
+        calibration["device_factor"] = calibration["whole_device_ms"] / profiled
+        costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
+                          calibration["device_factor"])
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
-            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop)")
+            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop); "
+            f"the device's whole-model call takes {calibration['whole_device_ms']:.2f} ms vs "
+            f"{profiled:.2f} ms profiled: predictions use {costs.device_factor:.2f} x slowdown x profile")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs, b * 1e6, raw_bytes,
                                             jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}
-        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": s, "rtt_ms": costs.rtt_ms(b * 1e6),
+        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs.device_slowdown(s),
+                        "rtt_ms": costs.rtt_ms(b * 1e6),
                         "accuracy_floor": floor} for b, s in grid]
         fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
             e.to_dict() for point in choices.values() for e, _ in point.values()]})

@@ -61,6 +61,9 @@ class LinkCosts:
 
     overhead_bytes: float
     fixed_ms: float
+    # The device's real time per request over the profile's (a warm per-stage median), at the
+    # same speed: a single call pays per-layer overheads the profile spreads thin.
+    device_factor: float = 1.0
 
     def rtt_ms(self, bandwidth_bps: float) -> float:
         """The cost model's per-request term at `bandwidth_bps` (its `Link.rtt_ms`)."""
@@ -68,6 +71,10 @@ class LinkCosts:
 
     def link(self, bandwidth_bps: float) -> Link:
         return Link(bandwidth_bps, self.rtt_ms(bandwidth_bps))
+
+    def device_slowdown(self, slowdown: float) -> float:
+        """The factor on the edge profile that predicts this device's time at `slowdown`."""
+        return slowdown * self.device_factor
 
 
 def execution_for(variant: str, split: str, strategy: str = "split") -> Execution:
@@ -98,12 +105,13 @@ def baseline_choices(
     Args:
         manifest: the series manifest.
         edge_profile: this machine's profile of every variant (the edge).
-        slowdown: the device runs this many times slower than the edge.
+        slowdown: the device runs this many times slower than the edge (times the calibrated
+            `costs.device_factor` for the prediction).
         costs: the calibrated per-request costs of the serving path.
         raw_bytes, jpeg_bytes: payload of (b) and (c) (raw pixels, mean JPEG size).
         jpeg_encode_ms: the edge-speed time to JPEG-encode one image (the device pays it x slowdown).
     """
-    device_profile = derive_profile(edge_profile, slowdown)
+    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
     candidates = candidates_from_series(manifest, device_profile, edge_profile)
     link = costs.link(bandwidth_bps)
     base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
@@ -124,7 +132,8 @@ def baseline_choices(
         "a": (Execution("device", base, "output"), predicted(whole.head_ms, 0, 0)),
         "b": (Execution("raw", base, "input"), predicted(0, raw_bytes, edge_all.tail_ms)),
         "c": (Execution("jpeg", base, "input"),
-              predicted(jpeg_encode_ms * slowdown, jpeg_bytes, edge_all.tail_ms)),
+              predicted(jpeg_encode_ms * costs.device_slowdown(slowdown), jpeg_bytes,
+                        edge_all.tail_ms)),
         "d": _best(of(base), link),
         "e": _best(of(step1), link),
     }
