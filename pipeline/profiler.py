@@ -17,6 +17,11 @@ Profile document (`twostep-profile/1`)::
                        "head_ms": {split: ms}, "tail_ms": {split: ms},
                        "total_ms": sum of layers, "whole_ms": one forward pass}}}
 
+Optionally `"codec": {"encode_ms": [fixed, per_element], "decode_ms": [fixed, per_element],
+"settings": {...}}`: the time to encode / decode a feature map of n elements is `fixed +
+per_element x n` (`codec_timing`); selection adds it to the head (device) and tail (edge) of every
+split that sends a frame.
+
 A layer is named by the split point it produces (`conv1_1`, ..., `pool5`, `output` for the
 classifier). `head_ms["input"] == 0`, `tail_ms["output"] == 0` and `head + tail == total` at every
 split. A derived profile (a device modelled as `slowdown` times slower than the machine measured)
@@ -248,6 +253,14 @@ def validate_profile(doc: object) -> dict:
         math.isfinite(slowdown) and slowdown > 0
     ):
         raise ValueError(f"profile slowdown must be a finite number > 0, got {slowdown!r}")
+    codec = doc.get("codec")
+    if codec is not None:
+        for key in ("encode_ms", "decode_ms"):
+            pair = codec.get(key) if isinstance(codec, dict) else None
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValueError(f"profile codec {key} must be [fixed_ms, ms_per_element]")
+            for value in pair:
+                _time(f"profile codec {key}", value)
     variants = doc["variants"]
     if not isinstance(variants, dict) or not variants:
         raise ValueError("profile 'variants' must be a non-empty object id -> timings")
@@ -290,6 +303,42 @@ def load_profile(path: str | os.PathLike) -> dict:
         raise ValueError(f"profile {path}: {err}") from err
 
 
+def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), repeats: int = 20) -> dict:
+    """Fit `fixed + per_element x n` (ms) to the encode and decode time of feature maps of `sizes`
+    elements with codec `config` (a `CodecConfig`), on this machine's CPU."""
+    from pipeline.codec import decode_frame, encode_frame
+
+    generator = torch.Generator().manual_seed(0)
+    encode, decode, sizes_seen = [], [], []
+    for n in sizes:
+        # A post-ReLU map (many zeros) of about n elements, shaped (1, C, 16, 16).
+        x = torch.relu(torch.randn((1, max(1, n // 256), 16, 16), generator=generator))
+        frame = encode_frame(x, config)
+        enc, dec = _median_ms([lambda x=x: encode_frame(x, config), lambda f=frame: decode_frame(f)],
+                              2, repeats, torch.device("cpu"))
+        sizes_seen.append(x.numel())
+        encode.append(enc)
+        decode.append(dec)
+
+    def fit(times: list[float]) -> list[float]:
+        slope, intercept = statistics.linear_regression(sizes_seen, times)
+        return [max(intercept, 0.0), max(slope, 0.0)]
+
+    return {"encode_ms": fit(encode), "decode_ms": fit(decode),
+            "settings": {"bits": config.bits, "per_channel": config.per_channel,
+                         "compress": config.compress}}
+
+
+def codec_ms(doc: dict, which: str, elements: float) -> float:
+    """`which` (encode_ms or decode_ms) for a map of `elements` from a profile's codec entry, or 0
+    when the profile has none."""
+    codec = doc.get("codec")
+    if not codec:
+        return 0.0
+    fixed, per_element = codec[which]
+    return float(fixed + per_element * elements)
+
+
 def derive_profile(edge_doc: dict, slowdown: float) -> dict:
     """A device profile modelled as `slowdown` times slower than the measured `edge_doc`.
 
@@ -311,6 +360,9 @@ def derive_profile(edge_doc: dict, slowdown: float) -> dict:
         entry["total_ms"] *= factor
         if "whole_ms" in entry:
             entry["whole_ms"] *= factor
+    if doc.get("codec"):
+        for key in ("encode_ms", "decode_ms"):
+            doc["codec"][key] = [value * factor for value in doc["codec"][key]]
     doc["slowdown"] = edge_doc["slowdown"] * factor
     doc["derived_from"] = {
         "hostname": edge_doc["machine"].get("hostname"),

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.cost import Breakdown, Link, raw_input_bytes
 from pipeline.models.registry import ArchSpec
-from pipeline.profiler import validate_profile, variant_timings
+from pipeline.profiler import codec_ms, validate_profile, variant_timings
 
 SERIES_FORMAT = "twostep-series/1"
 BYTE_STATS = {"mean": "bytes_mean", "p95": "bytes_p95"}
@@ -282,7 +282,9 @@ def candidates_from_series(
         edge_profile: profile giving each variant's `tail_ms`.
         bytes_stat: `mean` (bytes_mean) or `p95` (bytes_p95) of the measured bytes sent.
 
-    Split `output` sends nothing, so its bytes are 0 whatever the manifest says.
+    Split `output` sends nothing, so its bytes are 0 whatever the manifest says. Where the
+    profiles have a `codec` entry, every split that sends a frame also pays the device's encode
+    time (head) and the edge's decode time (tail) for the map's element count.
     """
     if bytes_stat not in BYTE_STATS:
         raise ValueError(f"bytes_stat must be one of {', '.join(BYTE_STATS)}, got {bytes_stat!r}")
@@ -299,16 +301,13 @@ def candidates_from_series(
             if not isinstance(stats, dict) or key not in stats:
                 raise ValueError(f"series variant {vid!r} split {split!r} lacks {key!r}")
             bytes_sent = 0.0 if split == "output" else stats[key]
-            candidates.append(
-                Candidate(
-                    vid,
-                    split,
-                    accuracy,
-                    bytes_sent,
-                    _profile_time(device_profile, vid, "head_ms", split, "device"),
-                    _profile_time(edge_profile, vid, "tail_ms", split, "edge"),
-                )
-            )
+            head_ms = _profile_time(device_profile, vid, "head_ms", split, "device")
+            tail_ms = _profile_time(edge_profile, vid, "tail_ms", split, "edge")
+            if split != "output" and "elements" in stats:
+                # The device encodes the frame it sends; the edge decodes it.
+                head_ms += codec_ms(device_profile, "encode_ms", stats["elements"])
+                tail_ms += codec_ms(edge_profile, "decode_ms", stats["elements"])
+            candidates.append(Candidate(vid, split, accuracy, bytes_sent, head_ms, tail_ms))
     return candidates
 
 

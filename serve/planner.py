@@ -11,6 +11,7 @@ bandwidth jitters around a decision threshold.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ class Planner:
         self._bytes_stat, self._baselines = bytes_stat, baselines
         candidates = self._candidates(device_profile)
         self.table = CandidateTable(candidates)
-        self._device_tables: OrderedDict[float, CandidateTable] = OrderedDict()
+        self._device_tables: OrderedDict[tuple[float, float], CandidateTable] = OrderedDict()
         self.switch_margin = switch_margin
         self.max_keys = max_keys
         self._current: OrderedDict[str, Candidate] = OrderedDict()
@@ -87,16 +88,23 @@ class Planner:
             candidates += baseline_candidates(self._manifest, device_profile, self._edge_profile)
         return candidates
 
-    def table_for(self, device_slowdown: float | None) -> CandidateTable:
-        """The candidates with the configured device profile (None), or with a device that runs
-        `device_slowdown` times slower than the edge's own profile (a device that reports its
-        speed); a few such tables are cached."""
+    def table_for(self, device_slowdown: float | None,
+                  device_overhead_ms: float = 0.0) -> CandidateTable:
+        """The candidates with the configured device profile (None), or for a device that reports
+        its speed: `device_slowdown` times the edge's own profile plus `device_overhead_ms` per
+        call that runs anything on it (the per-call cost a warm per-layer profile misses). A few
+        such tables are cached."""
         if device_slowdown is None:
+            if device_overhead_ms:
+                raise ValueError("device_overhead_ms needs device_slowdown")
             return self.table
-        key = float(device_slowdown)
+        key = (float(device_slowdown), float(device_overhead_ms))
         if key not in self._device_tables:
-            self._device_tables[key] = CandidateTable(
-                self._candidates(derive_profile(self._edge_profile, key)))
+            candidates = self._candidates(derive_profile(self._edge_profile, key[0]))
+            if key[1]:
+                candidates = [dataclasses.replace(c, head_ms=c.head_ms + key[1]) if c.head_ms > 0 else c
+                              for c in candidates]
+            self._device_tables[key] = CandidateTable(candidates)
             while len(self._device_tables) > MAX_DEVICE_TABLES:
                 self._device_tables.popitem(last=False)
         self._device_tables.move_to_end(key)
@@ -121,10 +129,11 @@ class Planner:
 
     def plan(self, link: Link, accuracy_floor: float | None = None,
              latency_budget_ms: float | None = None, top_k: int = 5,
-             device_slowdown: float | None = None) -> Decision:
+             device_slowdown: float | None = None, device_overhead_ms: float = 0.0) -> Decision:
         """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits); see
-        `table_for` for `device_slowdown`."""
-        return self.table_for(device_slowdown).select(link, accuracy_floor, latency_budget_ms, top_k)
+        `table_for` for `device_slowdown` and `device_overhead_ms`."""
+        table = self.table_for(device_slowdown, device_overhead_ms)
+        return table.select(link, accuracy_floor, latency_budget_ms, top_k)
 
     def choose(self, key: str, link: Link, accuracy_floor: float | None = None,
                latency_budget_ms: float | None = None) -> Choice:

@@ -61,7 +61,7 @@ CLASSIFY_PARAMS = {"accuracy_floor", "latency_budget_ms", "link", "uplink_bps", 
                    "shape"}
 TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link",
-               "device_slowdown"}
+               "device_slowdown", "device_overhead_ms"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
@@ -267,14 +267,18 @@ class Router:
         rtt = parse_rtt(params)
         top = parse_int(params, "top", 1, 100, 5)
         slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
+        overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
+        if overhead and slowdown is None:
+            raise HttpError(400, "device_overhead_ms needs device_slowdown")
         source = "given"
         if bandwidth is None:
             bandwidth, source = self.estimators.get(link_id).estimate_bps, "estimate"
         link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
-        decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown)
+        decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown,
+                                     device_overhead_ms=overhead)
         ranked = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
-                "device_slowdown": slowdown,
+                "device_slowdown": slowdown, "device_overhead_ms": overhead,
                 "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],
                 "ranked": ranked}
 

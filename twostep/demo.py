@@ -16,7 +16,13 @@ from pathlib import Path
 from pipeline.base_model import train_base
 from pipeline.checkpoint import CheckpointError, read_metadata
 from pipeline.config import TrainConfig
-from pipeline.profiler import derive_profile, profile_document, profile_model, save_profile
+from pipeline.profiler import (
+    codec_timing,
+    derive_profile,
+    profile_document,
+    profile_model,
+    save_profile,
+)
 from pipeline.series import SeriesStore
 from twostep.demo_config import DemoConfig
 
@@ -76,6 +82,9 @@ def profile_stage(store: SeriesStore, slowdown: float, log: Log) -> tuple[Path, 
         variants[vid] = {**profile_model(model, spec, batch_size=1, warmup=3, repeats=10),
                          "spec": spec.to_dict()}
     edge = profile_document(variants, batch_size=1, warmup=3, repeats=10)
+    from serve.runner import codec_config
+
+    edge["codec"] = codec_timing(codec_config(store.manifest["codec"]))
     edge_path, device_path = store.directory / "profile.json", store.directory / "profile.device.json"
     save_profile(edge_path, edge)
     save_profile(device_path, derive_profile(edge, slowdown))

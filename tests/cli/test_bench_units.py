@@ -160,3 +160,21 @@ def test_the_calibrated_device_factor_scales_the_device_side_predictions(tiny_st
     plain = _choices(tiny_store, edge_profile, 10.0, 1e6, LinkCosts(300, 5.0))
     assert calibrated == plain
     assert LinkCosts(0, 0, 1.5).device_slowdown(4.0) == 6.0
+
+
+def test_the_device_model_is_fitted_through_two_models():
+    from twostep.compare.run import device_model
+
+    profile = {"variants": {"big": {"head_ms": {"output": 5.0}}, "small": {"head_ms": {"output": 1.0}}}}
+    fitted = device_model([7.0, 3.0], profile, ("big", "small"))
+    assert fitted == pytest.approx({"device_factor": 1.0, "device_overhead_ms": 2.0})
+    # Noise that would give a negative overhead falls back to one factor.
+    assert device_model([5.0, 0.5], profile, ("big", "small")) == {"device_factor": 1.0,
+                                                                    "device_overhead_ms": 0.0}
+
+
+def test_a_per_call_device_overhead_is_charged_to_every_head_that_runs(tiny_store, edge_profile):
+    plain = _choices(tiny_store, edge_profile, 2.0, 1e3, LinkCosts(300, 5.0))
+    charged = _choices(tiny_store, edge_profile, 2.0, 1e3, LinkCosts(300, 5.0, 1.0, 1.5))
+    assert charged["a"][1]["device_ms"] == pytest.approx(plain["a"][1]["device_ms"] + 3.0)
+    assert charged["b"][1]["device_ms"] == 0  # raw pixels: nothing runs on the device

@@ -175,3 +175,35 @@ def test_cli_profile_errors_exit_2(tmp_path, capsys):
     ckpt = tmp_path / "weights" / "vgg11-s0-i0.safetensors"
     assert main(["profile", str(ckpt), "-o", str(tmp_path / "x.json"), "--repeats", "0"]) == 2
     assert "repeats" in capsys.readouterr().err
+
+
+def test_codec_timing_fits_and_charges_frames_in_selection(tiny_store, tmp_path):
+    from pipeline.codec import CodecConfig
+    from pipeline.profiler import codec_ms, codec_timing, derive_profile, save_profile
+    from pipeline.selection import baseline_candidates, candidates_from_series
+    from serve.profiles import estimate_profile
+
+    timing = codec_timing(CodecConfig(), sizes=(256, 4096, 32768), repeats=3)
+    assert timing["encode_ms"][1] > 0 and timing["decode_ms"][1] > 0
+    store = tiny_store
+    edge = estimate_profile(store.manifest, ms_per_mmac=1.0)
+    plain = {(c.variant_id, c.split): c for c in candidates_from_series(store.manifest, edge, edge)}
+    edge["codec"] = {"encode_ms": [0.5, 1e-3], "decode_ms": [0.1, 1e-4], "settings": {}}
+    save_profile(tmp_path / "p.json", edge)  # the codec entry is part of a valid profile
+    device = derive_profile(edge, 10.0)
+    assert device["codec"]["encode_ms"] == [5.0, 1e-2]
+    coded = {(c.variant_id, c.split): c for c in candidates_from_series(store.manifest, device, edge)}
+    base = store.get("vgg11-base")
+    for split in ("input", "pool2"):
+        elements = base["splits"][split]["elements"]
+        assert coded[("vgg11-base", split)].head_ms == pytest.approx(
+            10 * plain[("vgg11-base", split)].head_ms + codec_ms(device, "encode_ms", elements))
+        assert coded[("vgg11-base", split)].tail_ms == pytest.approx(
+            plain[("vgg11-base", split)].tail_ms + 0.1 + 1e-4 * elements)
+    assert coded[("vgg11-base", "output")].head_ms == pytest.approx(
+        10 * plain[("vgg11-base", "output")].head_ms)  # nothing sent, nothing encoded
+    raw = [c for c in baseline_candidates(store.manifest, device, edge) if c.strategy == "raw-input"]
+    assert all(c.head_ms == 0 for c in raw)  # raw pixels need no encoding
+    edge["codec"]["encode_ms"] = [1.0]
+    with pytest.raises(ValueError, match="codec"):
+        save_profile(tmp_path / "bad.json", edge)

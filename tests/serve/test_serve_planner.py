@@ -120,3 +120,12 @@ def test_device_slowdown_plans_for_the_reported_device_speed(planner):
     # A very slow device runs (almost) nothing itself: the input goes to the edge.
     assert slow_plan.best.head_ms == 0.0 and fast_plan.best.head_ms > 0.0
     assert planner.plan(link, accuracy_floor=0.0).best == planner.table.select(link, 0.0).best
+
+
+def test_a_device_overhead_is_added_to_heads_that_run(planner):
+    plain = planner.table_for(2.0)
+    charged = planner.table_for(2.0, 1.5)
+    for a, b in zip(plain.candidates, charged.candidates, strict=True):
+        assert b.head_ms == (a.head_ms + 1.5 if a.head_ms > 0 else 0.0)
+    with pytest.raises(ValueError, match="device_slowdown"):
+        planner.table_for(None, 1.0)

@@ -208,13 +208,15 @@ class Device:
         filler = len(self.filler) + UDP_OVERHEAD if self.udp is not None and self.filler else 0
         attribute_bytes(out, self.counters.read(), filler)
 
-    def calibrate(self, execution: Execution, whole: Execution, requests: int) -> dict:
+    def calibrate(self, execution: Execution, whole: list[Execution], requests: int) -> dict:
         """Bytes on the link per request besides the payload, the fixed time of a request, and
-        the device's time for the `whole` model (split output) at slowdown 1."""
+        the device's time for each `whole` model (split output) at slowdown 1."""
         self.bandwidth_bps = 1e9
-        both = self.measure({"calibration": execution, "whole": whole}, requests, 1.0)
+        runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)}}
+        both = self.measure(runs, requests, 1.0)
         measured = both["calibration"]["rows"]
-        whole_ms = float(np.median([r["device_ms"] for r in both["whole"]["rows"]]))
+        whole_ms = [float(np.median([r["device_ms"] for r in both[f"whole{i}"]["rows"]]))
+                    for i in range(len(whole))]
         fixed = [r["send_ms"] - r["edge_compute_ms"] for r in measured]
         if measured[0]["tx_bytes"] is not None:
             overhead = float(np.mean([r["tx_bytes"] - r["payload_bytes"] for r in measured]))
@@ -234,7 +236,8 @@ class Device:
         """The router's best row for a grid point (`/v1/plan` with this device's speed)."""
         return self.client._json("GET", "/v1/plan", params={
             "bandwidth_bps": point["bandwidth_bps"], "rtt_ms": point["rtt_ms"],
-            "device_slowdown": point["slowdown"], "accuracy_floor": point["accuracy_floor"],
+            "device_slowdown": point["slowdown"], "device_overhead_ms": point.get("overhead_ms", 0.0),
+            "accuracy_floor": point["accuracy_floor"],
             "top": 1})["best"]
 
     def prefetch(self, job: dict) -> dict:
@@ -302,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads(line)
         try:
             if job["kind"] == "calibrate":
-                result = device.calibrate(Execution(**job["execution"]), Execution(**job["whole"]),
-                                          int(job["requests"]))
+                result = device.calibrate(Execution(**job["execution"]),
+                                          [Execution(**e) for e in job["whole"]], int(job["requests"]))
             elif job["kind"] == "prefetch":
                 result = device.prefetch(job)
             elif job["kind"] == "point":

@@ -126,9 +126,9 @@ def markdown(rows: list[dict], result: dict, document: dict) -> str:
              f"Accuracy floor of twostep: {document['accuracy_floor']:.4f} (unpruned "
              f"{document['base_test_accuracy']:.4f}). Per request: "
              f"{document['calibration']['overhead_bytes']:.0f} B besides the payload, "
-             f"{document['calibration']['fixed_ms']:.1f} ms fixed, device time = "
-             f"{document['calibration'].get('device_factor', 1.0):.2f} x slowdown x profile "
-             "(calibrated).", ""]
+             f"{document['calibration']['fixed_ms']:.1f} ms fixed; device call = slowdown x ("
+             f"{document['calibration'].get('device_factor', 1.0):.2f} x profile + "
+             f"{document['calibration'].get('device_overhead_ms', 0.0):.2f} ms) (calibrated).", ""]
     for slowdown in sorted({r["slowdown"] for r in rows}):
         lines += [f"### Device = {slowdown:g}x the edge: measured p50 / p95 ms (bytes on the link)", "",
                   "| Mbit/s | " + " | ".join(f"({k}) {v}" for k, v in STRATEGIES.items())

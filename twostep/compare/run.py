@@ -73,7 +73,8 @@ def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
     """Profile every variant on this CPU with one thread, as the Serve replicas run."""
     import torch
 
-    from pipeline.profiler import profile_document, profile_model, save_profile
+    from pipeline.profiler import codec_timing, profile_document, profile_model, save_profile
+    from serve.runner import codec_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -85,8 +86,17 @@ def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
     finally:
         torch.set_num_threads(threads)
     doc = profile_document(variants, batch_size=1, warmup=3, repeats=15)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]))
+    finally:
+        torch.set_num_threads(threads)
     save_profile(path, doc)
-    log(f"   {len(variants)} variants profiled (1 thread) -> {path}")
+    encode, decode = doc["codec"]["encode_ms"], doc["codec"]["decode_ms"]
+    log(f"   {len(variants)} variants profiled (1 thread) -> {path}; codec: encode "
+        f"{encode[0]:.3f} ms + {1e3 * encode[1]:.4f} ms/1k elements, decode {decode[0]:.3f} ms + "
+        f"{1e3 * decode[1]:.4f} ms/1k elements")
     return doc
 
 
@@ -314,22 +324,23 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         log("== [4/5] calibrate the serving path, then every grid point")
         link.set_rate(1e9)
         probe = Execution("frame", manifest["step1"] or manifest["base"], "pool5")
-        whole = Execution("device", manifest["base"], "output")
-        calibration = device.ask({"kind": "calibrate", "execution": probe.to_dict(),
-                                  "whole": whole.to_dict(), "requests": config.calibration_requests})
-        profiled = edge_profile["variants"][manifest["base"]]["head_ms"]["output"]
-        calibration["device_factor"] = calibration["whole_device_ms"] / profiled
+        base_id = manifest["base"]
+        smallest = min(store.ids(), key=lambda vid: store.get(vid)["macs"])
+        calibration = device.ask({
+            "kind": "calibrate", "execution": probe.to_dict(), "requests": config.calibration_requests,
+            "whole": [Execution("device", vid, "output").to_dict() for vid in (base_id, smallest)]})
+        calibration.update(device_model(calibration["whole_device_ms"], edge_profile, (base_id, smallest)))
         costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
-                          calibration["device_factor"])
+                          calibration["device_factor"], calibration["device_overhead_ms"])
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop); "
-            f"the device's whole-model call takes {calibration['whole_device_ms']:.2f} ms vs "
-            f"{profiled:.2f} ms profiled: predictions use {costs.device_factor:.2f} x slowdown x profile")
+            f"device call = {costs.device_factor:.2f} x profile + {costs.device_overhead_ms:.2f} ms "
+            f"(fitted on {base_id} and {smallest}), times the slowdown")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs, b * 1e6, raw_bytes,
                                             jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}
         plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs.device_slowdown(s),
-                        "rtt_ms": costs.rtt_ms(b * 1e6),
+                        "overhead_ms": costs.device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
                         "accuracy_floor": floor} for b, s in grid]
         fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
             e.to_dict() for point in choices.values() for e, _ in point.values()]})
@@ -369,6 +380,19 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         "points": points, "wall_seconds": time.perf_counter() - started,
     }
     return write_report(document, store, out, log)
+
+
+def device_model(whole_ms: list[float], edge_profile: dict, variants: tuple[str, str]) -> dict:
+    """`device_factor` and `device_overhead_ms` such that the device's measured whole-model call
+    is factor x profile + overhead, through the two models' points (one factor if they coincide)."""
+    profiled = [edge_profile["variants"][vid]["head_ms"]["output"] for vid in variants]
+    if abs(profiled[0] - profiled[1]) < 1e-3 * max(profiled):
+        return {"device_factor": whole_ms[0] / profiled[0], "device_overhead_ms": 0.0}
+    factor = (whole_ms[0] - whole_ms[1]) / (profiled[0] - profiled[1])
+    overhead = whole_ms[0] - factor * profiled[0]
+    if factor <= 0 or overhead < 0:  # noise: fall back to one factor through the larger model
+        return {"device_factor": whole_ms[0] / profiled[0], "device_overhead_ms": 0.0}
+    return {"device_factor": factor, "device_overhead_ms": overhead}
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ the same execution at a grid point; it is then measured once and shared.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from pipeline.cost import Link, latency_breakdown
@@ -61,9 +62,10 @@ class LinkCosts:
 
     overhead_bytes: float
     fixed_ms: float
-    # The device's real time per request over the profile's (a warm per-stage median), at the
-    # same speed: a single call pays per-layer overheads the profile spreads thin.
+    # The device's real time per call at speed 1 is `device_factor x profile + device_overhead_ms`
+    # (fitted on two models): a single call pays costs a warm per-stage profile spreads thin.
     device_factor: float = 1.0
+    device_overhead_ms: float = 0.0
 
     def rtt_ms(self, bandwidth_bps: float) -> float:
         """The cost model's per-request term at `bandwidth_bps` (its `Link.rtt_ms`)."""
@@ -75,6 +77,10 @@ class LinkCosts:
     def device_slowdown(self, slowdown: float) -> float:
         """The factor on the edge profile that predicts this device's time at `slowdown`."""
         return slowdown * self.device_factor
+
+    def device_overhead(self, slowdown: float) -> float:
+        """The fixed time per device call at `slowdown`."""
+        return slowdown * self.device_overhead_ms
 
 
 def execution_for(variant: str, split: str, strategy: str = "split") -> Execution:
@@ -112,7 +118,9 @@ def baseline_choices(
         jpeg_encode_ms: the edge-speed time to JPEG-encode one image (the device pays it x slowdown).
     """
     device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
-    candidates = candidates_from_series(manifest, device_profile, edge_profile)
+    overhead = costs.device_overhead(slowdown)
+    candidates = [dataclasses.replace(c, head_ms=c.head_ms + overhead) if c.head_ms > 0 else c
+                  for c in candidates_from_series(manifest, device_profile, edge_profile)]
     link = costs.link(bandwidth_bps)
     base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
 
@@ -132,7 +140,7 @@ def baseline_choices(
         "a": (Execution("device", base, "output"), predicted(whole.head_ms, 0, 0)),
         "b": (Execution("raw", base, "input"), predicted(0, raw_bytes, edge_all.tail_ms)),
         "c": (Execution("jpeg", base, "input"),
-              predicted(jpeg_encode_ms * costs.device_slowdown(slowdown), jpeg_bytes,
+              predicted(jpeg_encode_ms * costs.device_slowdown(slowdown) + overhead, jpeg_bytes,
                         edge_all.tail_ms)),
         "d": _best(of(base), link),
         "e": _best(of(step1), link),
