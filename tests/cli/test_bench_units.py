@@ -134,11 +134,9 @@ def test_cli_names_a_missing_series_and_a_bad_grid(tmp_path, capsys):
 
 def test_link_bytes_run_from_one_request_to_the_next_less_the_filler():
     device, frame = {"mode": "device"}, {"mode": "frame"}
-    out = {"a": {"execution": device, "rows": [{}, {}], "_before": [(0, 0), (1700, 900)]},
-           "f": {"execution": frame, "rows": [{}, {}], "_before": [(0, 0), (2000, 950)]}}
     # Order: a0, f0, a1, f1; the device-only request sends nothing but may carry late ACKs.
-    out["f"]["_before"] = [(0, 0), (1700, 900)]
-    out["a"]["_before"] = [(0, 0), (1600, 880)]
+    out = {"a": {"execution": device, "rows": [{}, {}], "_before": [(0, 0), (1600, 880)]},
+           "f": {"execution": frame, "rows": [{}, {}], "_before": [(0, 0), (1700, 900)]}}
     attribute_bytes(out, (3500, 1800), filler=1514)
     assert out["a"]["rows"][0] == {"tx_bytes": 0, "rx_bytes": 0}
     assert out["f"]["rows"][0] == {"tx_bytes": 1600 - 1514, "rx_bytes": 880}

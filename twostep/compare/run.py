@@ -83,12 +83,7 @@ def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
         for vid in store.ids():
             model, spec, _ = store.load_model(vid)
             variants[vid] = profile_model(model, spec, batch_size=1, warmup=3, repeats=15)
-    finally:
-        torch.set_num_threads(threads)
-    doc = profile_document(variants, batch_size=1, warmup=3, repeats=15)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+        doc = profile_document(variants, batch_size=1, warmup=3, repeats=15)
         doc["codec"] = codec_timing(codec_config(store.manifest["codec"]))
     finally:
         torch.set_num_threads(threads)
