@@ -97,16 +97,49 @@ def finetune(
 
 # ---- step 1 -------------------------------------------------------------------------------
 
+def removals_within(
+    scores: dict[str, torch.Tensor], spec: ArchSpec, count: int, min_width: int,
+    mac_limit: int | None = None,
+) -> dict[str, list[int]]:
+    """The `count` lowest-scored filters, or, when fewer of them already bring the model down to
+    `mac_limit` MACs, the fewest that do: the iteration that reaches a MAC target stops there
+    instead of overshooting it by a whole iteration's worth of filters."""
+    def macs_after(k: int) -> int:
+        removals = lowest_filters(scores, k, min_width)
+        widths = spec.width_of()
+        return total_macs(spec.with_widths({n: w - len(removals.get(n, ())) for n, w in widths.items()}))
+
+    if mac_limit is None or count <= 1 or macs_after(count) > mac_limit:
+        return lowest_filters(scores, count, min_width)
+    low, high = 1, count  # removing more filters never adds MACs: bisect for the fewest
+    while low < high:
+        middle = (low + high) // 2
+        if macs_after(middle) <= mac_limit:
+            high = middle
+        else:
+            low = middle + 1
+    return lowest_filters(scores, low, min_width)
+
+
+def step1_mac_limit(base_macs: int, config: PruneConfig) -> int | None:
+    """The MAC count at which step 1 reaches its target reduction (None without a target)."""
+    if not config.step1_target_mac_reduction:
+        return None
+    return int(base_macs / config.step1_target_mac_reduction)
+
+
 def step1_iteration(
     model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
     filters_per_iteration: int, iteration: int, teacher: VGG | None = None,
+    mac_limit: int | None = None,
 ) -> Snapshot:
-    """Rank all filters, remove the globally lowest, fine-tune, evaluate on validation."""
+    """Rank all filters, remove the globally lowest (stopping at `mac_limit`, see
+    `removals_within`), fine-tune, evaluate on validation."""
     model = model.to(resolve_device(config.device))
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
     scores = penalize_macs(scores, macs_per_filter(spec), config.mac_weight)
-    removals = lowest_filters(scores, filters_per_iteration, config.min_width)
+    removals = removals_within(scores, spec, filters_per_iteration, config.min_width, mac_limit)
     if not removals:
         return Snapshot(model, spec, iteration, float("nan"), total_macs(spec), accepted=False,
                         stop_reason="every layer is at its minimum width")
@@ -179,7 +212,7 @@ def run_step1(
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
         snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration,
-                                   teacher)
+                                   teacher, step1_mac_limit(base_macs, config))
         judge_step1(snapshot, baseline_val, base_macs, splits, config, generator, teacher)
         yield snapshot
         if not snapshot.accepted or snapshot.stop_reason:

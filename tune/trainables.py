@@ -30,7 +30,7 @@ from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
 from pipeline.schedule import step1_filters_per_iteration
 from pipeline.split import split_points, total_macs
-from pipeline.steps import derive_seed, judge_step1, run_step2, step1_iteration
+from pipeline.steps import derive_seed, judge_step1, run_step2, step1_iteration, step1_mac_limit
 from tune.collect import read_trial_checkpoint, write_trial_checkpoint
 
 
@@ -97,7 +97,7 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
         snap = step1_iteration(model, spec, ctx.splits, config, generator, per_iteration, iteration,
-                               teacher=ctx.teacher)
+                               teacher=ctx.teacher, mac_limit=step1_mac_limit(base_macs, config))
         judge_step1(snap, job["baseline_val"], base_macs, ctx.splits, config, generator, ctx.teacher)
         accepted, stop_reason = snap.accepted, snap.stop_reason
         metrics = {

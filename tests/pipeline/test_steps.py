@@ -14,7 +14,8 @@ from pipeline.steps import Snapshot, run_step1, run_step2, step1_verdict, step2_
 def _scripted_step1(monkeypatch, accuracies, macs_factor=0.8):
     """Replace only the expensive iteration with one that returns a scripted accuracy, so the
     loop, the verdicts and the rollback are the real ones."""
-    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None):
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None,
+                       mac_limit=None):
         return Snapshot(model, spec, iteration, accuracies[iteration - 1],
                         int(total_macs(spec) * macs_factor ** iteration))
     monkeypatch.setattr(steps, "step1_iteration", fake_iteration)
@@ -83,7 +84,8 @@ def test_resumed_step1_measures_against_the_base_model(monkeypatch):
     resumed = base.with_widths({"conv5_2": 1, "conv5_1": 1})
     seen = []
 
-    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None):
+    def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None,
+                       mac_limit=None):
         seen.append(per_iteration)
         return Snapshot(model, spec, iteration, 0.95, total_macs(base) // 7)
 
@@ -151,3 +153,28 @@ def test_an_iteration_under_budget_gets_a_recovery_finetune_before_rolling_back(
     _scripted_step1(monkeypatch, [0.945, 0.90, 0.90])
     plain = list(run_step1(build(spec), spec, None, PruneConfig(step1_budget=0.01), baseline_val=0.95))
     assert [s.accepted for s in plain] == [True, False]
+
+
+def test_the_iteration_that_reaches_the_mac_target_removes_only_enough_filters():
+    from pipeline.steps import removals_within
+    from pipeline.taylor import lowest_filters
+
+    spec = make_spec("vgg11", 0.125, in_channels=1)
+    generator = torch.Generator().manual_seed(0)
+    scores = {name: torch.rand(width, generator=generator) for name, width in spec.width_of().items()}
+
+    def macs_without(removals):
+        return total_macs(spec.with_widths(
+            {n: w - len(removals.get(n, ())) for n, w in spec.width_of().items()}))
+
+    full = lowest_filters(scores, 40, 1)
+    limit = (total_macs(spec) + macs_without(full)) // 2  # halfway: reached well before 40 filters
+    clipped = removals_within(scores, spec, 40, 1, mac_limit=limit)
+    count = sum(len(v) for v in clipped.values())
+    assert 1 <= count < 40
+    assert macs_without(clipped) <= limit < macs_without(lowest_filters(scores, count - 1, 1))
+    for name, indices in clipped.items():  # a prefix of the same global ranking
+        assert set(indices) <= set(full.get(name, []))
+    # a limit out of reach of one iteration, or no limit, removes the whole iteration's worth
+    assert removals_within(scores, spec, 40, 1, mac_limit=1) == full
+    assert removals_within(scores, spec, 40, 1) == full
