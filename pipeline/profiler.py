@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.split import split_points
 
@@ -108,7 +109,8 @@ def profile_model(
     """Time every stage of `model` on its real input; one variant entry of a profile document.
 
     Args:
-        model: a network with `ordered_stages()` (moved to `device` and set to eval mode).
+        model: a network with `ordered_stages()`; its inference form (BatchNorm folded, as
+            serving runs it: `pipeline.models.inference`) is what gets timed, on `device`.
         spec: its architecture, for the input shape and split point names.
         batch_size: images per forward pass.
         warmup: untimed runs before timing each stage.
@@ -123,8 +125,7 @@ def profile_model(
     _check_count("warmup", warmup, 0)
     _check_count("repeats", repeats, 1)
     device = torch.device(device)
-    model.eval()
-    model.to(device)
+    model = inference_form(model).to(device)
     stages = model.ordered_stages()
     splits = split_points(spec)
     if [name for name, _ in stages] != splits[1:]:

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.codec import encode_frame, variant_tag
 from pipeline.data import DataInfo, normalize
+from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.split import split_model
 from serve.inputs import IMAGE_TYPES, decode_image
@@ -169,7 +170,7 @@ class DeviceClient:
             data, sha = self.download_head(variant_id, split, expected_sha256)
             spec = ArchSpec.from_dict(self.variant(variant_id)["spec"])
             model = load_head(data, spec, split)
-            self._heads[key] = (split_model(model, split)[0].eval(), sha)
+            self._heads[key] = (split_model(inference_form(model), split)[0], sha)
         return self._heads[key][0]
 
     # ---- inference ----

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.codec import CodecConfig, decode_frame, encode_frame, variant_tag
 from pipeline.data import DataInfo, normalize
+from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.series import SeriesStore
 from pipeline.split import check_split, split_model, split_shape
@@ -67,7 +68,7 @@ class VariantRunner:
     def __init__(self, variant_id: str, model: torch.nn.Module, spec: ArchSpec, info: DataInfo,
                  codec: CodecConfig, max_batch: int = MAX_BATCH):
         self.variant_id = variant_id
-        self.model = model.eval()
+        self.model = inference_form(model)
         self.spec = spec
         self.info = info
         self.codec = codec

@@ -27,8 +27,11 @@ SPEC = make_spec("vgg11", 0.0625, in_channels=1)
 @pytest.fixture(scope="module")
 def measured():
     model = build(SPEC).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     entry = profile_model(model, SPEC, batch_size=2, warmup=1, repeats=3)
-    assert not model.training
+    # the inference form is timed; the caller's model (training mode, BN statistics) is untouched
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return entry
 
 

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.codec import CodecConfig, encode_frame, variant_tag
 from pipeline.data import normalize
+from pipeline.models.inference import inference_form
 from pipeline.split import split_model
 from serve.runner import RequestError, VariantRunner
 from serve.weights import head_prefixes, load_head, pack_head
@@ -74,12 +75,13 @@ def test_tail_refuses_foreign_malformed_and_misshapen_frames(runner, tiny_store)
         assert str(info.value), name
 
 
-def test_head_weights_round_trip(runner):
+def test_head_weights_round_trip(runner, tiny_store):
+    stored, _, _ = tiny_store.load_model("vgg11-base")
     for split in ("input", "conv2_1", "pool5", "output"):
-        data, sha = pack_head(runner.model, runner.spec, "vgg11-base", split)
+        data, sha = pack_head(stored, runner.spec, "vgg11-base", split)
         assert sha == hashlib.sha256(data).hexdigest()
         model = load_head(data, runner.spec, split, expected_sha256=sha)
-        device_head, _ = split_model(model, split)
+        device_head, _ = split_model(inference_form(model), split)  # as the device client runs it
         edge_head, _ = runner.halves(split)
         x = normalize(torch.from_numpy(PIXELS), runner.info)
         with torch.inference_mode():
@@ -88,8 +90,8 @@ def test_head_weights_round_trip(runner):
     assert head_prefixes(runner.spec, "output")[-1] == "classifier."
 
 
-def test_head_weights_are_checked(runner):
-    data, sha = pack_head(runner.model, runner.spec, "vgg11-base", "pool1")
+def test_head_weights_are_checked(runner, tiny_store):
+    data, sha = pack_head(tiny_store.load_model("vgg11-base")[0], runner.spec, "vgg11-base", "pool1")
     with pytest.raises(ValueError, match="sha256"):
         load_head(data, runner.spec, "pool1", expected_sha256="0" * 64)
     with pytest.raises(ValueError, match="do not match"):

@@ -1,0 +1,44 @@
+"""The inference form of a network: each BatchNorm folded into the conv before it.
+
+At batch 1 on a CPU a small VGG's time is mostly per-operator overhead, so dropping the 13
+BatchNorm calls (and running ReLU in place) takes ~15-25% off every forward pass while computing
+the same function. Serving, the device client and the profiler all run this form, so profiles
+time what is served.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pipeline.models.vgg import ConvBlock
+
+
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv with bias computing bn(conv(x)) with `bn`'s running statistics."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with every conv block's BatchNorm folded into its conv.
+
+    The copy keeps the stage names and order (`ordered_stages`, split points), so it splits
+    exactly like the original; `model` itself is left untouched. Not for training.
+    """
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if isinstance(block, ConvBlock) and isinstance(block[1], nn.BatchNorm2d):
+            block[0] = folded_conv(block[0], block[1])
+            block[1] = nn.Identity()
+            block[2] = nn.ReLU(inplace=True)
+    return folded.requires_grad_(False)
