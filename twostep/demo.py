@@ -112,10 +112,10 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
 
     from serve.app import build_app
     from serve.settings import AppArgs
+    from serve.startup import start_http
 
     port = port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})
+    start_http("127.0.0.1", port)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
                    slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
     serve.run(build_app(args), name="twostep", route_prefix="/",

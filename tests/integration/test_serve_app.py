@@ -56,12 +56,12 @@ def served(ray_session, tmp_path_factory):
     from serve.app import build_app
     from serve.demo_series import make_tiny_series, synthetic_images
     from serve.settings import AppArgs
+    from serve.startup import start_http
 
     store = make_tiny_series(tmp_path_factory.mktemp("served") / "series")
     port = _free_port()
     serve.shutdown()  # a Serve instance left by another module would ignore our HTTP options
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"enable_access_log": False})
+    start_http("127.0.0.1", port)
     args = AppArgs(
         series_dir=str(store.directory), ms_per_mmac=20.0, placement="local",
         max_image_pixels=65536, max_body_bytes=65536, call_timeout_s=60.0, probe_interval_s=0.5,

@@ -84,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve.app import build_app
+    from serve.startup import start_http
 
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    serve.start(http_options={"host": args.host, "port": args.port},
-                logging_config={"enable_access_log": False})
+    start_http(args.host, args.port)
     print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
           "(docs/serve.md; Ctrl-C stops)", flush=True)
     try:

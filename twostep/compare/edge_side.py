@@ -40,6 +40,7 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
 
     from serve.app import build_app
     from serve.settings import AppArgs
+    from serve.startup import start_http
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
@@ -47,16 +48,7 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
         ray.init(address=ray_address or "local", num_cpus=None if ray_address else 2,
                  include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR)
-    for attempt in range(3):
-        # Serve gives its HTTP proxy 60 s to start; on a loaded two-core machine it can miss that.
-        try:
-            serve.start(http_options={"host": host, "port": port},
-                        logging_config={"enable_access_log": False})
-            break
-        except Exception:
-            serve.shutdown()
-            if attempt == 2:
-                raise
+    start_http(host, port)
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
                    tail_replicas=1, baselines=True)
     serve.run(build_app(args), name="twostep", route_prefix="/",
