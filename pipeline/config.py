@@ -185,6 +185,9 @@ class PruneConfig:
         _check_range("step1_recovery_epochs", self.step1_recovery_epochs, 0.0, 1000.0)
         _check_range("step1_budget", self.step1_budget, 0.0, 1.0)
         _check_range("step1_target_mac_reduction", self.step1_target_mac_reduction, 0.0, 1e6)
+        if 0 < self.step1_target_mac_reduction <= 1:
+            raise ValueError("step1_target_mac_reduction must be 0 (no target) or above 1, got "
+                             f"{self.step1_target_mac_reduction}")
         _check_range("step1_max_iterations", self.step1_max_iterations, 0, 100_000)
         _check_range("step2_steps", self.step2_steps, 1, 1000)
         _check_range("step2_finetune_epochs", self.step2_finetune_epochs, 0.0, 1000.0)

@@ -2,7 +2,9 @@
 
 Serve gives its proxy a fixed 60 s to come up; on a loaded two-core machine (a pruning job or a
 test run beside it) it can miss that once and succeed on the next try. Every entry point that
-starts Serve (`twostep serve`, `twostep demo`, `twostep bench`, the integration tests) uses this.
+starts Serve (`twostep serve`, `twostep demo`, the edge process of `twostep bench`, the
+integration tests) uses this. Only that timeout is retried: other errors (a port in use, bad
+options) are raised at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def start_http(host: str, port: int, attempts: int = 3) -> None:
-    """`serve.start` on host:port without access logs, retried `attempts` times in all."""
+    """`serve.start` on host:port without access logs, tried up to `attempts` times.
+
+    A retry first shuts Serve down (every app of this Ray instance), so pass `attempts=1` when
+    joining a cluster whose Serve instance others may use.
+    """
     from ray import serve
 
     if attempts < 1:
@@ -23,9 +29,9 @@ def start_http(host: str, port: int, attempts: int = 3) -> None:
             serve.start(http_options={"host": host, "port": port},
                         logging_config={"enable_access_log": False})
             return
-        except Exception as err:  # Serve raises plain RuntimeError / TimeoutError variants here
-            serve.shutdown()
+        except TimeoutError as err:  # what serve.start raises when its proxy is not up in time
             if attempt == attempts:
                 raise
+            serve.shutdown()
             log.warning("Serve's HTTP proxy did not start on %s:%d (%s); retrying (%d/%d)",
                         host, port, err, attempt + 1, attempts)

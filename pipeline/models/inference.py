@@ -20,12 +20,14 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv with bias computing bn(conv(x)) with `bn`'s running statistics."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                       conv.padding, conv.dilation, conv.groups, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                      padding_mode=conv.padding_mode, device=conv.weight.device,
+                      dtype=conv.weight.dtype)
     with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        # in float32 whatever the model's dtype, so a half-precision model folds without loss
+        scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+        bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
+        fused.weight.copy_(conv.weight.float() * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean.float()) * scale + bn.bias.float())
     return fused
 
 
@@ -33,7 +35,8 @@ def inference_form(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every conv block's BatchNorm folded into its conv.
 
     The copy keeps the stage names and order (`ordered_stages`, split points), so it splits
-    exactly like the original; `model` itself is left untouched. Not for training.
+    exactly like the original; `model` itself is left untouched. Not for training: a folded
+    block's `bn` is an `Identity`, and its tensors no longer match a checkpoint's names.
     """
     folded = copy.deepcopy(model).eval()
     for block in folded.modules():

@@ -178,3 +178,10 @@ def test_the_iteration_that_reaches_the_mac_target_removes_only_enough_filters()
     # a limit out of reach of one iteration, or no limit, removes the whole iteration's worth
     assert removals_within(scores, spec, 40, 1, mac_limit=1) == full
     assert removals_within(scores, spec, 40, 1) == full
+
+
+@pytest.mark.parametrize("target", [0.5, 1.0])
+def test_a_mac_target_that_is_already_met_is_refused(target):
+    with pytest.raises(ValueError, match="step1_target_mac_reduction"):
+        PruneConfig(step1_target_mac_reduction=target)
+    assert PruneConfig(step1_target_mac_reduction=0).step1_target_mac_reduction == 0

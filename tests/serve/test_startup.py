@@ -31,7 +31,20 @@ def test_the_last_failure_is_raised(monkeypatch):
     calls = _flaky_start(monkeypatch, failures=5)
     with pytest.raises(TimeoutError, match="60 s"):
         start_http("127.0.0.1", 8123, attempts=2)
-    assert calls["start"] == 2
+    assert calls == {"start": 2, "shutdown": 1}  # no shutdown after the last try
+
+
+def test_other_errors_are_not_retried(monkeypatch):
+    calls = {"start": 0}
+
+    def start(http_options, logging_config):
+        calls["start"] += 1
+        raise RuntimeError("address already in use")
+
+    monkeypatch.setattr(serve, "start", start)
+    with pytest.raises(RuntimeError, match="in use"):
+        start_http("127.0.0.1", 8123, attempts=3)
+    assert calls["start"] == 1
 
 
 def test_attempts_must_be_positive():

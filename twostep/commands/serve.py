@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    start_http(args.host, args.port)
+    start_http(args.host, args.port, attempts=1 if args.address else 3)  # never shut down a shared Serve
     print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
           "(docs/serve.md; Ctrl-C stops)", flush=True)
     try:
