@@ -5,7 +5,7 @@ import pytest
 from pipeline.profiler import derive_profile
 from serve.profiles import estimate_profile
 from twostep.cli import main
-from twostep.compare.device_side import attribute_bytes
+from twostep.compare.device_side import attribute_bytes, device_time
 from twostep.compare.report import deviations, strategy_rows, targets
 from twostep.compare.run import BenchConfig
 from twostep.compare.strategies import Execution, LinkCosts, baseline_choices, execution_for
@@ -176,3 +176,15 @@ def test_a_per_call_device_overhead_is_charged_to_every_head_that_runs(tiny_stor
     charged = _choices(tiny_store, edge_profile, 2.0, 1e3, LinkCosts(300, 5.0, 1.0, 1.5))
     assert charged["a"][1]["device_ms"] == pytest.approx(plain["a"][1]["device_ms"] + 3.0)
     assert charged["b"][1]["device_ms"] == 0  # raw pixels: nothing runs on the device
+
+
+def test_the_device_is_slowdown_times_its_cpu_time_never_faster_than_it_ran():
+    assert device_time(wall_ms=3.0, cpu_ms=2.0, slowdown=10) == 20.0
+    assert device_time(wall_ms=3.0, cpu_ms=2.0, slowdown=1) == 3.0  # 1x: as it ran here
+    # waiting (preempted by the edge's processes, or sleeping) is not work the device slows down
+    import time
+
+    start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
+    time.sleep(0.05)
+    wall, cpu = (time.perf_counter_ns() - start) / 1e6, (time.thread_time_ns() - cpu_start) / 1e6
+    assert device_time(wall, cpu, slowdown=10) < 1.5 * wall

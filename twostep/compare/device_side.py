@@ -7,8 +7,11 @@ emulated), reads one JSON job per line on stdin and answers each with one `RESUL
 stdout. Jobs: `calibrate` (the per-request bytes and fixed time of the serving path) and `point`
 (every execution of one bandwidth x slowdown grid point, `requests` times each, interleaved).
 
-The device is `slowdown` times slower than this CPU: after each piece of device work (head,
-JPEG encoding) it sleeps `slowdown - 1` times the measured time. On a shaped link each request
+The device is `slowdown` times slower than this CPU: each piece of device work (head, JPEG
+encoding) takes `slowdown` times the CPU time its thread spent on it (`device_time`), padded by
+sleeping. The thread's CPU time, not the wall time, because the edge's Ray processes share this
+machine's cores: their preemption of the device process is not the device's work, and a slowdown
+factor would multiply it. On a shaped link each request
 first lets the token bucket refill, then spends it with one filler datagram, so the request
 itself pays its bytes at the link rate (tbf passes a burst at line rate after idle; a real link
 serialises every byte). Without a shaped link, `throttle` sleeps for the request's bytes instead.
@@ -120,19 +123,23 @@ class Device:
             raise RuntimeError(f"{target} answered {response.status}: {data[:300]!r}")
         return json.loads(data)
 
-    def _device_work(self, fn, slowdown: float):
-        start = time.perf_counter_ns()
+    def _device_work(self, fn, slowdown: float, row: dict):
+        """fn(), taking the device's time for it (`device_time`): sleeps until that has passed.
+        Sets row["device_ms"] and row["device_cpu_ms"] (this thread's CPU time, unslowed)."""
+        start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
         result = fn()
-        spent = _ms(start)
-        if slowdown > 1:
-            time.sleep(spent * (slowdown - 1) / 1000.0)
-        return result, spent * slowdown
+        wall, cpu = _ms(start), (time.thread_time_ns() - cpu_start) / 1e6
+        total = device_time(wall, cpu, slowdown)
+        if total > wall:
+            time.sleep((total - wall) / 1000.0)
+        row["device_ms"], row["device_cpu_ms"] = total, cpu
+        return result
 
     def run_once(self, execution: Execution, index: int, slowdown: float) -> dict:
         pixels = self.images[index % len(self.images)][None]
         label = int(self.labels[index % len(self.labels)])
-        row: dict = {"payload_bytes": 0, "device_ms": 0.0, "send_ms": 0.0, "edge_ms": 0.0,
-                     "edge_compute_ms": 0.0}
+        row: dict = {"payload_bytes": 0, "device_ms": 0.0, "device_cpu_ms": 0.0, "send_ms": 0.0,
+                     "edge_ms": 0.0, "edge_compute_ms": 0.0}
         start = time.perf_counter_ns()
         if execution.mode in ("device", "frame"):
             head = self.client.fetch_head(execution.variant, execution.split)
@@ -145,7 +152,7 @@ class Device:
                 return encode_frame(out, self.codec, variant_tag(execution.variant))
 
             # Head and frame encoding are both the device's work, both slowed down.
-            output, row["device_ms"] = self._device_work(run_head, slowdown)
+            output = self._device_work(run_head, slowdown, row)
             if execution.mode == "device":
                 prediction = int(output[0].argmax())
             else:
@@ -159,7 +166,7 @@ class Device:
         else:
             if execution.mode == "jpeg":
                 quality = self.setup.jpeg_quality
-                body, row["device_ms"] = self._device_work(lambda: jpeg(pixels[0], quality), slowdown)
+                body = self._device_work(lambda: jpeg(pixels[0], quality), slowdown, row)
                 content_type, extra = "image/jpeg", {}
             else:
                 body, content_type = pixels.tobytes(), "application/octet-stream"
@@ -210,12 +217,12 @@ class Device:
 
     def calibrate(self, execution: Execution, whole: list[Execution], requests: int) -> dict:
         """Bytes on the link per request besides the payload, the fixed time of a request, and
-        the device's time for each `whole` model (split output) at slowdown 1."""
+        the device's CPU time for each `whole` model (split output): what a slowdown multiplies."""
         self.bandwidth_bps = 1e9
         runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)}}
         both = self.measure(runs, requests, 1.0)
         measured = both["calibration"]["rows"]
-        whole_ms = [float(np.median([r["device_ms"] for r in both[f"whole{i}"]["rows"]]))
+        whole_ms = [float(np.median([r["device_cpu_ms"] for r in both[f"whole{i}"]["rows"]]))
                     for i in range(len(whole))]
         fixed = [r["send_ms"] - r["edge_compute_ms"] for r in measured]
         if measured[0]["tx_bytes"] is not None:
@@ -261,6 +268,13 @@ class Device:
         executions.setdefault(chosen.key, chosen)
         measured = self.measure(executions, int(job["requests"]), slowdown, int(job.get("first_index", 0)))
         return {"plan": best, "router_execution": chosen.key, "measured": measured}
+
+
+def device_time(wall_ms: float, cpu_ms: float, slowdown: float) -> float:
+    """The emulated device's time for work that took `wall_ms` here, `cpu_ms` of it on this
+    thread: `slowdown` x the CPU time, never less than the wall time it already took (so at
+    slowdown 1 it is the wall time)."""
+    return max(wall_ms, slowdown * cpu_ms)
 
 
 def attribute_bytes(out: dict[str, dict], final: tuple[int, int] | None, filler: int) -> None:

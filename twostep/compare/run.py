@@ -365,8 +365,9 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     document = {
         "config": dataclasses.asdict(config), "series": str(store.directory),
         "link": {"kind": link.kind, "description": link.description, **link.settings},
-        "device": {"emulation": "the device process sleeps (slowdown - 1) x its measured compute "
-                                "time after each head / JPEG encoding; 1 torch thread"},
+        "device": {"emulation": "each head / JPEG encoding takes slowdown x the device thread's "
+                                "CPU time for it (padded by sleeping; never less than its wall "
+                                "time); 1 torch thread"},
         "edge": "Ray Serve on this machine, 1 tail replica, 1 torch thread",
         "base": base["id"], "step1": manifest["step1"], "accuracy_floor": floor,
         "base_test_accuracy": base_accuracy, "max_loss": config.max_loss, "jpeg": jpeg,
