@@ -210,7 +210,8 @@ def markdown_table(summary: list[dict], manifest: dict) -> str:
 def predicted_curves(store: SeriesStore, edge_path: Path, device_path: Path,
                      accuracy_floor: float) -> dict[str, list[tuple[float, float]]]:
     """Cost-model latency against bandwidth for: all on device, raw input, best split of the
-    original, best split of the step-1 model, and twostep (the whole series)."""
+    original and of the step-1 model (Neurosurgeon-style: every split point, the input and the
+    output included, as (d) and (e) of `twostep bench`), and twostep (the whole series)."""
     from pipeline.cost import Link
     from pipeline.profiler import load_profile
     from pipeline.selection import CandidateTable, baseline_candidates, candidates_from_series
@@ -219,12 +220,11 @@ def predicted_curves(store: SeriesStore, edge_path: Path, device_path: Path,
     device, edge = load_profile(device_path), load_profile(edge_path)
     every = candidates_from_series(manifest, device, edge) + baseline_candidates(manifest, device, edge)
     base, step1 = manifest["base"], manifest["step1"]
-    ends = ("input", "output")
     groups = {
         "all on device": [c for c in every if c.variant_id == base and c.split == "output"],
         "raw input to edge": [c for c in every if c.variant_id == base and c.split == "input"],
-        "best split, original": [c for c in every if c.variant_id == base and c.split not in ends],
-        "best split, step 1": [c for c in every if c.variant_id == step1 and c.split not in ends],
+        "best split, original": [c for c in every if c.variant_id == base],
+        "best split, step 1": [c for c in every if c.variant_id == step1],
         "twostep": [c for c in every if c.accuracy >= accuracy_floor],
     }
     curves: dict[str, list[tuple[float, float]]] = {}
