@@ -69,14 +69,21 @@ def expected_half_step(x, bits, per_channel):
     return span / levels / 2
 
 
-def float_eps(x):
-    """Two float32 ulps of the largest magnitude: the cost of rounding the result to float32."""
-    return float(np.abs(x).max()) * 2.0**-22 if x.size else 0.0
+SUBNORMAL_STEP = 2.0**-149  # float32's spacing below its smallest normal number
+
+
+def float_eps(x, bits):
+    """The cost of float32 rounding: two ulps of the largest magnitude, plus, for data so small
+    that the scale is subnormal (absolute spacing 2^-149), up to `levels` such steps of the scale
+    and two of the result."""
+    if not x.size:
+        return 0.0
+    return float(np.abs(x).max()) * 2.0**-22 + ((1 << bits) + 1) * SUBNORMAL_STEP
 
 
 def assert_within_bound(x, y, bits, per_channel):
     half = expected_half_step(x, bits, per_channel)
-    eps = float_eps(x)
+    eps = float_eps(x, bits)
     err = np.abs(x.astype(np.float64) - y.astype(np.float64))
     assert (err <= half * (1 + 1e-6) + eps).all()
 
@@ -195,7 +202,7 @@ def test_error_bound_property(x, bits, per_channel):
     # The same bound against the scale the frame carries.
     scale = out.scale.reshape((1, -1, 1, 1)) if per_channel else out.scale
     err = np.abs(x.astype(np.float64) - out.tensor)
-    assert (err <= scale.astype(np.float64) / 2 + float_eps(x)).all()
+    assert (err <= scale.astype(np.float64) / 2 + float_eps(x, bits)).all()
 
 
 @settings(max_examples=15, deadline=None, database=None)
@@ -499,3 +506,12 @@ def test_every_error_is_a_value_error():
         BadPayload,
     ):
         assert issubclass(error, FrameError) and issubclass(error, ValueError)
+
+
+def test_error_bound_holds_for_subnormal_data():
+    # found by hypothesis: a range so small that the scale is a subnormal float32
+    x = np.array([[[[2.94e-43, 0.0]]]], dtype=np.float32)
+    for bits in QUANT_BITS:
+        out = decode_frame(encode_frame(x, CodecConfig(bits=bits)))
+        assert_within_bound(x, out.tensor, bits, per_channel=False)
+        assert np.abs(out.tensor.astype(np.float64) - x).max() < 1e-43  # still close, absolutely
