@@ -12,6 +12,7 @@ Profile document (`twostep-profile/1`)::
      "machine": {"hostname", "platform", "cpu_count", "torch", "threads", "device"},
      "batch_size": 1, "warmup": 5, "repeats": 20,
      "slowdown": 1.0, "derived_from": null | {"hostname", "created", "slowdown"},
+     "model_form": "inference (BatchNorm folded)" (absent in profiles made before it was),
      "variants": {id: {"spec": ArchSpec dict (optional),
                        "layers": [{"name": "conv1_1", "ms": 0.12}, ...],
                        "head_ms": {split: ms}, "tail_ms": {split: ms},
@@ -39,6 +40,7 @@ import platform
 import socket
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +54,8 @@ from pipeline.split import split_points
 
 FORMAT = "twostep-profile/1"
 MAX_PROFILE_BYTES = 64 << 20
+# What `profile_model` times; profiles without this key timed the unfolded models (slower).
+MODEL_FORM = "inference (BatchNorm folded)"
 # Relative tolerance of the head + tail == total check when loading a file.
 _SUM_RTOL = 1e-6
 
@@ -193,6 +197,7 @@ def profile_document(
         "repeats": repeats,
         "slowdown": 1.0,
         "derived_from": None,
+        "model_form": MODEL_FORM,
         "variants": variants,
     }
     validate_profile(doc)
@@ -299,9 +304,14 @@ def load_profile(path: str | os.PathLike) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"profile {path} is not valid JSON: {err}") from err
     try:
-        return validate_profile(doc)
+        validate_profile(doc)
     except ValueError as err:
         raise ValueError(f"profile {path}: {err}") from err
+    if doc.get("model_form") != MODEL_FORM:
+        warnings.warn(f"profile {path} timed the models as trained, not in the form they are served "
+                      "(BatchNorm folded), so it overstates their time by about 15-25%; rerun "
+                      "`twostep profile`", stacklevel=2)
+    return doc
 
 
 def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), repeats: int = 20) -> dict:

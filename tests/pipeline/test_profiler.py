@@ -210,3 +210,17 @@ def test_codec_timing_fits_and_charges_frames_in_selection(tiny_store, tmp_path)
     edge["codec"]["encode_ms"] = [1.0]
     with pytest.raises(ValueError, match="codec"):
         save_profile(tmp_path / "bad.json", edge)
+
+
+def test_a_profile_of_unfolded_models_is_loaded_with_a_warning(measured, tmp_path):
+    import warnings
+
+    doc = _doc(measured)
+    save_profile(tmp_path / "new.json", doc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_profile(tmp_path / "new.json") == doc  # written now: no warning
+    old = {k: v for k, v in doc.items() if k != "model_form"}
+    save_profile(tmp_path / "old.json", old)
+    with pytest.warns(UserWarning, match="rerun `twostep profile`"):
+        assert load_profile(tmp_path / "old.json") == old
