@@ -104,13 +104,17 @@ def removals_within(
     """The `count` lowest-scored filters, or, when fewer of them already bring the model down to
     `mac_limit` MACs, the fewest that do: the iteration that reaches a MAC target stops there
     instead of overshooting it by a whole iteration's worth of filters."""
-    def macs_after(k: int) -> int:
-        removals = lowest_filters(scores, k, min_width)
-        widths = spec.width_of()
+    widths = spec.width_of()
+
+    def macs_without(removals: dict[str, list[int]]) -> int:
         return total_macs(spec.with_widths({n: w - len(removals.get(n, ())) for n, w in widths.items()}))
 
-    if mac_limit is None or count <= 1 or macs_after(count) > mac_limit:
-        return lowest_filters(scores, count, min_width)
+    def macs_after(k: int) -> int:
+        return macs_without(lowest_filters(scores, k, min_width))
+
+    whole = lowest_filters(scores, count, min_width)
+    if mac_limit is None or count <= 1 or macs_without(whole) > mac_limit:
+        return whole
     low, high = 1, count  # removing more filters never adds MACs: bisect for the fewest
     while low < high:
         middle = (low + high) // 2
