@@ -17,7 +17,7 @@ data:
 	scripts/ensure-data.sh
 
 demo: $(STAMP) data
-	$(BIN)/twostep train
+	$(BIN)/twostep demo
 
 test: $(STAMP)
 	-scripts/ensure-data.sh
