@@ -339,3 +339,22 @@ def iterate_batches(
         if augmented:
             images = augment(images, generator)
         yield normalize(images, info), data.labels[index]
+
+
+def splits_to_arrays(splits: Splits) -> dict[str, np.ndarray | dict]:
+    """The splits as plain numpy arrays plus the info dict, to ship to another process or node
+    (Ray's object store shares numpy arrays without copying them)."""
+    out: dict[str, np.ndarray | dict] = {"info": splits.info.to_dict()}
+    for name in ("train", "val", "test"):
+        part: ImageSet = getattr(splits, name)
+        out[f"{name}_images"] = part.images.numpy()
+        out[f"{name}_labels"] = part.labels.numpy()
+    return out
+
+
+def splits_from_arrays(arrays: dict) -> Splits:
+    """Inverse of `splits_to_arrays` (copies: arrays from the object store are read-only)."""
+    parts = [ImageSet(torch.from_numpy(np.array(arrays[f"{name}_images"], dtype=np.uint8)),
+                      torch.from_numpy(np.array(arrays[f"{name}_labels"], dtype=np.int64)))
+             for name in ("train", "val", "test")]
+    return Splits(*parts, DataInfo.from_dict(arrays["info"]))

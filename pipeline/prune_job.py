@@ -44,19 +44,30 @@ class PruneContext:
         return CodecConfig(bits=self.config.codec_bits, per_channel=self.config.codec_per_channel)
 
 
-def load_context(config: PruneConfig, info: DataInfo | None = None) -> PruneContext:
-    """Load the data `config` names (with seeded subsets) and pick the byte-measurement images."""
+def load_context(config: PruneConfig, info: DataInfo | None = None, splits: Splits | None = None,
+                 teacher: VGG | None = None) -> PruneContext:
+    """Load the data `config` names (with seeded subsets) and pick the byte-measurement images.
+
+    Args:
+        info: the base model's normalisation, which replaces the data's own.
+        splits: data already loaded (e.g. shipped to a trial on another node); then
+            `config.data_dir` is not read.
+        teacher: the unpruned model for distillation; loaded from `config.base` when needed
+            and not given.
+    """
     set_threads(config.threads)
-    splits = load_splits(config.dataset, config.data_dir, config.val_fraction,
-                         config.train_subset, config.test_subset, config.seed)
+    if splits is None:
+        splits = load_splits(config.dataset, config.data_dir, config.val_fraction,
+                             config.train_subset, config.test_subset, config.seed)
+        if config.val_subset:
+            splits.val = splits.val.take(torch.arange(min(config.val_subset, len(splits.val))))
     if info is not None:
         splits.info = info  # normalise exactly as the base model was trained
-    if config.val_subset:
-        splits.val = splits.val.take(torch.arange(min(config.val_subset, len(splits.val))))
     images = splits.test.images[: config.bytes_images]
-    teacher = None
-    if config.distill_weight > 0:
-        teacher = load_checkpoint(config.base)[0].to(resolve_device(config.device)).eval()
+    if config.distill_weight > 0 and teacher is None:
+        teacher = load_checkpoint(config.base)[0]
+    if teacher is not None:
+        teacher = teacher.to(resolve_device(config.device)).eval()
     return PruneContext(config, splits, normalize(images, splits.info), teacher)
 
 

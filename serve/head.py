@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from ray import serve
 
-from pipeline.series import SeriesError, SeriesStore
+from pipeline.series import SeriesError
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
+from serve.series_source import SeriesMirror
 
 MAX_MODELS_PER_REPLICA = 16
 
@@ -35,14 +36,20 @@ def error_entry(err: Exception) -> dict:
 class DeviceHead:
     """Runs a variant's head on uint8 pixels and encodes its output as a wire frame."""
 
-    def __init__(self, series_dir: str, torch_threads: int = 1, max_batch: int = MAX_BATCH):
+    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH):
         torch.set_num_threads(torch_threads)
-        self.store = SeriesStore.open(series_dir)
+        self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
+        self.faults: dict[str, str] = {}
         self.max_batch = max_batch
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        return await asyncio.to_thread(VariantRunner.load, self.store, variant_id, self.max_batch)
+        try:
+            return await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
+        except SeriesError as err:
+            if "unknown variant" not in str(err):
+                self.faults[variant_id] = str(err)
+            raise
 
     async def run(self, split: str, pixels: bytes, shape: tuple[int, ...]) -> dict:
         """Head of the request's variant at `split` on `pixels` (uint8, C order, `shape`).
@@ -67,3 +74,14 @@ class DeviceHead:
             "encode_ms": out.encode_ms,
             "server_ms": (time.perf_counter_ns() - start) / 1e6,
         }
+
+    def health(self) -> dict:
+        """Where this replica reads the series, what it fetched, and variants it refused."""
+        return replica_health(self.series, self.faults)
+
+
+def replica_health(series: SeriesMirror, faults: dict[str, str]) -> dict:
+    import ray
+
+    return {"node": series.node, "node_id": ray.get_runtime_context().get_node_id(),
+            "series": series.source, "fetches": series.fetches[-16:], "faults": dict(faults)}

@@ -137,18 +137,24 @@ class Planner:
 
     def choose(self, key: str, link: Link, accuracy_floor: float | None = None,
                latency_budget_ms: float | None = None) -> Choice:
-        """The choice for `key` (e.g. link id and constraint) under hysteresis."""
+        """The choice for `key` (e.g. link id and constraint) under hysteresis, remembered here."""
+        choice = self.decide(self._current.pop(key, None), link, accuracy_floor, latency_budget_ms)
+        self._current[key] = choice.candidate
+        while len(self._current) > self.max_keys:
+            self._current.popitem(last=False)
+        return choice
+
+    def decide(self, previous: Candidate | None, link: Link, accuracy_floor: float | None = None,
+               latency_budget_ms: float | None = None) -> Choice:
+        """The choice given the one in force (`previous`, None if none), without memory of its
+        own: replicas that share `previous` (serve.link_board) decide alike."""
         decision = self.plan(link, accuracy_floor, latency_budget_ms, top_k=1)
         best, best_b = decision.best, decision.breakdown
-        previous = self._current.pop(key, None)
         choice = Choice(best, best_b, switched=previous is not None and previous != best, kept=False)
         if previous is not None and previous != best:
             prev_b = latency_breakdown(previous.head_ms, previous.bytes_sent, previous.tail_ms, link)
             if self._keep(previous, prev_b, best, best_b, accuracy_floor, latency_budget_ms):
                 choice = Choice(previous, prev_b, switched=False, kept=True)
-        self._current[key] = choice.candidate
-        while len(self._current) > self.max_keys:
-            self._current.popitem(last=False)
         return choice
 
     def _keep(self, previous: Candidate, prev_b: Breakdown, best: Candidate, best_b: Breakdown,

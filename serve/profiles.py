@@ -73,8 +73,8 @@ def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 
 def resolve_profiles(
     series_dir: str | Path,
     manifest: dict,
-    edge_profile: str | None = None,
-    device_profile: str | None = None,
+    edge_profile: str | dict | None = None,
+    device_profile: str | dict | None = None,
     slowdown: float = 5.0,
     ms_per_mmac: float | None = None,
     layer_ms: float = 0.0,
@@ -83,10 +83,22 @@ def resolve_profiles(
     """Find or make the device and edge profiles (see the module docstring for the order).
 
     Args:
+        edge_profile, device_profile: a file, or a profile document already read.
         calibration_model: the (model, spec) to time when the edge profile must be estimated and
             `ms_per_mmac` is not given.
     """
     series_dir = Path(series_dir)
+    if isinstance(edge_profile, dict) or isinstance(device_profile, dict):
+        # documents read where the app was built (its files may not exist on this node)
+        edge_doc = edge_profile if isinstance(edge_profile, dict) else None
+        device_doc = device_profile if isinstance(device_profile, dict) else None
+        inner = resolve_profiles(series_dir, manifest, None if edge_doc else edge_profile, None,
+                                 slowdown, ms_per_mmac, layer_ms, calibration_model) \
+            if edge_doc is None else Profiles(derive_profile(edge_doc, slowdown), edge_doc,
+                                               "edge profile (given)")
+        if device_doc is not None:
+            return Profiles(device_doc, inner.edge, f"{inner.source.split(';')[0]}; device profile (given)")
+        return inner
     edge_path = Path(edge_profile) if edge_profile else series_dir / "profile.json"
     if edge_profile or edge_path.is_file():
         edge = load_profile(edge_path)

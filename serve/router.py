@@ -30,8 +30,8 @@ from pipeline.codec import encode_frame, variant_tag
 from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
 from pipeline.selection import Candidate, NoFeasibleCandidate
-from pipeline.series import SeriesStore
-from serve.bandwidth import EstimatorConfig, EstimatorPool
+from serve.bandwidth import EstimatorConfig
+from serve.head import replica_health
 from serve.inputs import (
     HttpError,
     check_params,
@@ -47,9 +47,11 @@ from serve.inputs import (
     read_body,
 )
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
+from serve.link_board import LinkBoardClient
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
 from serve.runner import codec_config
+from serve.series_source import SeriesMirror
 from serve.settings import AppArgs
 from serve.weights import pack_head
 
@@ -137,19 +139,22 @@ async def _saturated(request: Request, err: LinkSaturated) -> JSONResponse:
 class Router:
     """HTTP ingress: request parsing, planning, the head -> link -> tail handoff, the link API."""
 
-    def __init__(self, head: DeploymentHandle, tail: DeploymentHandle, args: dict):
+    def __init__(self, head: DeploymentHandle, tail: DeploymentHandle, args: dict, series: dict,
+                 profile_docs: dict | None = None):
         self.args = AppArgs.model_validate(args)
         self.head = head
         self.tail = tail
-        self.store = SeriesStore.open(self.args.series_dir)
+        self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
+        self.store = self.series.store
         manifest = self.store.manifest
         self.info = DataInfo.from_dict(manifest["data"])
         base = manifest.get("base") or self.store.ids()[0]
+        docs = profile_docs or {}
         profiles = resolve_profiles(
-            self.args.series_dir, manifest, self.args.edge_profile, self.args.device_profile,
+            self.store.directory, manifest, docs.get("edge"), docs.get("device"),
             self.args.slowdown, self.args.ms_per_mmac, self.args.layer_ms,
             calibration_model=None if self.args.ms_per_mmac is not None
-            else self.store.load_model(base)[:2],
+            else self.series.load_model(base)[:2],
         )
         self.profile_source = profiles.source
         self.planner = Planner(manifest, profiles.device, profiles.edge, self.args.bytes_stat,
@@ -157,7 +162,9 @@ class Router:
         self.default_floor, self.default_budget = self.args.accuracy_floor, self.args.latency_budget_ms
         if self.default_floor is None and self.default_budget is None:
             self.default_floor = max(0.0, self.planner.best_accuracy - self.args.accuracy_drop)
-        self.estimators = EstimatorPool(EstimatorConfig(
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.unique_id
+        self.board = LinkBoardClient(context.app_name, EstimatorConfig(
             self.args.initial_bandwidth_bps, self.args.estimator_window, self.args.estimator_max_age_s,
             self.args.min_sample_bytes, self.args.estimator_band))
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
@@ -168,6 +175,15 @@ class Router:
                     len(self.planner.table), self.profile_source)
 
     # ---- helpers ----
+    def _previous(self, choice: tuple[str, str] | list | None) -> Candidate | None:
+        """The candidate in force for a planning key (None if none, or no longer served)."""
+        if choice is None:
+            return None
+        try:
+            return self.planner.candidate(*choice)
+        except (KeyError, ValueError):
+            return None
+
     def _rtt_ms(self) -> float:
         return self.link.rtt_ms if self.link.enabled else self.args.rtt_ms
 
@@ -198,18 +214,18 @@ class Router:
             x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
         return encode_frame(x, self.codec, variant_tag(variant_id)), _ms(start)
 
-    def _maybe_probe(self, link_id: str) -> None:
+    def _maybe_probe(self, link_id: str, age_s: float) -> None:
         """Send a probe over the emulated link when its estimate has had no sample for a while,
         so a plan that sends nothing (all on device) can still see the link get better."""
-        estimator = self.estimators.get(link_id)
         if (not self.link.enabled or link_id in self._probes
-                or estimator.age_s() < self.args.probe_interval_s):
+                or age_s < self.args.probe_interval_s):
             return
 
         async def probe() -> None:
             try:
                 transfer = await self.link.transmit(self.args.probe_bytes)
-                estimator.add_transfer(self.args.probe_bytes, transfer.total_s, self.link.rtt_ms, exact=True)
+                self.board.add_transfer(link_id, self.args.probe_bytes, transfer.total_s,
+                                        self.link.rtt_ms, exact=True)
             except LinkSaturated:
                 pass
             finally:
@@ -220,9 +236,18 @@ class Router:
     # ---- endpoints ----
     @api.get("/v1/health")
     async def health(self) -> dict:
-        return {"status": "ok", "variants": len(self.planner.variants),
+        """This replica's state, and that of one head and one tail replica (where each reads
+        the series, what it fetched, variants it refused): status "degraded" if any refused."""
+        replicas = {"router": replica_health(self.series, {})}
+        for name, handle in (("head", self.head), ("tail", self.tail)):
+            try:
+                replicas[name] = await asyncio.wait_for(handle.health.remote(), self.args.call_timeout_s)
+            except Exception as err:  # noqa: BLE001 - reported, not raised
+                replicas[name] = {"faults": {"*": f"unreachable: {type(err).__name__}: {err}"}}
+        faulty = any(r.get("faults") for r in replicas.values())
+        return {"status": "degraded" if faulty else "ok", "variants": len(self.planner.variants),
                 "candidates": len(self.planner.table), "profiles": self.profile_source,
-                "link": self.link.snapshot()}
+                "link": self.link.snapshot(), "replicas": replicas}
 
     @api.get("/v1/variants")
     async def variants(self) -> dict:
@@ -247,7 +272,7 @@ class Router:
         split = self._split(vid, request.query_params.get("split"))
         key = (vid, split)
         if key not in self._heads:
-            model, spec, _ = await asyncio.to_thread(self.store.load_model, vid)
+            model, spec, _ = await asyncio.to_thread(self.series.load_model, vid)
             self._heads[key] = pack_head(model, spec, vid, split)
             while len(self._heads) > HEAD_CACHE:
                 self._heads.popitem(last=False)
@@ -272,7 +297,7 @@ class Router:
             raise HttpError(400, "device_overhead_ms needs device_slowdown")
         source = "given"
         if bandwidth is None:
-            bandwidth, source = self.estimators.get(link_id).estimate_bps, "estimate"
+            bandwidth, source = (await self.board.observe(link_id))["estimate_bps"], "estimate"
         link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
         decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown,
                                      device_overhead_ms=overhead)
@@ -287,7 +312,7 @@ class Router:
         check_params(request.query_params, {"link"})
         link_id = parse_link_id(request.query_params)
         return {"link": link_id, "emulation": self.link.snapshot(),
-                "estimate": self.estimators.get(link_id).snapshot()}
+                "estimate": await self.board.snapshot(link_id)}
 
     @api.put("/v1/link")
     async def put_link(self, request: Request) -> dict:
@@ -315,7 +340,6 @@ class Router:
         check_params(params, CLASSIFY_PARAMS)
         floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
         link_id = parse_link_id(params)
-        estimator = self.estimators.get(link_id)
         uplink = parse_bandwidth_param(params, "uplink_bps")
         forced = "variant" in params or "split" in params
         if forced:
@@ -327,21 +351,23 @@ class Router:
         pixels = decode_pixels(body, request.headers.get("content-type"), params.get("shape"),
                                self.info.in_channels, self.info.input_size, self.args.max_image_pixels)
         parse_ms = _ms(parse_start)
-        if uplink is not None:
-            estimator.report(uplink)
         plan_start = time.perf_counter_ns()
-        link = Link(estimator.estimate_bps, self._rtt_ms())
+        key = f"{link_id}|{constraint_key(floor, budget)}"
+        state = await self.board.observe(link_id, uplink, None if forced else key)
+        link = Link(state["estimate_bps"], self._rtt_ms())
         kept = switched = False
         if forced:
             candidate = self.planner.candidate(vid, split)
             breakdown = latency_breakdown(candidate.head_ms, candidate.bytes_sent, candidate.tail_ms, link)
         else:
-            choice = self.planner.choose(f"{link_id}|{constraint_key(floor, budget)}", link, floor, budget)
+            choice = self.planner.decide(self._previous(state["choice"]), link, floor, budget)
             candidate, breakdown = choice.candidate, choice.breakdown
             kept, switched = choice.kept, choice.switched
             vid, split = candidate.variant_id, candidate.split
+            if state["choice"] != (vid, split):
+                self.board.remember(key, vid, split)
         plan_ms = _ms(plan_start)
-        self._maybe_probe(link_id)
+        self._maybe_probe(link_id, state["age_s"])
 
         timings = {"parse": parse_ms, "plan": plan_ms}
         head_start = time.perf_counter_ns()
@@ -361,7 +387,7 @@ class Router:
             link_start = time.perf_counter_ns()
             if self.link.enabled:
                 transfer = await self.link.transmit(bytes_sent)
-                estimator.add_transfer(bytes_sent, transfer.total_s, self.link.rtt_ms, exact=True)
+                self.board.add_transfer(link_id, bytes_sent, transfer.total_s, self.link.rtt_ms, exact=True)
             link_ms = _ms(link_start)
             tail_start = time.perf_counter_ns()
             tail, tail_retries = await self._call(self.tail, vid, "finish", frame, split)
@@ -369,7 +395,7 @@ class Router:
             retries += tail_retries
             if not self.link.enabled and self.args.measure_handoff:
                 handoff_s = max(0.0, tail_call_ms - tail["server_ms"]) / 1000.0
-                estimator.add_transfer(bytes_sent, handoff_s, self.args.rtt_ms)
+                self.board.add_transfer(link_id, bytes_sent, handoff_s, self.args.rtt_ms)
             logits = tail["logits"][0]
             decode_ms, tail_ms = tail["decode_ms"], tail["tail_ms"]
             timings.update(tail_call=tail_call_ms)
@@ -385,7 +411,7 @@ class Router:
             "bandwidth_bps": link.bandwidth_bps, "forced": forced, "kept": kept, "switched": switched,
             "planned_ms": {"device": breakdown.device_ms, "transfer": breakdown.transfer_ms,
                            "edge": breakdown.edge_ms, "total": breakdown.total_ms},
-            "timings_ms": timings, "retries": retries,
+            "timings_ms": timings, "retries": retries, "router": self.replica,
         })
 
     @api.post("/v1/tail")
@@ -405,7 +431,7 @@ class Router:
         frame = await read_body(request.stream(), request.headers.get("content-length"),
                                 self.args.max_body_bytes)
         if uplink is not None:
-            self.estimators.get(link_id).report(uplink)
+            self.board.report(link_id, uplink)
         tail_start = time.perf_counter_ns()
         tail, retries = await self._call(self.tail, vid, "finish", frame, split)
         logits = tail["logits"]

@@ -21,7 +21,8 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    series_dir: str = Field(description="model series directory (manifest.json + weights/)")
+    series_dir: str = Field(description="model series: a directory where the app is built "
+                            "(published to every node), a shared path, or a pyarrow.fs URI")
     # Default constraint of a request that gives none; with neither set, the floor is the best
     # accuracy in the series minus `accuracy_drop`.
     accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
@@ -68,6 +69,10 @@ class AppArgs(BaseModel):
     tail_look_back_period_s: float = Field(3.0, gt=0.0)
     tail_metrics_interval_s: float = Field(0.5, gt=0.0)
     replica_cpus: float = Field(0.1, gt=0.0, le=64.0)
+    # DeviceHead's CPUs (default: replica_cpus); 0 lets it run on a node that offers no CPUs
+    # to Ray, such as a head node started with --num-cpus 0.
+    head_cpus: float | None = Field(None, ge=0.0, le=64.0)
+    router_replicas: int = Field(1, ge=1, le=64)
     router_cpus: float = Field(0.1, gt=0.0, le=64.0)
     torch_threads: int = Field(1, ge=1, le=256)
     placement: Literal["auto", "local", "resources"] = "auto"

@@ -14,7 +14,7 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def start_http(host: str, port: int, attempts: int = 3) -> None:
+def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | None = None) -> None:
     """`serve.start` on host:port without access logs, tried up to `attempts` times.
 
     A retry first shuts Serve down (every app of this Ray instance), so pass `attempts=1` when
@@ -27,7 +27,8 @@ def start_http(host: str, port: int, attempts: int = 3) -> None:
     for attempt in range(1, attempts + 1):
         try:
             serve.start(http_options={"host": host, "port": port},
-                        logging_config={"enable_access_log": False})
+                        logging_config={"enable_access_log": False},
+                        **({"proxy_location": proxy_location} if proxy_location else {}))
             return
         except TimeoutError as err:  # what serve.start raises when its proxy is not up in time
             if attempt == attempts:

@@ -13,24 +13,31 @@ import time
 import torch
 from ray import serve
 
-from pipeline.series import SeriesError, SeriesStore
-from serve.head import MAX_MODELS_PER_REPLICA, error_entry
+from pipeline.series import SeriesError
+from serve.head import MAX_MODELS_PER_REPLICA, error_entry, replica_health
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
+from serve.series_source import SeriesMirror
 
 
 @serve.deployment(name="EdgeTail")
 class EdgeTail:
     """Decodes a frame from a variant's head and runs the variant's tail."""
 
-    def __init__(self, series_dir: str, torch_threads: int = 1, max_batch: int = MAX_BATCH):
+    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH):
         torch.set_num_threads(torch_threads)
-        self.store = SeriesStore.open(series_dir)
+        self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
+        self.faults: dict[str, str] = {}
         self.max_batch = max_batch
         self.bytes_in_flight = 0
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        return await asyncio.to_thread(VariantRunner.load, self.store, variant_id, self.max_batch)
+        try:
+            return await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
+        except SeriesError as err:
+            if "unknown variant" not in str(err):
+                self.faults[variant_id] = str(err)
+            raise
 
     async def finish(self, frame: bytes, split: str) -> dict:
         """Tail of the request's variant on `frame`, made by its head at `split`.
@@ -56,3 +63,7 @@ class EdgeTail:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"bytes_in_flight": float(self.bytes_in_flight)}
+
+    def health(self) -> dict:
+        """Where this replica reads the series, what it fetched, and variants it refused."""
+        return replica_health(self.series, self.faults)

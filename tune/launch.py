@@ -12,6 +12,11 @@ run, a trial whose worker dies is restarted by Tune (`FailureConfig.max_failures
 checkpoint. Tune's own files (params, progress.csv, result.json, TensorBoard events,
 checkpoints) go to `<out>/tune/<phase>-<time>/<trial>/` unless another storage path is given;
 one JSON line per phase is appended to `<out>/tune_runs.jsonl`.
+
+On a cluster, trials may run on nodes that cannot see the driver's disk: the data, the start
+models and the distillation teacher travel through the object store, and the storage path (a
+shared directory or a `pyarrow.fs` URI) is checked from every alive node before any trial
+starts (`tune.storage.check_storage`). The series store stays on the driver.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import ray
 from ray import tune
 
 from pipeline.config import PruneConfig
+from pipeline.data import splits_to_arrays
 from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import Log, prepare, step2_layers
 from pipeline.series import SeriesError, SeriesStore
@@ -43,6 +49,7 @@ from tune.plan import (
     step2_jobs,
     variant_order,
 )
+from tune.storage import check_storage, resolve_storage
 from tune.trainables import step1_trainable, step2_trainable
 
 RUN_LOG = "tune_runs.jsonl"
@@ -99,6 +106,7 @@ class _Launcher:
     progress: bool
     log: Log
     inject_failure: dict | None
+    data: dict = dataclasses.field(default_factory=dict)
 
     @property
     def base(self) -> dict:
@@ -112,11 +120,16 @@ class _Launcher:
             for job in jobs:
                 if job["key"] == self.inject_failure["key"]:
                     job["fail_once"] = {k: self.inject_failure[k] for k in ("marker", "after_iteration")}
+        if self.config.distill_weight > 0:
+            base = self.base
+            blobs = {**blobs, base["sha256"]: self.store.weights_path(base["id"]).read_bytes()}
+            for job in jobs:
+                job["teacher"] = base["sha256"]
         collector = SeriesCollector(sinks)
         callbacks = [collector, LiveTable(jobs, totals, enabled=self.progress)]
         name = f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, start_blobs=blobs),
+            tune.with_resources(tune.with_parameters(trainable, start_blobs=blobs, data=self.data),
                                 self.resources.to_ray()),
             param_space={"prune": config_dict(self.config), "job": tune.grid_search(jobs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent or None,
@@ -296,7 +309,7 @@ def launch_pruning(
         max_concurrent: at most this many trials at once (0: as many as resources allow).
         search: a grid of step-1 settings to try (off by default).
         storage_path: Tune's run directory (default `<out>/tune`; on a multi-node cluster a
-            shared file system or bucket, e.g. s3://bucket/twostep).
+            shared file system or bucket, e.g. s3://bucket/twostep), checked from every node.
         max_failures: restarts of a trial whose worker dies, each from its last checkpoint.
         inject_failure: test hook, {"key": trial key, "after_iteration": n, "marker": path}:
             that trial's worker exits with os._exit right after reporting iteration n, once.
@@ -309,16 +322,17 @@ def launch_pruning(
     started = init_ray(address)
     try:
         _check_resources(resources, joined=address not in (None, "", "local"), log=log)
-        store, _, _, base_spec = prepare(config, log)
+        storage = resolve_storage(str(storage_path or Path(config.out) / "tune"))
+        nodes = check_storage(storage)
+        if len(nodes) > 1:
+            log(f"Tune storage {storage} checked from {len(nodes)} nodes")
+        store, ctx, _, base_spec = prepare(config, log)
         if steps != "1":
             step2_layers(base_spec, config)  # a bad split name fails now, not after step 1
         if steps == "2" and store.manifest["step1"] is None:
             raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
-        storage = str(storage_path or Path(config.out) / "tune")
-        if "://" not in storage:
-            storage = str(Path(storage).resolve())
         launcher = _Launcher(config, store, resources, max_concurrent, storage, max_failures,
-                             progress, log, inject_failure)
+                             progress, log, inject_failure, splits_to_arrays(ctx.splits))
         if store.manifest["step1"] is None:
             if search is not None:
                 launcher.search_step1(search)

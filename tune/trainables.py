@@ -7,9 +7,10 @@ trial checkpoint (`tune.collect` format); the driver turns the checkpoint into a
 When Tune restarts a trial whose worker died, `tune.get_checkpoint()` returns the trial's last
 checkpoint and the trial continues after that iteration: nothing is repeated or lost.
 
-Start models arrive as safetensors bytes through the object store (`tune.with_parameters`, keyed
-by sha256 and checked against it), so trials need no access to the series directory, only to the
-data.
+Everything a trial reads arrives through the object store (`tune.with_parameters`), so a trial
+on any node of a cluster needs no file of the driver's: start models (and the distillation
+teacher) as safetensors bytes keyed by sha256 and checked against it, and the data as the
+driver's loaded splits (numpy arrays, `pipeline.data.splits_to_arrays`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import PruneConfig
-from pipeline.data import DataInfo
+from pipeline.data import DataInfo, splits_from_arrays
 from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
 from pipeline.schedule import step1_filters_per_iteration
@@ -34,13 +35,25 @@ from pipeline.steps import derive_seed, judge_step1, run_step2, step1_iteration,
 from tune.collect import read_trial_checkpoint, write_trial_checkpoint
 
 
-def _setup(trial_config: dict) -> tuple[PruneConfig, dict, PruneContext]:
+def _setup(trial_config: dict, data: dict,
+           start_blobs: dict[str, bytes]) -> tuple[PruneConfig, dict, PruneContext]:
     job = trial_config["job"]
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     config = PruneConfig(**{**trial_config["prune"], **job["overrides"]})
-    ctx = load_context(config, DataInfo.from_dict(job["data"]))
+    teacher = None
+    if job.get("teacher"):
+        teacher = _load_blob(start_blobs, job["teacher"])[0]
+    ctx = load_context(config, DataInfo.from_dict(job["data"]), splits=splits_from_arrays(data),
+                       teacher=teacher)
     torch.set_num_threads(config.threads or job["threads"])
     return config, job, ctx
+
+
+def _load_blob(start_blobs: dict[str, bytes], sha256: str) -> tuple[nn.Module, ArchSpec, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(start_blobs[sha256])
+        return load_checkpoint(path, expected_sha256=sha256)
 
 
 def _resume(job: dict, start_blobs: dict[str, bytes]) -> tuple[nn.Module, ArchSpec, int, str | None]:
@@ -52,10 +65,7 @@ def _resume(job: dict, start_blobs: dict[str, bytes]) -> tuple[nn.Module, ArchSp
             model, spec, entry, stop_reason = read_trial_checkpoint(directory)
         return model, spec, entry["iteration"], stop_reason
     start = job["start"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "start.safetensors"
-        path.write_bytes(start_blobs[start["sha256"]])
-        model, spec, _ = load_checkpoint(path, expected_sha256=start["sha256"])
+    model, spec, _ = _load_blob(start_blobs, start["sha256"])
     return model, spec, start["iteration"], None
 
 
@@ -81,12 +91,12 @@ def _maybe_fail(job: dict, iteration: int) -> None:
     os._exit(1)
 
 
-def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
+def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dict) -> None:
     """Step 1 on the whole network until the budget, the MAC target or the iteration limit.
 
     Accepted iterations report a checkpoint; a rejected one (rolled back) only metrics.
     """
-    config, job, ctx = _setup(trial_config)
+    config, job, ctx = _setup(trial_config, data, start_blobs)
     model, spec, iteration, stop_reason = _resume(job, start_blobs)
     if stop_reason:
         return
@@ -121,9 +131,9 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
         model, spec = snap.model, snap.spec
 
 
-def step2_trainable(trial_config: dict, start_blobs: dict[str, bytes]) -> None:
+def step2_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dict) -> None:
     """Step 2 of one layer down its width ladder; every iteration is a checkpoint (variant)."""
-    config, job, ctx = _setup(trial_config)
+    config, job, ctx = _setup(trial_config, data, start_blobs)
     model, spec, done, _ = _resume(job, start_blobs)
     layer, ladder, offered = job["layer"], job["ladder"], job["offered"]
     for snap in run_step2(model, spec, layer, ctx.splits, config, ladder, done, teacher=ctx.teacher):

@@ -106,7 +106,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int) -> str:
+def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int,
+              started_ray: bool = True) -> str:
     """Start the Serve app on 127.0.0.1 (Ray must be running); returns its base URL."""
     from ray import serve
 
@@ -115,7 +116,7 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
     from serve.startup import start_http
 
     port = port or free_port()
-    start_http("127.0.0.1", port)
+    start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
                    slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
     serve.run(build_app(args), name="twostep", route_prefix="/",
@@ -275,7 +276,8 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
         floor = base["test_accuracy"] - config.demo.accuracy_drop
 
         def serve_and_measure():
-            url = start_app(store.directory, floor, config.demo.slowdown, config.demo.port)
+            url = start_app(store.directory, floor, config.demo.slowdown, config.demo.port,
+                            started_ray)
             log(f"   serving at {url} (accuracy floor {floor:.4f})")
             test = load_splits(config.prune.dataset, config.prune.data_dir, config.prune.val_fraction,
                                test_subset=max(64, config.demo.requests_per_bandwidth + 4),
@@ -308,10 +310,16 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
 
         table, pictures = stages.run("results table and pictures", report)
     finally:
-        if ray.is_initialized():
-            serve.shutdown()
         if started_ray:
+            serve.shutdown()
             ray.shutdown()
+        elif ray.is_initialized():
+            # a cluster we joined: remove only our app and its actors, others keep running
+            from serve.app import release_app
+
+            if "twostep" in serve.status().applications:
+                serve.delete("twostep")
+            release_app("twostep")
     log("\n" + table)
     for name, path in pictures.items():
         log(f"picture ({name}): {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pipeline.config import PruneConfig, make_config
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from tune.launch import TrialsFailedError, launch_pruning
         from tune.plan import Step1Search, TrialResources
+        from tune.storage import StorageError
 
         search = None
         divisors = _numbers(args.search_divisors, int, "--search-divisors")
@@ -100,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                 storage_path=args.storage_path, search=search)
         except TrialsFailedError as err:
             print(f"twostep prune: {err}")
+            return 1
+        except StorageError as err:
+            print(f"twostep prune: error: {err}", file=sys.stderr)
             return 1
     else:
         from pipeline.prune_job import prune_series

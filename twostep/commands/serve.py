@@ -8,6 +8,8 @@ import os
 
 from pipeline.cost import parse_bandwidth
 
+APP_NAME = "twostep"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("series", help="model series directory")
@@ -15,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    parser.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
+                        help="where Serve runs HTTP proxies (default EveryNode; HeadOnly when "
+                             "several nodes share one machine and port)")
+    parser.add_argument("--router-replicas", type=int,
+                        help="Router replicas (default 1; they share per-link state)")
     constraint = parser.add_mutually_exclusive_group()
     constraint.add_argument("--accuracy-floor", type=float,
                             help="default accuracy floor (default: best accuracy - 0.02)")
@@ -58,10 +65,11 @@ def resolve_args(args: argparse.Namespace):
         "edge_profile": args.edge_profile, "device_profile": args.device_profile,
         "slowdown": args.slowdown, "link_rtt_ms": args.link_rtt_ms,
         "tail_replicas": args.tail_replicas, "tail_max_replicas": args.tail_max_replicas,
+        "router_replicas": args.router_replicas,
         "link_bandwidth_bps": parse_bandwidth(args.link_bandwidth) if args.link_bandwidth else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    values["series_dir"] = os.path.abspath(args.series)
+    values["series_dir"] = args.series if "://" in args.series else os.path.abspath(args.series)
     try:
         return AppArgs.model_validate(values)
     except ValidationError as err:
@@ -73,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     app_args = resolve_args(args)
-    from pipeline.series import SeriesStore
+    from serve.series_source import publish_series
 
-    SeriesStore.open(app_args.series_dir)
+    publish_series(app_args.series_dir)  # without Ray: only checks that the series is readable
     if args.check:
         print(json.dumps(app_args.model_dump(), indent=1, sort_keys=True))
         return 0
@@ -84,17 +92,37 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve.app import build_app
+    from serve.series_source import publish_series
     from serve.startup import start_http
 
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    start_http(args.host, args.port, attempts=1 if args.address else 3)  # never shut down a shared Serve
-    print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
-          "(docs/serve.md; Ctrl-C stops)", flush=True)
+    joined = bool(args.address)
     try:
-        serve.run(build_app(app_args), name="twostep", route_prefix="/", blocking=True)
+        series = publish_series(app_args.series_dir)
+        # On a joined cluster Serve may be shared with other apps: one attempt, never a shutdown.
+        start_http(args.host, args.port, attempts=1 if joined else 3,
+                   proxy_location=args.proxy_location)
+        print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
+              "(docs/serve.md; Ctrl-C stops)", flush=True)
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
     finally:
-        serve.shutdown()
+        stop_app(joined, series if "series" in locals() else None)
     return 0
+
+
+def stop_app(joined: bool, series: dict | None) -> None:
+    """On a cluster we joined, delete only our app (and its actors); else shut Serve down."""
+    from ray import serve
+
+    from serve.app import release_app
+
+    if joined:
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            release_app(APP_NAME, series)
+    else:
+        serve.shutdown()

@@ -1,0 +1,118 @@
+"""`LinkBoard`: the per-link state every Router replica shares (one small Ray actor per app).
+
+Plans depend on two pieces of per-link state: the bandwidth estimate (client reports and
+measured transfers) and, for hysteresis, the choice currently in force for a (link,
+constraint) key. Kept in one replica's memory, two Router replicas would plan differently for
+the same link; kept here, they plan alike, and a Router replica can die without losing them.
+Each planned request costs one actor call (`observe`); updates are sent without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from serve.bandwidth import EstimatorConfig, EstimatorPool
+
+NAMESPACE = "twostep"
+logger = logging.getLogger("ray.serve")
+MAX_KEYS = 4096
+
+
+def link_board_name(app_name: str) -> str:
+    return f"twostep-links-{app_name}"
+
+
+class LinkBoard:
+    """Bandwidth estimators per link id and the current choice per planning key."""
+
+    def __init__(self, config: EstimatorConfig):
+        self.estimators = EstimatorPool(config)
+        self.choices: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    def observe(self, link_id: str, report_bps: float | None = None, key: str | None = None) -> dict:
+        """Take the client's uplink report (if any); the link's estimate, the age of its last
+        sample and the choice in force for `key`."""
+        estimator = self.estimators.get(link_id)
+        if report_bps is not None:
+            estimator.report(report_bps)
+        return {"estimate_bps": estimator.estimate_bps, "age_s": estimator.age_s(),
+                "choice": self.choices.get(key) if key is not None else None}
+
+    def add_transfer(self, link_id: str, nbytes: int, seconds: float, rtt_ms: float,
+                     exact: bool = False) -> bool:
+        return self.estimators.get(link_id).add_transfer(nbytes, seconds, rtt_ms, exact=exact)
+
+    def remember(self, key: str, variant_id: str, split: str) -> None:
+        self.choices.pop(key, None)
+        self.choices[key] = (variant_id, split)
+        while len(self.choices) > MAX_KEYS:
+            self.choices.popitem(last=False)
+
+    def snapshot(self, link_id: str) -> dict:
+        return self.estimators.get(link_id).snapshot()
+
+
+class LinkBoardClient:
+    """A Router replica's handle on its app's `LinkBoard` (created by the first replica).
+
+    Should the board be unreachable (it restarts after a crash, with fresh state), the replica
+    plans from its own `LinkBoard` until the shared one answers again, and logs it once.
+    """
+
+    def __init__(self, app_name: str, config: EstimatorConfig):
+        import ray
+
+        self._local = LinkBoard(config)
+        self._failed = False
+        self.name = link_board_name(app_name)
+        self._actor = ray.remote(LinkBoard).options(
+            name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+            num_cpus=0, max_restarts=-1, max_task_retries=0,
+        ).remote(config)
+
+    async def _call(self, method: str, *args):
+        try:
+            result = await getattr(self._actor, method).remote(*args)
+        except Exception as err:  # noqa: BLE001 - any failure falls back to local state
+            if not self._failed:
+                logger.warning("link board %s unreachable (%s); planning from local state",
+                               self.name, type(err).__name__)
+            self._failed = True
+            return getattr(self._local, method)(*args)
+        self._failed = False
+        return result
+
+    async def observe(self, link_id: str, report_bps: float | None = None, key: str | None = None) -> dict:
+        return await self._call("observe", link_id, report_bps, key)
+
+    async def snapshot(self, link_id: str) -> dict:
+        return await self._call("snapshot", link_id)
+
+    def report(self, link_id: str, report_bps: float) -> None:
+        self._send("observe", link_id, report_bps)
+
+    def add_transfer(self, link_id: str, nbytes: int, seconds: float, rtt_ms: float,
+                     exact: bool = False) -> None:
+        self._send("add_transfer", link_id, nbytes, seconds, rtt_ms, exact)
+
+    def remember(self, key: str, variant_id: str, split: str) -> None:
+        self._send("remember", key, variant_id, split)
+
+    def _send(self, method: str, *args) -> None:
+        """Fire and forget (the local state is updated too, for the fallback)."""
+        getattr(self._local, method)(*args)
+        try:
+            getattr(self._actor, method).remote(*args)
+        except Exception:  # noqa: BLE001
+            self._failed = True
+
+
+def kill_link_board(app_name: str) -> None:
+    """Remove the app's board (when the app is deleted)."""
+    import ray
+
+    try:
+        ray.kill(ray.get_actor(link_board_name(app_name), namespace=NAMESPACE), no_restart=True)
+    except ValueError:
+        pass

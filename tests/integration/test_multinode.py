@@ -1,0 +1,247 @@
+"""twostep on a two-node Ray cluster whose worker cannot see the driver's files.
+
+The cluster (twostep/local_cluster.py): a head node with no CPUs and resource `device`, and a
+worker raylet with 2 CPUs and resource `edge`, started in its own mount namespace with a tmpfs
+over the driver's directory. Everything runs as a user runs it, through the CLI in
+subprocesses: `twostep prune --ray` (trials can only run on the worker; Tune storage on a
+directory both nodes see, as NFS would be), then `twostep serve` of that series from the
+driver's disk (DeviceHead on the `device` node, two Routers and EdgeTail on the `edge` node),
+then stopping it beside another Serve application, which keeps running. Skipped, saying why,
+where mount namespaces are not permitted.
+"""
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted
+
+pytestmark = pytest.mark.integration
+
+SPLIT = "pool1"  # step 2 prunes conv1_1, which sets the tensor size at pool1
+TWOSTEP = str(Path(sys.executable).with_name("twostep"))
+OTHER_APP = """
+import logging, sys
+import ray
+from ray import serve
+ray.init(address=sys.argv[1], logging_level=logging.ERROR)
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Other:
+    def __call__(self, request):
+        return "other app ok"
+
+serve.run(Other.bind(), name="other", route_prefix="/other")
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[0, 0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _run(argv: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=cluster_env())
+
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"twostep serve exited ({proc.returncode}): {proc.stdout.read()[-3000:]}")
+        try:
+            response = requests.get(url, timeout=30)
+            if response.status_code == 200:
+                return response.json()
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    raise AssertionError(f"{url} did not answer in {timeout:g} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = permitted()
+    if reason:
+        pytest.skip(f"no isolated worker node here: {reason}")
+    from datafiles import write_fashion_like
+
+    from pipeline.base_model import train_base
+    from pipeline.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("multinode")
+    driver, shared = root / "driver", root / "shared"
+    shared.mkdir()
+    write_fashion_like(driver / "data", n_train=400, n_test=100, learnable=True)
+    train_base(TrainConfig(data_dir=str(driver / "data"), arch="vgg11", width=0.0625, epochs=3,
+                           lr=0.05, augment=False, threads=1, out=str(driver / "base.safetensors")),
+               progress=False, log=None)
+    cache = root / "cache"  # replicas' series cache, fresh for this run
+    with TwoNodeCluster(driver, worker_cpus=2, log_dir=str(root),
+                        env={"TWOSTEP_CACHE_DIR": str(cache)}) as running:
+        yield {"address": running.address, "driver": driver, "shared": shared}
+
+
+def _prune_argv(cluster, out: Path, *extra: str) -> list[str]:
+    d = cluster["driver"]
+    return [TWOSTEP, "prune", "--ray", cluster["address"], "--quiet",
+            "--base", str(d / "base.safetensors"), "--data-dir", str(d / "data"), "--out", str(out),
+            "--threads", "1", "--rank-batches", "2", "--batch-size", "64", "--step1-divisor", "8",
+            "--step1-finetune-epochs", "0.25", "--step1-budget", "1.0", "--step1-max-iterations", "1",
+            "--step2-steps", "2", "--step2-finetune-epochs", "0.25", "--bytes-images", "16",
+            "--step2-splits", SPLIT, *extra]
+
+
+@pytest.fixture(scope="module")
+def series(cluster):
+    out = cluster["driver"] / "series"
+    result = _run(_prune_argv(cluster, out, "--storage-path", str(cluster["shared"] / "tune")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from pipeline.series import SeriesStore
+
+    return SeriesStore.open(out)
+
+
+def test_prune_refuses_storage_the_worker_cannot_see(cluster):
+    out = cluster["driver"] / "series-local-storage"
+    result = _run(_prune_argv(cluster, out))  # default storage: OUT/tune on the driver's disk
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "cannot be used by every node" in result.stderr
+    assert "--storage-path" in result.stderr
+    assert not (out / "manifest.json").exists()  # refused before anything was written
+
+
+def test_prune_runs_its_trials_on_the_worker_into_the_drivers_series(series, cluster):
+    ids = series.ids()
+    assert ids[0] == "vgg11-base" and "vgg11-s1-i1" in ids
+    assert [i for i in ids if i.startswith("vgg11-s2-conv1_1-")] == \
+        ["vgg11-s2-conv1_1-i1", "vgg11-s2-conv1_1-i2"]
+    for vid in ids:
+        series.load_model(vid)  # every file present, sha256 as recorded
+    runs = [json.loads(line) for line in (series.directory / "tune_runs.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in runs] == ["step1", "step2"]
+    for run in runs:
+        for trial in run["trials"].values():
+            assert trial["error"] is None and trial["path"].startswith(str(cluster["shared"]))
+
+
+@pytest.fixture(scope="module")
+def served(series, cluster):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [TWOSTEP, "serve", str(series.directory), "--address", cluster["address"], "--port", str(port),
+         "--proxy-location", "HeadOnly", "--router-replicas", "2", "--tail-replicas", "1",
+         "--set", "head_cpus=0", "--set", "ms_per_mmac=20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/v1/health", proc)
+        yield {"url": url, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _test_images(cluster, count: int = 4) -> np.ndarray:
+    from pipeline.data import load_fashion_mnist
+
+    return load_fashion_mnist(cluster["driver"] / "data")[1].images[:count].numpy()
+
+
+def test_classify_and_tail_answer_from_replicas_on_both_nodes(served, series, cluster):
+    from serve.runner import VariantRunner
+
+    url = served["url"]
+    variant = "vgg11-s2-conv1_1-i2"
+    runner = VariantRunner.load(series, variant)
+    for pixels in _test_images(cluster):
+        pixels = pixels[None]
+        expected = runner.run_tail(runner.run_head(pixels, SPLIT).frame, SPLIT).logits[0]
+        answer = requests.post(f"{url}/v1/classify", params={"variant": variant, "split": SPLIT},
+                               data=_png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["logits"], expected, atol=1e-4, rtol=1e-4)
+        frame = runner.run_head(pixels, SPLIT).frame
+        tail = requests.post(f"{url}/v1/tail", params={"variant": variant, "split": SPLIT}, data=frame,
+                             headers={"Content-Type": "application/octet-stream"}, timeout=60)
+        assert tail.status_code == 200, tail.text
+        np.testing.assert_allclose(tail.json()["logits"][0], expected, atol=1e-4, rtol=1e-4)
+        assert tail.json()["predictions"][0] == int(expected.argmax())
+    health = requests.get(f"{url}/v1/health", timeout=60).json()
+    head, tail, router = (health["replicas"][k] for k in ("head", "tail", "router"))
+    assert health["status"] == "ok", health
+    assert head["node_id"] != tail["node_id"] and router["node_id"] == tail["node_id"]
+    assert "read in place" in head["series"]            # the device node is the driver's machine
+    assert "via publisher" in tail["series"] and "via publisher" in router["series"]
+    assert any(f["variant"] == variant for f in tail["fetches"])
+
+
+def test_refuses_weights_that_fail_their_sha256_on_the_remote_node(served, series):
+    variant = "vgg11-s1-i1"  # not fetched by the edge node before this test
+    path = series.weights_path(variant)
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        frame = b"\x00" * 64
+        tail = requests.post(f"{served['url']}/v1/tail", params={"variant": variant, "split": "input"},
+                             data=frame, headers={"Content-Type": "application/octet-stream"}, timeout=60)
+        assert tail.status_code == 500 and "refused on node" in tail.json()["error"], tail.text
+        health = requests.get(f"{served['url']}/v1/health", timeout=60).json()
+        assert health["status"] == "degraded" and variant in health["replicas"]["tail"]["faults"]
+    finally:
+        path.write_bytes(original)
+
+
+def test_two_routers_plan_alike_for_one_link(served):
+    url = served["url"]
+    pixels = np.zeros((1, 1, 32, 32), np.uint8)
+    for bandwidth in (50e3, 50e6):
+        choices, routers = set(), set()
+        for _ in range(12):
+            answer = requests.post(f"{url}/v1/classify", params={"link": f"dev-{int(bandwidth)}",
+                                                                 "uplink_bps": bandwidth},
+                                   data=_png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            choices.add((body["variant"], body["split"], body["bandwidth_bps"]))
+            routers.add(body["router"])
+        assert len(routers) == 2, routers   # both replicas answered ...
+        assert len(choices) == 1, choices   # ... with one plan for the link
+
+
+def test_stopping_deletes_only_its_own_app(served, cluster):
+    url = served["url"]
+    result = _run([sys.executable, "-c", OTHER_APP, cluster["address"]], timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert requests.get(f"{url}/other", timeout=30).text == "other app ok"
+    proc = served["proc"]
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=90)
+    deadline = time.monotonic() + 30
+    while requests.get(f"{url}/v1/health", timeout=30).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert requests.get(f"{url}/v1/health", timeout=30).status_code == 404
+    assert requests.get(f"{url}/other", timeout=30).text == "other app ok"

@@ -1,0 +1,134 @@
+"""A two-node Ray cluster on one machine whose worker cannot see the driver's files.
+
+The head node (`--num-cpus 0`, resource `device`) and a worker raylet (`--num-cpus N`,
+resource `edge`) run on this machine; the worker starts inside its own mount namespace with a
+tmpfs over `hidden_dir`, so its trials and replicas see an empty directory where the driver
+keeps its runs, as on a real cluster without a shared file system. A directory outside
+`hidden_dir` stands in for shared storage (NFS). Needs root (mount namespaces); `permitted()`
+says whether this machine allows it, and why not.
+
+Used by the multi-node integration test and `bench/bench_multinode.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_executable() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def permitted() -> str | None:
+    """None if an isolated worker can be started here, else the reason it cannot."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = tempfile.mkdtemp(prefix="twostep-ns-probe-")
+    try:
+        result = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount -t tmpfs tmpfs {probe} && test ! -e {probe}/marker"],
+            capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unshare failed: {err}"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    if result.returncode != 0:
+        return f"mount namespaces are not permitted here: {result.stderr.strip() or result.returncode}"
+    return None
+
+
+def cluster_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+class TwoNodeCluster:
+    """`with TwoNodeCluster(hidden_dir) as cluster:` ... `cluster.address` is HOST:PORT."""
+
+    def __init__(self, hidden_dir: str | os.PathLike, worker_cpus: int = 2, log_dir: str | None = None,
+                 env: dict[str, str] | None = None):
+        self.hidden_dir = Path(hidden_dir).resolve()
+        self.worker_cpus = worker_cpus
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Ray's socket paths must stay short: a temp dir of its own directly under /tmp.
+        self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
+        self.log_dir = Path(log_dir or self.temp_dir)
+        self._procs: list[subprocess.Popen] = []
+        self.env = {**cluster_env(), **(env or {})}
+
+    def _ports(self) -> list[str]:
+        return ["--dashboard-agent-listen-port", str(_free_port()),
+                "--metrics-export-port", str(_free_port()),
+                "--runtime-env-agent-port", str(_free_port())]
+
+    def _start(self, argv: list[str], name: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def __enter__(self) -> TwoNodeCluster:
+        ray = ray_executable()
+        self._start([ray, "start", "--head", "--block", "--port", str(self.port),
+                     "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
+                     "--resources", '{"device": 1}', "--include-dashboard", "false",
+                     "--disable-usage-stats", "--temp-dir", self.temp_dir, *self._ports()], "head")
+        self._wait_nodes(1)
+        worker = " ".join([ray, "start", "--block", "--address", self.address,
+                           "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.worker_cpus),
+                           "--resources", "'{\"edge\": 1}'", "--disable-usage-stats", *self._ports()])
+        self._start(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     f"mount -t tmpfs tmpfs {self.hidden_dir} && exec {worker}"], "worker")
+        self._wait_nodes(2)
+        return self
+
+    def _wait_nodes(self, count: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        script = (f"import ray, logging; ray.init(address='{self.address}', "
+                  "logging_level=logging.ERROR); print(sum(1 for n in ray.nodes() if n['Alive']))")
+        last = ""
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a Ray node exited ({proc.returncode}); logs in {self.log_dir}")
+            result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                    env=self.env, timeout=60)
+            last = result.stdout.strip().splitlines()[-1:] or result.stderr[-300:]
+            if result.returncode == 0 and result.stdout.strip().endswith(str(count)):
+                return
+            time.sleep(1.0)
+        raise RuntimeError(f"the cluster did not reach {count} node(s) in {START_TIMEOUT_S:g} s: {last}")
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
