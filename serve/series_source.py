@@ -103,8 +103,10 @@ def _publisher_name(node_id: str, directory: str, manifest_sha256: str) -> str:
 def publish_series(location: str) -> dict:
     """The series reference for `location` (a directory on this machine, or a URI).
 
-    A directory is published through a `SeriesPublisher` actor on this node (needs a Ray session;
-    without one, e.g. when only validating, the reference reads the directory in place).
+    A directory is published through a `SeriesPublisher` actor on this node. That needs a Ray
+    session: the current one, or the cluster at `RAY_ADDRESS` (joined here, as `serve run`
+    builds the app before it connects); without either (only validating, or `serve run` about
+    to start a local Ray) the reference reads the directory in place.
 
     Raises:
         SeriesError: no readable series at `location`.
@@ -123,6 +125,10 @@ def publish_series(location: str) -> dict:
     ref = {"location": directory, "manifest_sha256": _sha256(data), "publisher": None}
     import ray
 
+    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+        # `serve run IMPORT_PATH` builds the app before it connects; join the cluster it will
+        # use (Serve's own namespace, as `serve run` would), so the series can be published.
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace="serve")
     if not ray.is_initialized():
         return ref
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -194,8 +200,9 @@ class SeriesMirror:
             return _uri_read(self.ref["location"], relative)
         if not self.ref.get("publisher"):
             raise SeriesError(f"the series directory {self.ref['location']} is not visible on node "
-                              f"{self.node} and was not published (start the app with a Ray "
-                              "session, or give a shared path or a URI)")
+                              f"{self.node} and was not published: serve it with `twostep serve "
+                              "--address`, set RAY_ADDRESS for `serve run`, or give a shared path "
+                              "or a URI")
         import ray
 
         if self._publisher is None:

@@ -14,11 +14,16 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | None = None) -> None:
+def start_http(host: str, port: int, attempts: int = 3,
+               proxy_location: str | None = None) -> tuple[str, int]:
     """`serve.start` on host:port without access logs, tried up to `attempts` times.
 
     A retry first shuts Serve down (every app of this Ray instance), so pass `attempts=1` when
     joining a cluster whose Serve instance others may use.
+
+    Returns:
+        (host, port) Serve's HTTP proxies listen on: those asked for, or, where Serve was already
+        running on this cluster (started by someone else), its own, which cannot change.
     """
     from ray import serve
 
@@ -29,10 +34,24 @@ def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | No
             serve.start(http_options={"host": host, "port": port},
                         logging_config={"enable_access_log": False},
                         **({"proxy_location": proxy_location} if proxy_location else {}))
-            return
+            return _listening(host, port)
         except TimeoutError as err:  # what serve.start raises when its proxy is not up in time
             if attempt == attempts:
                 raise
             serve.shutdown()
             log.warning("Serve's HTTP proxy did not start on %s:%d (%s); retrying (%d/%d)",
                         host, port, err, attempt + 1, attempts)
+
+
+def _listening(host: str, port: int) -> tuple[str, int]:
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
+    if client is None:
+        return host, port
+    config = client.http_config
+    if (config.host, config.port) != (host, port):
+        log.warning("Serve already runs on this cluster with HTTP on %s:%d; using it (not %s:%d)",
+                    config.host, config.port, host, port)
+    return config.host, config.port

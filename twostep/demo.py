@@ -116,7 +116,7 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
     from serve.startup import start_http
 
     port = port or free_port()
-    start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
+    _, port = start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
                    slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
     serve.run(build_app(args), name="twostep", route_prefix="/",

@@ -181,3 +181,24 @@ def test_step1_search_keeps_the_stated_best(ray_session, config, tmp_path):
     assert kept["macs"] == min(c["macs"] for c in result["candidates"].values())
     assert [v["id"] for v in store.variants if v["step"] == 1] == ["vgg11-s1-i1"]
     assert (Path(store.directory) / "search" / "step1-d16-b1" / "manifest.json").is_file()
+
+
+def test_storage_check_accepts_a_path_or_uri_every_node_shares(ray_session, tmp_path):
+    import ray
+
+    from tune.storage import check_storage
+
+    alive = sum(1 for n in ray.nodes() if n["Alive"])
+    assert len(check_storage(str(tmp_path / "tune"))) == alive
+    assert len(check_storage(f"file://{tmp_path / 'tune-uri'}")) == alive
+    assert not any(p.name.startswith(".twostep-storage-probe") for p in (tmp_path / "tune").iterdir())
+
+
+def test_storage_check_names_the_fix_for_storage_it_cannot_use(ray_session, tmp_path):
+    from tune.storage import StorageError, check_storage
+
+    with pytest.raises(StorageError, match="--storage-path"):
+        check_storage("nosuchscheme://bucket/prefix")
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StorageError, match="not writable from the driver"):
+        check_storage(str(tmp_path / "file" / "tune"))

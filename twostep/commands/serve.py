@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         series = publish_series(app_args.series_dir)
         # On a joined cluster Serve may be shared with other apps: one attempt, never a shutdown.
-        start_http(args.host, args.port, attempts=1 if joined else 3,
-                   proxy_location=args.proxy_location)
-        print(f"twostep serve: {app_args.series_dir} at http://{args.host}:{args.port}/v1/ "
+        host, port = start_http(args.host, args.port, attempts=1 if joined else 3,
+                                proxy_location=args.proxy_location)
+        print(f"twostep serve: {app_args.series_dir} at http://{host}:{port}/v1/ "
               "(docs/serve.md; Ctrl-C stops)", flush=True)
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
     finally:
