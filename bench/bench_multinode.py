@@ -69,7 +69,8 @@ def same_tensors(a: SeriesStore, b: SeriesStore) -> tuple[int, list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-multinode")
-    parser.add_argument("--split", default="pool2", help="first of the two step-2 splits; the tail is timed there")
+    parser.add_argument("--split", default="pool2",
+                        help="first of the two step-2 splits; the tail is timed there")
     args = parser.parse_args()
     reason = permitted()
     if reason:
@@ -122,8 +123,8 @@ def main() -> int:
                 time.sleep(1)
             from serve.runner import VariantRunner
 
-            variant = two.ids()[-1]
             split = args.split
+            variant = [v["id"] for v in two.variants if v["step"] == 2 and split in v["splits"]][-1]
             runner = VariantRunner.load(two, variant)
             pixels = np.zeros((1, 1, 32, 32), np.uint8)
             frame = runner.run_head(pixels, split).frame

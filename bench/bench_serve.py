@@ -157,13 +157,12 @@ STAR = "ingress -> head, -> tail (2 hops, as the router)"
 
 
 def deploy_app(series_dir: str, tail_replicas: int | None) -> None:
-    from ray import serve
 
-    from serve.app import build_app
+    from serve.app import deploy
     from serve.settings import AppArgs
 
     args = AppArgs(series_dir=series_dir, ms_per_mmac=20.0, placement="local", tail_replicas=tail_replicas)
-    serve.run(build_app(args), name="twostep", route_prefix="/", logging_config={"enable_access_log": False})
+    deploy(args)
 
 
 def interleaved(port: int, paths: dict[str, str], body: bytes, rounds: int) -> dict[str, list]:
@@ -208,7 +207,7 @@ def _tail_replicas() -> tuple[int, int]:
     """(replicas running, replicas in any state) of EdgeTail."""
     from ray import serve
 
-    states = serve.status().applications["twostep"].deployments["EdgeTail"].replica_states
+    states = serve.status().applications["twostep-tail"].deployments["EdgeTail"].replica_states
     return states.get("RUNNING", 0), sum(states.values())
 
 

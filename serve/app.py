@@ -1,18 +1,21 @@
 """The Serve application: `build_app(args) -> Application`, a typed application builder.
 
-    Router (ingress, HTTP) --handle--> DeviceHead    (variant multiplexed, on `device` nodes)
-           \\-------------handle--> EdgeTail      (variant multiplexed, autoscaled, `edge` nodes)
+    app "twostep":      Router (ingress, `/`) --handle--> DeviceHead (variant multiplexed, `device` nodes)
+                               \\--------------handle--> EdgeTail of the tail app
+    app "twostep-tail": EdgeTail (ingress, `/v1/tail`; variant multiplexed, autoscaled, `edge` nodes)
 
-Start it with `twostep serve SERIES_DIR`, `serve run serve.app:build_app series_dir=DIR`, or a
-config file (`serve run serve/serve.yaml`). Replicas take fractional CPUs (0.1 by default) so
-that the three deployments and a second tail replica fit on two cores. Where the cluster
-has custom resources `device` and `edge` (e.g. `ray start --resources='{"device": 1}'` on the
-device nodes), the head goes to `device` nodes and the router and tail to `edge` nodes.
+Two applications, so that a device's frame reaches a tail in one hop. Start them with
+`twostep serve SERIES_DIR`, or a config file naming both (`serve run serve/serve.yaml`).
+Replicas take fractional CPUs (0.1 by default) so that the deployments and a second tail replica
+fit on two cores. Where the cluster has custom resources `device` and `edge` (e.g.
+`ray start --resources='{"device": 1}'` on the device nodes), the head goes to `device` nodes and
+the router and tail to `edge` nodes.
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's annotation as a class
 # to validate the args dict into `AppArgs`.
 
+import dataclasses
 from pathlib import Path
 
 import ray
@@ -27,6 +30,7 @@ from serve.settings import AppArgs
 from serve.tail import EdgeTail
 
 DEVICE_RESOURCE, EDGE_RESOURCE = "device", "edge"
+TAIL_ROUTE = "/v1/tail"
 # A sliver of the custom resource: placement only, any number of replicas per node.
 RESOURCE_AMOUNT = 0.001
 
@@ -67,17 +71,14 @@ def _profile_docs(args: AppArgs) -> dict:
 
 
 def build_app(args: AppArgs) -> Application:
-    """The router, head and tail deployments bound together; `args` may also be a plain dict.
+    """The main application: the Router (ingress at `/`) and DeviceHead; `args` may also be a
+    plain dict. Its `/v1/classify` calls the EdgeTail of the tail application (`build_tail_app`,
+    named `<this app's name>-tail`), which must be deployed too (`deploy` does both).
 
     The series is published here (serve.series_source): replicas on any node of the cluster
     get it from this machine's disk, a shared path or a URI.
     """
-    if not isinstance(args, AppArgs):
-        args = AppArgs.model_validate(args)
-    if "://" not in args.series_dir:
-        args = args.model_copy(update={"series_dir": str(Path(args.series_dir).expanduser().resolve())})
-    series = publish_series(args.series_dir)  # fails here, with the reason, not in every replica
-    docs = _profile_docs(args)
+    args, series = _prepare(args)
     device, edge = placement_resources(args.placement)
     common = {"health_check_period_s": args.health_check_period_s}
     head_cpus = args.replica_cpus if args.head_cpus is None else args.head_cpus
@@ -85,21 +86,62 @@ def build_app(args: AppArgs) -> Application:
         num_replicas=args.head_replicas, max_ongoing_requests=8,
         ray_actor_options=_actor_options(head_cpus, device), **common,
     ).bind(series, args.torch_threads, args.max_batch)
-    scaling = ({"num_replicas": args.tail_replicas} if args.tail_replicas is not None
-               else {"autoscaling_config": args.tail_autoscaling_config()})
-    tail = EdgeTail.options(
-        max_ongoing_requests=args.tail_max_ongoing_requests,
-        ray_actor_options=_actor_options(args.replica_cpus, edge), **scaling, **common,
-    ).bind(series, args.torch_threads, args.max_batch)
     return Router.options(
         num_replicas=args.router_replicas, max_ongoing_requests=256,
         ray_actor_options=_actor_options(args.router_cpus, edge), **common,
-    ).bind(head, tail, args.model_dump(), series, docs)
+    ).bind(head, args.model_dump(), series, _profile_docs(args))
 
 
-def release_app(app_name: str, series: dict | None = None) -> None:
-    """Remove the actors an app of this module leaves beside its deployments (the link board;
-    the series publisher when `series` is given). Call after `serve.delete(app_name)`."""
-    kill_link_board(app_name)
-    if series is not None:
-        unpublish_series(series)
+def build_tail_app(args: AppArgs) -> Application:
+    """The tail application: EdgeTail as its own ingress (mounted at `/v1/tail`), so a device's
+    frame reaches a tail replica in one hop. `links_app` names the main app whose Routers
+    share per-link state (uplink reports sent with frames go there)."""
+    args, series = _prepare(args)
+    _, edge = placement_resources(args.placement)
+    scaling = ({"num_replicas": args.tail_replicas} if args.tail_replicas is not None
+               else {"autoscaling_config": args.tail_autoscaling_config()})
+    return EdgeTail.options(
+        max_ongoing_requests=args.tail_max_ongoing_requests,
+        ray_actor_options=_actor_options(args.replica_cpus, edge),
+        health_check_period_s=args.health_check_period_s, **scaling,
+    ).bind(series, args.torch_threads, args.max_batch, args.max_body_bytes, args.app_name,
+           dataclasses.asdict(args.estimator_config()))
+
+
+def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args)
+    if "://" not in args.series_dir:
+        args = args.model_copy(update={"series_dir": str(Path(args.series_dir).expanduser().resolve())})
+    return args, publish_series(args.series_dir)  # fails here, with the reason, not in replicas
+
+
+def tail_app_name(app_name: str) -> str:
+    return f"{app_name}-tail"
+
+
+def deploy(args: AppArgs, blocking: bool = False) -> None:
+    """Deploy the tail application, then the main one (Serve must be started)."""
+    from ray import serve
+
+    logging_config = {"enable_access_log": False}
+    serve.run(build_tail_app(args), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
+              logging_config=logging_config)
+    serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=blocking,
+              logging_config=logging_config)
+
+
+def delete_apps(app_name: str, series: dict | None = None) -> None:
+    """Delete the main and tail applications and the actors they leave (the link board; the
+    series publisher when `series` is given). Other applications keep running."""
+    from ray import serve
+
+    running = serve.status().applications
+    try:
+        for name in (app_name, tail_app_name(app_name)):
+            if name in running:
+                serve.delete(name)
+    finally:
+        kill_link_board(app_name)
+        if series is not None:
+            unpublish_series(series)

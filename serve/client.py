@@ -1,8 +1,10 @@
 """The device client: run a variant's head locally, as a real device would, and let the edge finish.
 
-`DeviceClient` fetches the head weights of a (variant, split) from the edge and checks their
-sha256, runs the head on the device's own CPU, encodes the feature map with the series' codec,
-POSTs the frame to `/v1/tail` and returns the prediction with the time of every stage. It
+`DeviceClient` picks a (variant, split) from the edge's plan table for its constraint (fetched
+once and cached: no planning request per inference), fetches that head's weights and checks
+their sha256, runs the head on the device's own CPU, encodes the feature map with the series'
+codec, POSTs the frame to `/v1/tail` (one hop to a tail replica, retried if that replica dies)
+and returns the prediction with the time of every stage. It
 measures its own uplink from each upload (request time minus the server's time minus the round
 trip measured by pinging `/v1/health`) and reports it with the next request (`uplink_bps`), so the
 edge's planner knows this device's link. `throttle_bps` makes the client hold each frame back as
@@ -27,17 +29,20 @@ from pipeline.data import DataInfo, normalize
 from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.split import split_model
-from serve.inputs import IMAGE_TYPES, decode_image
+from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
+from serve.plan_table import pick
 from serve.runner import codec_config
 from serve.weights import load_head
 
 
 class DeviceError(RuntimeError):
-    """The edge refused a request or could not be reached; `status` is the HTTP status (0: none)."""
+    """The edge refused a request or could not be reached; `status` is the HTTP status (0: none).
+    `retryable`: a server-side failure that is not about the request (sending it again may work)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retryable: bool = False):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
+        self.retryable = retryable
 
 
 @dataclass
@@ -62,7 +67,8 @@ class DeviceClient:
     """A device talking to the edge's HTTP API at `url` as link `link`."""
 
     def __init__(self, url: str, link: str = "device", timeout_s: float = 30.0,
-                 throttle_bps: float | None = None, min_report_bytes: int = 512):
+                 throttle_bps: float | None = None, min_report_bytes: int = 512,
+                 initial_bps: float = 10e6, table_ttl_s: float = 300.0):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
@@ -78,13 +84,18 @@ class DeviceClient:
         self._heads: dict[tuple[str, str], tuple[torch.nn.Module, str]] = {}
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
+        self.initial_bps = initial_bps
+        self.table_ttl_s = table_ttl_s
+        self._tables: dict[tuple, tuple[float, dict]] = {}
+        self._current: dict[tuple, tuple[str, str]] = {}
 
     # ---- HTTP ----
     def _request(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
-                 content_type: str | None = None) -> tuple[int, dict, bytes]:
+                 content_type: str | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers = {"Content-Type": content_type} if content_type else {}
+        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
         for attempt in (0, 1):  # one retry on a keep-alive connection the server closed
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
@@ -96,12 +107,15 @@ class DeviceClient:
             except (ConnectionError, http.client.HTTPException, OSError) as err:
                 self.close()
                 if attempt:
-                    raise DeviceError(0, f"cannot reach {self.host}:{self.port}: {err}") from err
+                    raise DeviceError(0, f"cannot reach {self.host}:{self.port}: {err}",
+                                      retryable=True) from err
         if response.status >= 400:
             try:
-                message = json.loads(data).get("error", data[:200].decode(errors="replace"))
-            except (ValueError, AttributeError):
-                message = data[:200].decode(errors="replace")
+                message = json.loads(data)["error"]
+            except (ValueError, AttributeError, KeyError, TypeError):
+                # not one of our JSON errors: Serve's own (e.g. the replica died mid-request)
+                raise DeviceError(response.status, data[:200].decode(errors="replace"),
+                                  retryable=response.status >= 500) from None
             raise DeviceError(response.status, message)
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
@@ -149,6 +163,50 @@ class DeviceClient:
         return self._json("GET", "/v1/plan", params={
             "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
             "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link})
+
+    def plan_table(self, accuracy_floor: float | None = None,
+                   latency_budget_ms: float | None = None) -> dict:
+        """The edge's plan table for this constraint (`GET /v1/plan/table`), cached until the
+        constraint changes or `table_ttl_s` passes."""
+        key = (accuracy_floor, latency_budget_ms)
+        cached = self._tables.get(key)
+        if cached is None or time.monotonic() - cached[0] > self.table_ttl_s:
+            table = self._json("GET", "/v1/plan/table", params={
+                "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
+                "rtt_ms": self.rtt_ms})
+            self._tables[key] = cached = (time.monotonic(), table)
+        return cached[1]
+
+    def choose(self, accuracy_floor: float | None = None,
+               latency_budget_ms: float | None = None) -> dict:
+        """(variant, split) row for this device's uplink estimate, from the cached plan table,
+        keeping the current choice near a boundary; no request unless the table is missing."""
+        table = self.plan_table(accuracy_floor, latency_budget_ms)
+        bandwidth = self.uplink_bps if self.uplink_bps is not None else self.initial_bps
+        row = pick(table["rows"], bandwidth, self._current.get((accuracy_floor, latency_budget_ms)),
+                   table["switch_margin"])
+        if row["variant"] is None:
+            raise DeviceError(422, f"no variant meets the constraint at {bandwidth:.4g} bit/s")
+        self._current[(accuracy_floor, latency_budget_ms)] = (row["variant"], row["split"])
+        return row
+
+    def send_frame(self, frame: bytes, variant: str, split: str, retries: int = 3) -> dict:
+        """POST a frame to `/v1/tail` (one hop to a tail replica), with the fewest headers: the
+        content type and the variant as Serve's multiplexed model id, so the frame goes to a
+        replica that holds the variant. A frame is idempotent, so a failure of the edge that is
+        not about the request (a tail replica that died mid-request) is retried."""
+        params = {"variant": variant, "split": split, "link": self.link, "uplink_bps": self.uplink_bps}
+        for attempt in range(retries + 1):
+            try:
+                return self._json("POST", "/v1/tail", body=frame, params=params,
+                                  content_type="application/octet-stream",
+                                  headers={MULTIPLEX_HEADER: variant})
+            except DeviceError as err:
+                if not err.retryable or attempt == retries:
+                    raise
+                self.close()
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))
+        raise AssertionError("unreachable")
 
     def download_head(self, variant_id: str, split: str,
                       expected_sha256: str | None = None) -> tuple[bytes, str]:
@@ -198,7 +256,7 @@ class DeviceClient:
             self.ping()
         if variant is None or split is None:
             plan_start = time.perf_counter_ns()
-            best = self.plan(accuracy_floor, latency_budget_ms)["best"]
+            best = self.choose(accuracy_floor, latency_budget_ms)
             variant, split = best["variant"], best["split"]
             timings["plan"] = _ms(plan_start)
         info = self.info()
@@ -221,9 +279,7 @@ class DeviceClient:
         send_start = time.perf_counter_ns()
         if self.throttle_bps is not None:
             time.sleep(len(frame) * 8.0 / self.throttle_bps)
-        answer = self._json("POST", "/v1/tail", body=frame, content_type="application/octet-stream",
-                            params={"variant": variant, "split": split, "link": self.link,
-                                    "uplink_bps": self.uplink_bps})
+        answer = self.send_frame(frame, variant, split)
         timings["send"] = _ms(send_start)
         timings["edge"] = answer["timings_ms"]["total"]
         timings["edge_tail"] = answer["timings_ms"]["tail"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.cost import MAX_RTT_MS, parse_bandwidth
 
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Serve routes a request by it to a replica holding the model
 LINK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 VARIANT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}

@@ -30,13 +30,11 @@ from pipeline.codec import encode_frame, variant_tag
 from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
 from pipeline.selection import Candidate, NoFeasibleCandidate
-from serve.bandwidth import EstimatorConfig
 from serve.head import replica_health
 from serve.inputs import (
     HttpError,
     check_params,
     decode_pixels,
-    media_type,
     parse_bandwidth_param,
     parse_constraint,
     parse_int,
@@ -48,6 +46,7 @@ from serve.inputs import (
 )
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
 from serve.link_board import LinkBoardClient
+from serve.plan_table import plan_table as build_plan_table
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
 from serve.runner import codec_config
@@ -61,10 +60,8 @@ api = FastAPI(title="twostep split inference", version="1",
 
 CLASSIFY_PARAMS = {"accuracy_floor", "latency_budget_ms", "link", "uplink_bps", "variant", "split",
                    "shape"}
-TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link",
                "device_slowdown", "device_overhead_ms"}
-FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
 
@@ -139,11 +136,11 @@ async def _saturated(request: Request, err: LinkSaturated) -> JSONResponse:
 class Router:
     """HTTP ingress: request parsing, planning, the head -> link -> tail handoff, the link API."""
 
-    def __init__(self, head: DeploymentHandle, tail: DeploymentHandle, args: dict, series: dict,
+    def __init__(self, head: DeploymentHandle, args: dict, series: dict,
                  profile_docs: dict | None = None):
         self.args = AppArgs.model_validate(args)
         self.head = head
-        self.tail = tail
+        self._tail: DeploymentHandle | None = None
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
         self.store = self.series.store
         manifest = self.store.manifest
@@ -164,9 +161,8 @@ class Router:
             self.default_floor = max(0.0, self.planner.best_accuracy - self.args.accuracy_drop)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
-        self.board = LinkBoardClient(context.app_name, EstimatorConfig(
-            self.args.initial_bandwidth_bps, self.args.estimator_window, self.args.estimator_max_age_s,
-            self.args.min_sample_bytes, self.args.estimator_band))
+        self.tail_app = f"{context.app_name}-tail"
+        self.board = LinkBoardClient(context.app_name, self.args.estimator_config())
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
         self.codec = codec_config(manifest["codec"])
         self._heads: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
@@ -175,6 +171,17 @@ class Router:
                     len(self.planner.table), self.profile_source)
 
     # ---- helpers ----
+    @property
+    def tail(self) -> DeploymentHandle:
+        """EdgeTail of the tail app (deployed beside this one), looked up on first use."""
+        if self._tail is None:
+            try:
+                self._tail = serve.get_deployment_handle("EdgeTail", app_name=self.tail_app)
+            except Exception as err:  # noqa: BLE001 - reported to the client
+                raise HttpError(503, f"the tail application {self.tail_app!r} is not running "
+                                     f"({type(err).__name__}); deploy both apps (serve.app.deploy)") from None
+        return self._tail
+
     def _previous(self, choice: tuple[str, str] | list | None) -> Candidate | None:
         """The candidate in force for a planning key (None if none, or no longer served)."""
         if choice is None:
@@ -307,6 +314,31 @@ class Router:
                 "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],
                 "ranked": ranked}
 
+    @api.get("/v1/plan/table")
+    async def plan_table(self, request: Request) -> dict:
+        """The best (variant, split) over all bandwidths for one constraint and device, as
+        intervals: a device caches it and plans locally (serve/plan_table.py)."""
+        params = request.query_params
+        check_params(params, {"accuracy_floor", "latency_budget_ms", "rtt_ms", "device_slowdown",
+                              "device_overhead_ms"})
+        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
+        rtt = parse_rtt(params)
+        slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
+        overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
+        if overhead and slowdown is None:
+            raise HttpError(400, "device_overhead_ms needs device_slowdown")
+        rtt = self._rtt_ms() if rtt is None else rtt
+
+        def best_at(link: Link) -> Candidate:
+            return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
+                                     device_overhead_ms=overhead).best
+
+        rows = build_plan_table(best_at, rtt)
+        return {"accuracy_floor": floor, "latency_budget_ms": budget, "rtt_ms": rtt,
+                "device_slowdown": slowdown, "device_overhead_ms": overhead,
+                "switch_margin": self.args.switch_margin, "series": self.series.ref["manifest_sha256"],
+                "rows": rows}
+
     @api.get("/v1/link")
     async def get_link(self, request: Request) -> dict:
         check_params(request.query_params, {"link"})
@@ -413,32 +445,3 @@ class Router:
                            "edge": breakdown.edge_ms, "total": breakdown.total_ms},
             "timings_ms": timings, "retries": retries, "router": self.replica,
         })
-
-    @api.post("/v1/tail")
-    async def finish(self, request: Request) -> JSONResponse:
-        start = time.perf_counter_ns()
-        params = request.query_params
-        check_params(params, TAIL_PARAMS)
-        vid = self._variant(params.get("variant"))
-        split = self._split(vid, params.get("split"))
-        if split == "output":
-            raise HttpError(400, "split 'output' runs everything on the device: nothing to finish")
-        link_id = parse_link_id(params)
-        uplink = parse_bandwidth_param(params, "uplink_bps")
-        kind = media_type(request.headers.get("content-type"))
-        if kind not in FRAME_TYPES:
-            raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind or '(none)'!r}")
-        frame = await read_body(request.stream(), request.headers.get("content-length"),
-                                self.args.max_body_bytes)
-        if uplink is not None:
-            self.board.report(link_id, uplink)
-        tail_start = time.perf_counter_ns()
-        tail, retries = await self._call(self.tail, vid, "finish", frame, split)
-        logits = tail["logits"]
-        predictions = [max(range(len(row)), key=row.__getitem__) for row in logits]
-        timings = {"decode": tail["decode_ms"], "tail": tail["tail_ms"], "tail_call": _ms(tail_start),
-                   "total": _ms(start)}
-        return JSONResponse({
-            "predictions": predictions, "labels": [self.info.classes[p] for p in predictions],
-            "logits": logits, "variant": vid, "split": split, "bytes_received": len(frame),
-            "link": link_id, "timings_ms": timings, "retries": retries})

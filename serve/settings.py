@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
+from serve.bandwidth import EstimatorConfig
 
 
 class AppArgs(BaseModel):
@@ -21,6 +22,8 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    app_name: str = Field("twostep", pattern=r"^[A-Za-z0-9_.-]{1,48}$",
+                          description="the main app's name; the tail app is <app_name>-tail")
     series_dir: str = Field(description="model series: a directory where the app is built "
                             "(published to every node), a shared path, or a pyarrow.fs URI")
     # Default constraint of a request that gives none; with neither set, the floor is the best
@@ -91,6 +94,11 @@ class AppArgs(BaseModel):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         return self
+
+    def estimator_config(self) -> EstimatorConfig:
+        """The per-link bandwidth estimator's settings (shared by Routers and tails)."""
+        return EstimatorConfig(self.initial_bandwidth_bps, self.estimator_window,
+                               self.estimator_max_age_s, self.min_sample_bytes, self.estimator_band)
 
     def tail_autoscaling_config(self) -> dict | None:
         """The EdgeTail autoscaling config, or None when `tail_replicas` fixes the count."""

@@ -1,34 +1,91 @@
 """`EdgeTail`: the edge half of split inference as a Serve deployment (the one that scales).
 
-Like `DeviceHead`, one deployment holds any variant (multiplexed model id, loaded on first use,
-cached). It takes a wire frame as bytes, validates it against the variant (tag, the split's
-shape, the batch bound) before decoding, and finishes the forward pass. It also reports the
-frame bytes it is working on (`record_autoscaling_stats`), a signal a custom autoscaling
-policy can use instead of the request count.
+It is the ingress of an application of its own, mounted at `/v1/tail`, so that a device that
+ran the head reaches a tail replica in one hop from Serve's ingress (HAProxy or the proxy): no
+Router in between. `POST /v1/tail?variant=V&split=S` takes a wire frame; the variant is also the
+multiplexed model id (header `serve_multiplexed_model_id`, which the device client sends), so
+Serve routes frames to replicas that already hold the variant. The Router's `/v1/classify`
+calls the same deployment through a handle (`finish`).
+
+Like `DeviceHead`, one deployment holds any variant (loaded on first use, cached). A frame is
+validated against the variant (tag, the split's shape, the batch bound) before decoding. It
+reports the frame bytes it is working on (`record_autoscaling_stats`).
 """
 
 import asyncio
 import time
 
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from ray import serve
 
+from pipeline.data import DataInfo
 from pipeline.series import SeriesError
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, replica_health
+from serve.inputs import (
+    MULTIPLEX_HEADER,
+    HttpError,
+    check_params,
+    media_type,
+    parse_bandwidth_param,
+    parse_link_id,
+    parse_variant_id,
+    read_body,
+)
+from serve.link_board import LinkBoardClient
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
+TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
+FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
+tail_api = FastAPI(title="twostep edge tail", version="1",
+                   description="POST a wire frame made by a variant's head; see docs/serve.md.")
+
+
+class _PrefixIsRoot:
+    """ASGI middleware: a request for the route prefix itself (`/v1/tail`) is the app's `/`.
+    Starlette would answer it with a redirect to `/v1/tail/`: one more round trip per frame."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        root = scope.get("root_path", "")
+        if scope["type"] == "http" and root and scope["path"] == root:
+            scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        await self.app(scope, receive, send)
+
+
+tail_api.add_middleware(_PrefixIsRoot)
+
+
+@tail_api.exception_handler(HttpError)
+async def _http_error(request: Request, err: HttpError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+def _ms(start_ns: int) -> float:
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
 
 @serve.deployment(name="EdgeTail")
+@serve.ingress(tail_api)
 class EdgeTail:
     """Decodes a frame from a variant's head and runs the variant's tail."""
 
-    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH):
+    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
+                 max_body_bytes: int = 4 << 20, links_app: str | None = None,
+                 estimator: dict | None = None):
         torch.set_num_threads(torch_threads)
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
-        self.faults: dict[str, str] = {}
+        self.info = DataInfo.from_dict(self.series.manifest["data"])
         self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+        self.faults: dict[str, str] = {}
         self.bytes_in_flight = 0
+        self._links_app, self._estimator = links_app, estimator
+        self._board: LinkBoardClient | None = None
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
@@ -39,31 +96,78 @@ class EdgeTail:
                 self.faults[variant_id] = str(err)
             raise
 
-    async def finish(self, frame: bytes, split: str) -> dict:
-        """Tail of the request's variant on `frame`, made by its head at `split`.
-
-        Returns:
-            {"logits": [[...]], "decode_ms", "tail_ms", "server_ms"} or {"error", "status"}.
-        """
-        start = time.perf_counter_ns()
+    async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         self.bytes_in_flight += len(frame)
         try:
-            runner = await self.get_runner(serve.get_multiplexed_model_id())
+            runner = await self.get_runner(variant_id)
             out = await asyncio.to_thread(runner.run_tail, frame, split)
         except (RequestError, SeriesError) as err:
             return error_entry(err)
         finally:
             self.bytes_in_flight -= len(frame)
-        return {
-            "logits": out.logits.tolist(),
-            "decode_ms": out.decode_ms,
-            "tail_ms": out.tail_ms,
-            "server_ms": (time.perf_counter_ns() - start) / 1e6,
-        }
+        return {"logits": out.logits.tolist(), "decode_ms": out.decode_ms, "tail_ms": out.tail_ms}
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"bytes_in_flight": float(self.bytes_in_flight)}
+    async def finish(self, frame: bytes, split: str) -> dict:
+        """Tail of the request's variant (the multiplexed model id) on `frame`, made by its head
+        at `split` (the Router's handle call).
+
+        Returns:
+            {"logits": [[...]], "decode_ms", "tail_ms", "server_ms"} or {"error", "status"}.
+        """
+        start = time.perf_counter_ns()
+        result = await self._run(serve.get_multiplexed_model_id(), frame, split)
+        return result if "error" in result else {**result, "server_ms": _ms(start)}
+
+    @tail_api.post("/")
+    async def http_finish(self, request: Request) -> JSONResponse:
+        """`POST /v1/tail?variant=V&split=S[&link=L&uplink_bps=B]`, body: the wire frame."""
+        start = time.perf_counter_ns()
+        params = request.query_params
+        check_params(params, TAIL_PARAMS)
+        variant = parse_variant_id(params.get("variant")) or request.headers.get(MULTIPLEX_HEADER)
+        if not variant:
+            raise HttpError(400, "variant is required")
+        parse_variant_id(variant)
+        if not self.series.store.has(variant):
+            raise HttpError(404, f"unknown variant {variant!r}; GET /v1/variants lists them")
+        split = params.get("split")
+        if not split:
+            raise HttpError(400, "split is required")
+        if split == "output":
+            raise HttpError(400, "split 'output' runs everything on the device: nothing to finish")
+        link_id = parse_link_id(params)
+        uplink = parse_bandwidth_param(params, "uplink_bps")
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in FRAME_TYPES:
+            raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind or '(none)'!r}")
+        frame = await read_body(request.stream(), request.headers.get("content-length"),
+                                self.max_body_bytes)
+        if uplink is not None:
+            self._report(link_id, uplink)
+        result = await self._run(variant, frame, split)
+        if "error" in result:
+            raise HttpError(result["status"], result["error"])
+        logits = result["logits"]
+        predictions = [max(range(len(row)), key=row.__getitem__) for row in logits]
+        return JSONResponse({
+            "predictions": predictions, "labels": [self.info.classes[p] for p in predictions],
+            "logits": logits, "variant": variant, "split": split, "bytes_received": len(frame),
+            "link": link_id, "timings_ms": {"decode": result["decode_ms"], "tail": result["tail_ms"],
+                                            "total": _ms(start)}})
+
+    def _report(self, link_id: str, uplink_bps: float) -> None:
+        """Pass the device's measured uplink to the Routers' shared link state (no wait)."""
+        if self._links_app is None:
+            return
+        if self._board is None:
+            from serve.bandwidth import EstimatorConfig
+
+            self._board = LinkBoardClient(self._links_app, EstimatorConfig(**(self._estimator or {})))
+        self._board.report(link_id, uplink_bps)
 
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
         return replica_health(self.series, self.faults)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {"bytes_in_flight": float(self.bytes_in_flight)}

@@ -108,10 +108,8 @@ def free_port() -> int:
 
 def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int,
               started_ray: bool = True) -> str:
-    """Start the Serve app on 127.0.0.1 (Ray must be running); returns its base URL."""
-    from ray import serve
-
-    from serve.app import build_app
+    """Start the Serve apps on 127.0.0.1 (Ray must be running); returns their base URL."""
+    from serve.app import deploy
     from serve.settings import AppArgs
     from serve.startup import start_http
 
@@ -119,8 +117,7 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
     _, port = start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
                    slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
-    serve.run(build_app(args), name="twostep", route_prefix="/",
-              logging_config={"enable_access_log": False})
+    deploy(args)
     return f"http://127.0.0.1:{port}"
 
 
@@ -315,11 +312,9 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
             ray.shutdown()
         elif ray.is_initialized():
             # a cluster we joined: remove only our app and its actors, others keep running
-            from serve.app import release_app
+            from serve.app import delete_apps
 
-            if "twostep" in serve.status().applications:
-                serve.delete("twostep")
-            release_app("twostep")
+            delete_apps("twostep")
     log("\n" + table)
     for name, path in pictures.items():
         log(f"picture ({name}): {path}")

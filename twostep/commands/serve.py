@@ -8,8 +8,6 @@ import os
 
 from pipeline.cost import parse_bandwidth
 
-APP_NAME = "twostep"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("series", help="model series directory")
@@ -89,9 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
-    from ray import serve
 
-    from serve.app import build_app
+    from serve.app import deploy
     from serve.series_source import publish_series
     from serve.startup import start_http
 
@@ -107,22 +104,19 @@ def run(args: argparse.Namespace) -> int:
                                 proxy_location=args.proxy_location)
         print(f"twostep serve: {app_args.series_dir} at http://{host}:{port}/v1/ "
               "(docs/serve.md; Ctrl-C stops)", flush=True)
-        serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
+        deploy(app_args, blocking=True)
     finally:
-        stop_app(joined, series if "series" in locals() else None)
+        stop_app(joined, series if "series" in locals() else None, app_args.app_name)
     return 0
 
 
-def stop_app(joined: bool, series: dict | None) -> None:
+def stop_app(joined: bool, series: dict | None, app_name: str) -> None:
     """On a cluster we joined, delete only our app (and its actors); else shut Serve down."""
     from ray import serve
 
-    from serve.app import release_app
+    from serve.app import delete_apps
 
     if joined:
-        try:
-            serve.delete(APP_NAME)
-        finally:
-            release_app(APP_NAME, series)
+        delete_apps(app_name, series)
     else:
         serve.shutdown()

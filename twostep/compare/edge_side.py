@@ -36,9 +36,8 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
                ray_address: str | None = None) -> None:
     """Start (or join) Ray and run the Serve app on host:port with one fixed tail replica."""
     import ray
-    from ray import serve
 
-    from serve.app import build_app
+    from serve.app import deploy
     from serve.settings import AppArgs
     from serve.startup import start_http
 
@@ -51,8 +50,7 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     start_http(host, port)
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
                    tail_replicas=1, baselines=True)
-    serve.run(build_app(args), name="twostep", route_prefix="/",
-              logging_config={"enable_access_log": False})
+    deploy(args)
     with urllib.request.urlopen(f"http://{host}:{port}/v1/health", timeout=60) as response:
         response.read()
 
