@@ -9,6 +9,10 @@ STAMP := $(VENV)/.twostep-installed
 .PHONY: demo test lint data clean-venv
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "twostep needs Python 3.11 (torch 2.14.1 and its exact pins); '$(PYTHON)' is not 3.11: run make PYTHON=python3.11 ..."; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "the venv module of $(PYTHON) is missing: install python3.11-venv (Debian: apt-get install python3-venv)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)

@@ -105,7 +105,7 @@ def build_tail_app(args: AppArgs) -> Application:
         ray_actor_options=_actor_options(args.replica_cpus, edge),
         health_check_period_s=args.health_check_period_s, **scaling,
     ).bind(series, args.torch_threads, args.max_batch, args.max_body_bytes, args.app_name,
-           dataclasses.asdict(args.estimator_config()))
+           dataclasses.asdict(args.estimator_config()), args.tail_batch_size)
 
 
 def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:

@@ -85,6 +85,8 @@ class DeviceClient:
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
         self.initial_bps = initial_bps
+        self.min_report_change = 0.1
+        self._reported_bps: float | None = None
         self.table_ttl_s = table_ttl_s
         self._tables: dict[tuple, tuple[float, dict]] = {}
         self._current: dict[tuple, tuple[str, str]] = {}
@@ -100,7 +102,13 @@ class DeviceClient:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
             try:
-                self._conn.request(method, target, body=body, headers=headers)
+                # by hand rather than request(): no Accept-Encoding header (bytes on the uplink)
+                self._conn.putrequest(method, target, skip_accept_encoding=True)
+                for name, value in headers.items():
+                    self._conn.putheader(name, value)
+                if body is not None:
+                    self._conn.putheader("Content-Length", str(len(body)))
+                self._conn.endheaders(body)
                 response = self._conn.getresponse()
                 data = response.read()
                 break
@@ -191,15 +199,22 @@ class DeviceClient:
         return row
 
     def send_frame(self, frame: bytes, variant: str, split: str, retries: int = 3) -> dict:
-        """POST a frame to `/v1/tail` (one hop to a tail replica), with the fewest headers: the
-        content type and the variant as Serve's multiplexed model id, so the frame goes to a
-        replica that holds the variant. A frame is idempotent, so a failure of the edge that is
-        not about the request (a tail replica that died mid-request) is retried."""
-        params = {"variant": variant, "split": split, "link": self.link, "uplink_bps": self.uplink_bps}
+        """POST a frame to `/v1/tail` (one hop to a tail replica), with the fewest headers: Host,
+        Content-Length and the variant as Serve's multiplexed model id, so the frame goes to a
+        replica that holds the variant (no Content-Type: the tail takes any body as a frame).
+        A frame is idempotent, so a failure of the edge that is not about the request (a tail
+        replica that died mid-request) is retried."""
+        # The variant travels once, as the multiplexed model id; the uplink only when it moved
+        # by more than min_report_change since the last report (the edge keeps it).
+        params = {"split": split, "link": self.link}
+        if self.uplink_bps is not None and (
+                self._reported_bps is None
+                or abs(self.uplink_bps / self._reported_bps - 1) > self.min_report_change):
+            params["uplink_bps"] = f"{self.uplink_bps:.4g}"
+            self._reported_bps = self.uplink_bps
         for attempt in range(retries + 1):
             try:
                 return self._json("POST", "/v1/tail", body=frame, params=params,
-                                  content_type="application/octet-stream",
                                   headers={MULTIPLEX_HEADER: variant})
             except DeviceError as err:
                 if not err.retryable or attempt == retries:

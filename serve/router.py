@@ -348,6 +348,9 @@ class Router:
 
     @api.put("/v1/link")
     async def put_link(self, request: Request) -> dict:
+        if not self.args.emulate_link:
+            raise HttpError(403, "link emulation is off on this server: start it with "
+                                 "--emulate-link (twostep serve) or emulate_link: true")
         check_params(request.query_params, set())
         body = await read_body(request.stream(), request.headers.get("content-length"), MAX_JSON_BYTES)
         try:

@@ -131,11 +131,44 @@ class VariantRunner:
             RequestError: the split is unknown or `output`, or the frame is malformed, comes
                 from another variant, or has the wrong shape for the split.
         """
+        start = time.perf_counter_ns()
+        tensor = self.decode(frame, split)
+        decode_ms = _ms(start)
+        start = time.perf_counter_ns()
+        with torch.inference_mode():
+            logits = self.halves(split)[1](torch.from_numpy(tensor))
+        return TailOutput(logits.numpy().astype(np.float32), decode_ms, _ms(start))
+
+    def run_tails(self, frames: list[bytes], split: str) -> list[TailOutput | RequestError]:
+        """`run_tail` of several frames at `split` with one tail call on their concatenation
+        (a bad frame is answered with its error; the others still run)."""
+        start = time.perf_counter_ns()
+        decoded: list[np.ndarray | RequestError] = []
+        for frame in frames:
+            try:
+                decoded.append(self.decode(frame, split))
+            except RequestError as err:
+                decoded.append(err)
+        good = [d for d in decoded if isinstance(d, np.ndarray)]
+        decode_ms = _ms(start) / max(len(frames), 1)
+        out: list[TailOutput | RequestError] = []
+        if good:
+            start = time.perf_counter_ns()
+            with torch.inference_mode():
+                logits = self.halves(split)[1](torch.from_numpy(np.concatenate(good))).numpy()
+            tail_ms = _ms(start)
+            offsets = np.cumsum([0] + [len(d) for d in good])
+            parts = iter(logits[a:b].astype(np.float32) for a, b in zip(offsets, offsets[1:], strict=False))
+        for d in decoded:
+            out.append(d if isinstance(d, RequestError) else TailOutput(next(parts), decode_ms, tail_ms))
+        return out
+
+    def decode(self, frame: bytes, split: str) -> np.ndarray:
+        """The validated tensor (N, C, H, W) of a frame at `split` of this variant."""
         if split == "output":
             raise RequestError("split 'output' runs everything on the device: no tail to run")
-        _, tail = self.halves(split)
+        self.halves(split)
         shape = split_shape(self.spec, split)
-        start = time.perf_counter_ns()
         try:
             decoded = decode_frame(frame, max_elements=self.max_batch * math.prod(shape),
                                    expected_tag=self.tag)
@@ -149,9 +182,4 @@ class VariantRunner:
             )
         if not 1 <= tensor.shape[0] <= self.max_batch:
             raise RequestError(f"frame holds a batch of {tensor.shape[0]}; allowed 1..{self.max_batch}")
-        decode_ms = _ms(start)
-        start = time.perf_counter_ns()
-        with torch.inference_mode():
-            logits = tail(torch.from_numpy(tensor))
-        return TailOutput(logits.numpy().astype(np.float32), decode_ms, _ms(start))
-
+        return tensor

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
+from serve.autoscaling import POLICY_PATH
 from serve.bandwidth import EstimatorConfig
 
 
@@ -56,6 +57,9 @@ class AppArgs(BaseModel):
     # Link emulation of the head -> tail handoff (serve/link.py); None: not emulated.
     link_bandwidth_bps: float | None = Field(None, gt=0.0, le=MAX_BANDWIDTH_BPS)
     link_rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS)
+    # Whether clients may change the emulated link at run time (PUT /v1/link). Off by default:
+    # anyone who can reach the server could otherwise slow every request down.
+    emulate_link: bool = False
     # Request limits.
     max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30)
     max_image_pixels: int = Field(1 << 22, ge=1, le=1 << 28)
@@ -67,10 +71,17 @@ class AppArgs(BaseModel):
     tail_max_replicas: int = Field(2, ge=1)
     tail_target_ongoing_requests: float = Field(2.0, gt=0.0)
     tail_max_ongoing_requests: int = Field(4, ge=1)
+    # Frames of the same (variant, split) that arrive within 2 ms share one tail call
+    # (`@serve.batch`); 1 turns it off (bench/bench_load.py measures both).
+    tail_batch_size: int = Field(1, ge=1, le=64)
     tail_upscale_delay_s: float = Field(2.0, ge=0.0)
     tail_downscale_delay_s: float = Field(10.0, ge=0.0)
     tail_look_back_period_s: float = Field(3.0, gt=0.0)
     tail_metrics_interval_s: float = Field(0.5, gt=0.0)
+    # What EdgeTail scales on: requests in flight (Serve's default policy, with
+    # tail_target_ongoing_requests) or measured tail work in flight (serve/autoscaling.py).
+    tail_autoscaling_signal: Literal["requests", "work"] = "requests"
+    tail_target_work_ms: float = Field(20.0, gt=0.0, le=3_600_000.0)
     replica_cpus: float = Field(0.1, gt=0.0, le=64.0)
     # DeviceHead's CPUs (default: replica_cpus); 0 lets it run on a node that offers no CPUs
     # to Ray, such as a head node started with --num-cpus 0.
@@ -115,4 +126,7 @@ class AppArgs(BaseModel):
             # Deprecated in Ray 2.60 but still how often handles push the queue lengths the
             # autoscaler reads (10 s by default): 0.5 s lets it react within a few seconds.
             "metrics_interval_s": self.tail_metrics_interval_s,
+            **({"policy": {"policy_function": POLICY_PATH,
+                           "policy_kwargs": {"target_work_ms": self.tail_target_work_ms}}}
+               if self.tail_autoscaling_signal == "work" else {}),
         }

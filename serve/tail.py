@@ -9,7 +9,8 @@ calls the same deployment through a handle (`finish`).
 
 Like `DeviceHead`, one deployment holds any variant (loaded on first use, cached). A frame is
 validated against the variant (tag, the split's shape, the batch bound) before decoding. It
-reports the frame bytes it is working on (`record_autoscaling_stats`).
+reports the frame bytes and the measured tail work it holds (`record_autoscaling_stats`), the
+signal of `serve.autoscaling.WorkInFlightPolicy`.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from ray import serve
 
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
+from serve.autoscaling import WORK_METRIC, WorkMeter
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, replica_health
 from serve.inputs import (
     MULTIPLEX_HEADER,
@@ -65,6 +67,10 @@ async def _http_error(request: Request, err: HttpError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.status)
 
 
+def _answer(out) -> dict:
+    return {"logits": out.logits.tolist(), "decode_ms": out.decode_ms, "tail_ms": out.tail_ms}
+
+
 def _ms(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e6
 
@@ -76,7 +82,7 @@ class EdgeTail:
 
     def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
                  max_body_bytes: int = 4 << 20, links_app: str | None = None,
-                 estimator: dict | None = None):
+                 estimator: dict | None = None, batch_size: int = 1):
         torch.set_num_threads(torch_threads)
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
         self.info = DataInfo.from_dict(self.series.manifest["data"])
@@ -84,6 +90,10 @@ class EdgeTail:
         self.max_body_bytes = max_body_bytes
         self.faults: dict[str, str] = {}
         self.bytes_in_flight = 0
+        self.work = WorkMeter()
+        self.batch_size = batch_size
+        if batch_size > 1:
+            self._batched.set_max_batch_size(batch_size)
         self._links_app, self._estimator = links_app, estimator
         self._board: LinkBoardClient | None = None
 
@@ -98,14 +108,39 @@ class EdgeTail:
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         self.bytes_in_flight += len(frame)
+        key = (variant_id, split)
+        cost, result = self.work.start(key), {}
         try:
-            runner = await self.get_runner(variant_id)
-            out = await asyncio.to_thread(runner.run_tail, frame, split)
-        except (RequestError, SeriesError) as err:
-            return error_entry(err)
+            if self.batch_size > 1:
+                result = await self._batched((variant_id, frame, split))
+                return result
+            try:
+                runner = await self.get_runner(variant_id)
+                out = await asyncio.to_thread(runner.run_tail, frame, split)
+            except (RequestError, SeriesError) as err:
+                return error_entry(err)
+            result = _answer(out)
+            return result
         finally:
             self.bytes_in_flight -= len(frame)
-        return {"logits": out.logits.tolist(), "decode_ms": out.decode_ms, "tail_ms": out.tail_ms}
+            self.work.finish(key, cost, result.get("tail_ms"))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _batched(self, requests: list[tuple[str, bytes, str]]) -> list[dict]:
+        """Frames that arrive together: one tail call per (variant, split) among them."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (variant_id, _, split) in enumerate(requests):
+            groups.setdefault((variant_id, split), []).append(i)
+        answers: list[dict] = [{}] * len(requests)
+        for (variant_id, split), indices in groups.items():
+            try:
+                runner = await self.get_runner(variant_id)
+                outs = await asyncio.to_thread(runner.run_tails, [requests[i][1] for i in indices], split)
+            except (RequestError, SeriesError) as err:
+                outs = [err] * len(indices)
+            for i, out in zip(indices, outs, strict=True):
+                answers[i] = error_entry(out) if isinstance(out, Exception) else _answer(out)
+        return answers
 
     async def finish(self, frame: bytes, split: str) -> dict:
         """Tail of the request's variant (the multiplexed model id) on `frame`, made by its head
@@ -138,7 +173,8 @@ class EdgeTail:
         link_id = parse_link_id(params)
         uplink = parse_bandwidth_param(params, "uplink_bps")
         kind = media_type(request.headers.get("content-type"))
-        if kind not in FRAME_TYPES:
+        # No Content-Type is a frame too: only frames come here, and a device saves 40 bytes
+        if kind and kind not in FRAME_TYPES:
             raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind or '(none)'!r}")
         frame = await read_body(request.stream(), request.headers.get("content-length"),
                                 self.max_body_bytes)
@@ -170,4 +206,4 @@ class EdgeTail:
         return replica_health(self.series, self.faults)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"bytes_in_flight": float(self.bytes_in_flight)}
+        return {"bytes_in_flight": float(self.bytes_in_flight), WORK_METRIC: self.work.in_flight_ms}

@@ -31,6 +31,15 @@ class UsageError(ValueError):
     """A bad command-line value; printed as `twostep: error: ...` with exit code 2."""
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twostep")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _available_verbs() -> dict[str, tuple[str, str]]:
     return {
         verb: (module, text)
@@ -44,6 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
         prog="twostep",
         description="2-step pruning for device-edge split inference, served with Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"twostep {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     modules = {}
     for verb, (module, text) in _available_verbs().items():

@@ -116,7 +116,7 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
     port = port or free_port()
     _, port = start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
-                   slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0)
+                   slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0, emulate_link=True)
     deploy(args)
     return f"http://127.0.0.1:{port}"
 
@@ -262,6 +262,10 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
 
         def prune():
             nonlocal started_ray
+            if not ray.is_initialized() and config.demo.ray_address in (None, "", "local"):
+                from serve.ingress import apply_ingress
+
+                log(f"   {apply_ingress(config.demo.ingress)[1]}")
             started_ray = init_ray(config.demo.ray_address)
             return prune_stage(config, progress, log)
 

@@ -26,6 +26,7 @@ class DemoSettings:
     slowdown: float = 5.0
     accuracy_drop: float = 0.03
     ray_address: str = "local"
+    ingress: str = "auto"  # of a Ray session the demo starts (serve/ingress.py)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     port: int = 0
@@ -40,6 +41,8 @@ class DemoSettings:
             raise ValueError(f"slowdown must be in (0, 1e4], got {self.slowdown}")
         if not 0 <= self.accuracy_drop <= 1:
             raise ValueError(f"accuracy_drop must be a fraction in [0, 1], got {self.accuracy_drop}")
+        if self.ingress not in ("auto", "haproxy", "proxy"):
+            raise ValueError(f"ingress must be auto, haproxy or proxy, got {self.ingress!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
 

@@ -38,10 +38,12 @@ def test_serve_config_is_a_valid_serve_deploy_config_equal_to_the_cluster_file(r
 def test_cluster_serve_config_args_are_app_args_with_a_uri_and_two_routers(rayservice):
     from serve.settings import AppArgs
 
-    app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
-    args = AppArgs.model_validate(app["args"])
+    main, tail = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    args = AppArgs.model_validate(main["args"])
+    assert AppArgs.model_validate(tail["args"]) == args
     assert "://" in args.series_dir and args.placement == "resources"
-    deployments = {d["name"]: d for d in app["deployments"]}
+    assert (tail["name"], tail["route_prefix"]) == (f"{main['name']}-tail", "/v1/tail")
+    deployments = {d["name"]: d for app in (main, tail) for d in app["deployments"]}
     assert deployments["Router"]["num_replicas"] == args.router_replicas == 2
     assert deployments["EdgeTail"]["autoscaling_config"]["max_replicas"] == args.tail_max_replicas
 

@@ -64,7 +64,7 @@ def served(ray_session, tmp_path_factory):
     serve.shutdown()  # a Serve instance left by another module would ignore our HTTP options
     start_http("127.0.0.1", port)
     args = AppArgs(
-        series_dir=str(store.directory), ms_per_mmac=20.0, placement="local",
+        series_dir=str(store.directory), ms_per_mmac=20.0, placement="local", emulate_link=True,
         max_image_pixels=65536, max_body_bytes=65536, call_timeout_s=60.0, probe_interval_s=0.5,
         tail_upscale_delay_s=30.0,  # one tail replica, so the kill test kills the only one
     )

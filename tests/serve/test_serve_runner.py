@@ -100,3 +100,19 @@ def test_head_weights_are_checked(runner, tiny_store):
         load_head(data, runner.spec, "pool2")
     with pytest.raises(ValueError, match="safetensors"):
         load_head(b"garbage" * 10, runner.spec, "pool1")
+
+
+def test_batched_tails_equal_one_call_per_frame_and_keep_bad_frames_apart(runner):
+    rng = np.random.default_rng(3)
+    frames = [runner.run_head(rng.integers(0, 256, (n, 1, 32, 32), dtype=np.uint8), "pool3").frame
+              for n in (1, 3, 2)]
+    frames.insert(1, b"not a frame")
+    outs = runner.run_tails(frames, "pool3")
+    assert isinstance(outs[1], RequestError) and "bad frame" in str(outs[1])
+    for frame, out in zip(frames, outs, strict=True):
+        if frame == b"not a frame":
+            continue
+        alone = runner.run_tail(frame, "pool3").logits
+        assert out.logits.shape == alone.shape
+        np.testing.assert_allclose(out.logits, alone, atol=1e-5, rtol=1e-5)
+    assert all(isinstance(o, RequestError) for o in runner.run_tails([b"x", b"y"], "pool3"))

@@ -54,12 +54,15 @@ def test_serve_yaml_is_a_serve_config_in_step_with_the_defaults():
 
     document = yaml.safe_load(SERVE_YAML.read_text())
     schema = ServeDeploySchema.model_validate(document)
-    (application,) = schema.applications
-    assert application.import_path == "serve.app:build_app"
-    args = AppArgs.model_validate(application.args)
-    deployments = {d.name: d for d in application.deployments}
-    assert set(deployments) == {"Router", "DeviceHead", "EdgeTail"}
-    tail = deployments["EdgeTail"]
+    main, tail_app = schema.applications
+    assert (main.import_path, main.route_prefix) == ("serve.app:build_app", "/")
+    assert (tail_app.import_path, tail_app.route_prefix) == ("serve.app:build_tail_app", "/v1/tail")
+    assert tail_app.name == f"{main.name}-tail"  # the Router finds its tails by this name
+    args = AppArgs.model_validate(main.args)
+    assert AppArgs.model_validate(tail_app.args) == args
+    assert {d.name for d in main.deployments} == {"Router", "DeviceHead"}
+    (tail,) = tail_app.deployments
+    assert tail.name == "EdgeTail"
     assert tail.autoscaling_config == args.tail_autoscaling_config()
     assert tail.max_ongoing_requests == args.tail_max_ongoing_requests
     assert document["http_options"]["host"] == "127.0.0.1"

@@ -11,10 +11,16 @@ from pipeline.cost import parse_bandwidth
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("series", help="model series directory")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address the HTTP ingress (and, with HAProxy, the replicas' own HTTP "
+                             "ports) bind to: 127.0.0.1 (default) keeps it on this machine; "
+                             "0.0.0.0 serves devices on the network")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+                        help="HTTP ingress of a Ray session started here: HAProxy (Ray's fast "
+                             "ingress) where available, else Serve's proxy (default auto)")
     parser.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
                         help="where Serve runs HTTP proxies (default EveryNode; HeadOnly when "
                              "several nodes share one machine and port)")
@@ -29,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-profile", help="device profile (default: derived with --slowdown)")
     parser.add_argument("--slowdown", type=float, help="device = this many times the edge (default 5)")
     parser.add_argument("--link-bandwidth", help="emulate the handoff link: 1mbit, 250kbit, 2e6")
+    parser.add_argument("--emulate-link", action="store_true",
+                        help="let clients set the emulated link at run time (PUT /v1/link); "
+                             "off by default: anyone reaching the server could slow it down")
     parser.add_argument("--link-rtt-ms", type=float, help="emulated link round trip (default 0)")
     parser.add_argument("--tail-replicas", type=int, help="fixed EdgeTail replicas (default: autoscale)")
     parser.add_argument("--tail-max-replicas", type=int, help="autoscaling maximum (default 2)")
@@ -63,7 +72,7 @@ def resolve_args(args: argparse.Namespace):
         "edge_profile": args.edge_profile, "device_profile": args.device_profile,
         "slowdown": args.slowdown, "link_rtt_ms": args.link_rtt_ms,
         "tail_replicas": args.tail_replicas, "tail_max_replicas": args.tail_max_replicas,
-        "router_replicas": args.router_replicas,
+        "router_replicas": args.router_replicas, "emulate_link": args.emulate_link or None,
         "link_bandwidth_bps": parse_bandwidth(args.link_bandwidth) if args.link_bandwidth else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -94,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.address:
         ray.init(address=args.address)
+        print("twostep serve: ingress: the cluster's own (RAY_SERVE_ENABLE_HA_PROXY=1 on its nodes "
+              "selects HAProxy)", flush=True)
     else:
+        from serve.ingress import apply_ingress
+
+        _, line = apply_ingress(args.ingress)
+        print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     joined = bool(args.address)
     try:

@@ -35,6 +35,7 @@ import torch
 from pipeline.codec import encode_frame, variant_tag
 from pipeline.data import DataInfo, normalize
 from serve.client import DeviceClient
+from serve.inputs import MULTIPLEX_HEADER
 from serve.runner import codec_config
 from twostep.compare.strategies import Execution, execution_for
 
@@ -97,9 +98,11 @@ class Device:
         self.codec = codec_config(info["codec"])
 
     # ---- one request ----
-    def _post(self, target: str, body: bytes, content_type: str) -> dict:
+    def _post(self, target: str, body: bytes, content_type: str, variant: str | None = None) -> dict:
+        # a frame names its variant once, as Serve's multiplexed model id (as DeviceClient does)
+        extra = f"{MULTIPLEX_HEADER}: {variant}\r\n" if variant else ""
         head = (f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode()
         if self.setup.throttle:
             time.sleep((len(head) + len(body) + TCP_SEGMENT_OVERHEAD) * 8.0 / self.bandwidth_bps)
         if self.udp is not None:
@@ -157,9 +160,10 @@ class Device:
                 prediction = int(output[0].argmax())
             else:
                 frame = output
-                query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
+                query = urllib.parse.urlencode({"split": execution.split})
                 send = time.perf_counter_ns()
-                answer = self._post(f"/v1/tail?{query}", frame, "application/octet-stream")
+                answer = self._post(f"/v1/tail?{query}", frame, "application/octet-stream",
+                                    execution.variant)
                 row["send_ms"] = _ms(send)
                 row["payload_bytes"] = len(frame)
                 prediction = answer["predictions"][0]
@@ -235,9 +239,10 @@ class Device:
                 "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}
 
     def request_head_bytes(self, execution: Execution) -> int:
-        query = urllib.parse.urlencode({"variant": execution.variant, "split": execution.split})
+        query = urllib.parse.urlencode({"split": execution.split})
         return len(f"POST /v1/tail?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                   f"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n")
+                   f"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+                   f"{MULTIPLEX_HEADER}: {execution.variant}\r\n\r\n")
 
     def plan(self, point: dict) -> dict:
         """The router's best row for a grid point (`/v1/plan` with this device's speed)."""

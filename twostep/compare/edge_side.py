@@ -33,7 +33,7 @@ def udp_sink(host: str, port: int) -> None:
 
 
 def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_floor: float,
-               ray_address: str | None = None) -> None:
+               ray_address: str | None = None, ingress: str = "auto") -> None:
     """Start (or join) Ray and run the Serve app on host:port with one fixed tail replica."""
     import ray
 
@@ -43,6 +43,10 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
+        if not ray_address:
+            from serve.ingress import apply_ingress
+
+            print(f"edge: {apply_ingress(ingress)[1]}", file=sys.stderr, flush=True)
         # "local": a new instance here, never one that RAY_ADDRESS or `ray start` points at.
         ray.init(address=ray_address or "local", num_cpus=None if ray_address else 2,
                  include_dashboard=False,
@@ -64,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-floor", type=float, required=True)
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--ray-address")
+    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
     args = parser.parse_args(argv)
     if args.sink_port:
         udp_sink(args.host, args.sink_port)
     start_edge(args.series, args.host, args.port, args.edge_profile, args.accuracy_floor,
-               args.ray_address)
+               args.ray_address, args.ingress)
     print("READY", flush=True)
     sys.stdin.read()  # until the orchestrator closes the pipe
     import ray

@@ -46,6 +46,7 @@ class BenchConfig:
     calibration_requests: int = 20
     accuracy_images: int = 2000
     startup_timeout_s: float = 300.0
+    ingress: str = "auto"
 
     def __post_init__(self):
         if not self.bandwidths_mbit or any(not 0 < b <= 1e6 for b in self.bandwidths_mbit):
@@ -299,7 +300,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             sys.executable, "-m", "twostep.compare.edge_side", "--series", str(store.directory),
             "--host", link.edge_host, "--port", str(port),
             "--edge-profile", str((out / "profile.edge.json").resolve()),
-            "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0)]), out)
+            "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0),
+            "--ingress", config.ingress]), out)
         processes.append(edge)
         edge.wait_ready(config.startup_timeout_s)
         setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),

@@ -114,7 +114,8 @@ def baseline_choices(
         slowdown: the device runs this many times slower than the edge (times the calibrated
             `costs.device_factor` for the prediction).
         costs: the calibrated per-request costs of the serving path.
-        raw_bytes, jpeg_bytes: payload of (b) and (c) (raw pixels, mean JPEG size).
+        raw_bytes: the raw pixels' size (unused since (b) sends the coded input frame).
+        jpeg_bytes: payload of (c) (mean JPEG size).
         jpeg_encode_ms: the edge-speed time to JPEG-encode one image (the device pays it x slowdown).
     """
     device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
@@ -138,7 +139,9 @@ def baseline_choices(
 
     return {
         "a": (Execution("device", base, "output"), predicted(whole.head_ms, 0, 0)),
-        "b": (Execution("raw", base, "input"), predicted(0, raw_bytes, edge_all.tail_ms)),
+        # the raw input as the device path sends it: an 8-bit lz4 frame at split `input`, one hop
+        "b": (Execution("frame", base, "input"),
+              predicted(edge_all.head_ms, edge_all.bytes_sent, edge_all.tail_ms)),
         "c": (Execution("jpeg", base, "input"),
               predicted(jpeg_encode_ms * costs.device_slowdown(slowdown) + overhead, jpeg_bytes,
                         edge_all.tail_ms)),

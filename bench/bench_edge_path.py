@@ -1,0 +1,246 @@
+"""The device path against Ray Serve's own one-hop floor, per ingress, side by side in one run.
+
+For each ingress (Serve's default proxy, then HAProxy with the throughput-optimised mode), a
+child process starts its own Ray session (the ingress is chosen when Ray starts) and deploys:
+- the floor: a no-op FastAPI ingress deployment answering `POST /noop` with a 60-byte body, no
+  model (Ray Serve's own cost for one HTTP request into one replica);
+- twostep's two apps (`serve.app.deploy`, one fixed tail replica) on a series (default: a tiny
+  random series built here; `--series DIR` for a real one).
+It then sends, interleaved so that other load hits both alike, `--requests` sequential requests
+of each over one keep-alive connection each: the no-op, and a device's frame to `/v1/tail`
+exactly as `serve.client.DeviceClient.send_frame` sends it. The device path's *fixed* time per
+request is its wall time minus the tail's own decode and compute time (reported by the
+replica); the ratio fixed / floor is the target (<= 1.5x). Bytes: the HTTP bytes each request
+and its answer put on the wire (counted on the client's socket), and how they split.
+
+    .venv/bin/python bench/bench_edge_path.py [--series DIR] [--requests 300]
+
+Also lists the TCP ports the Serve processes listen on, with their addresses.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the no-op route's annotations.
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+if os.environ.get("PYTHONPATH"):  # a child measuring another checkout (--tree)
+    sys.path.insert(0, os.environ["PYTHONPATH"])
+else:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NOOP_BODY = b"x" * 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingConnection(http.client.HTTPConnection):
+    """A keep-alive connection that counts the bytes it sends and receives."""
+
+    sent = received = 0
+
+    def connect(self):
+        super().connect()
+        sock, outer = self.sock, self
+
+        class Counted:
+            def sendall(self, data):
+                outer.sent += len(data)
+                return sock.sendall(data)
+
+            def makefile(self, *args, **kwargs):
+                raw = sock.makefile(*args, **kwargs)
+
+                class Reader:
+                    def __getattr__(self, name):
+                        return getattr(raw, name)
+
+                    def readinto(self, b):
+                        n = raw.readinto(b)
+                        outer.received += n or 0
+                        return n
+
+                    def read(self, *a):
+                        data = raw.read(*a)
+                        outer.received += len(data)
+                        return data
+
+                    def readline(self, *a):
+                        data = raw.readline(*a)
+                        outer.received += len(data)
+                        return data
+
+                    def peek(self, *a):
+                        return raw.peek(*a)
+
+                return Reader()
+
+            def __getattr__(self, name):
+                return getattr(sock, name)
+
+        self.sock = Counted()
+
+
+def child(mode: str, series: str | None, requests: int) -> dict:
+    """Runs in its own process (ingress environment set by the parent): one Ray session;
+    returns the figures. Also runs against an older checkout of twostep (`--tree`), whose
+    device path went through the Router."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import logging
+
+    import ray
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    from pipeline.series import SeriesStore
+    from serve.client import DeviceClient
+    from serve.runner import VariantRunner
+    from serve.settings import AppArgs
+    from serve.startup import start_http
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    port = _free_port()
+    start_http("127.0.0.1", port)
+    noop_api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(noop_api)
+    class Noop:
+        @noop_api.post("/")
+        async def answer(self, request: Request) -> bytes:
+            await request.body()
+            return b""
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False})
+    if series is None:
+        from serve.demo_series import make_tiny_series
+
+        series = str(make_tiny_series(Path(tempfile.mkdtemp()) / "series").directory)
+    store = SeriesStore.open(series)
+    variant = store.manifest["base"]
+    split = "pool3" if "pool3" in store.get(variant)["splits"] else list(store.get(variant)["splits"])[1]
+    app_args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1)
+    try:
+        from serve.app import deploy
+    except ImportError:  # before the tail had an app of its own
+        from serve.app import build_app
+
+        serve.run(build_app(app_args), name="twostep", route_prefix="/",
+                  logging_config={"enable_access_log": False})
+    else:
+        deploy(app_args)
+    runner = VariantRunner.load(store, variant)
+    spec = runner.input_shape
+    pixels = np.random.default_rng(0).integers(0, 256, (1, *spec), dtype=np.uint8)
+    frame = runner.run_head(pixels, split).frame
+
+    noop = CountingConnection("127.0.0.1", port, timeout=120)
+    device = DeviceClient(f"http://127.0.0.1:{port}", link="bench")
+    device._conn = tail_conn = CountingConnection("127.0.0.1", port, timeout=120)
+
+    def noop_once() -> float:
+        start = time.perf_counter_ns()
+        noop.request("POST", "/noop/", body=NOOP_BODY, headers={"Content-Type": "application/octet-stream"})
+        response = noop.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def send(frame, variant, split):
+        if hasattr(device, "send_frame"):
+            return device.send_frame(frame, variant, split)
+        return device._json("POST", "/v1/tail", body=frame, content_type="application/octet-stream",
+                            params={"variant": variant, "split": split, "link": device.link,
+                                    "uplink_bps": device.uplink_bps})
+
+    def tail_once() -> tuple[float, float]:
+        start = time.perf_counter_ns()
+        answer = send(frame, variant, split)
+        wall = (time.perf_counter_ns() - start) / 1e6
+        return wall, answer["timings_ms"]["decode"] + answer["timings_ms"]["tail"]
+
+    for _ in range(30):  # warm-up: first loads, connection set-up
+        noop_once()
+        tail_once()
+    noop.sent = noop.received = tail_conn.sent = tail_conn.received = 0
+    floor, wall, work = [], [], []
+    for _ in range(requests):
+        floor.append(noop_once())
+        w, k = tail_once()
+        wall.append(w)
+        work.append(k)
+    fixed = [w - k for w, k in zip(wall, work, strict=True)]
+    listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    binds = sorted({line.split()[3] for line in listening.splitlines()[1:]
+                    if "haproxy" in line or "ray::" in line or "python" in line})
+    serve.shutdown()
+    ray.shutdown()
+    request_head = tail_conn.sent / requests - len(frame)
+    return {
+        "mode": mode, "requests": requests, "frame_bytes": len(frame),
+        "floor_p50_ms": float(np.median(floor)), "floor_p95_ms": float(np.percentile(floor, 95)),
+        "tail_wall_p50_ms": float(np.median(wall)), "tail_work_p50_ms": float(np.median(work)),
+        "tail_fixed_p50_ms": float(np.median(fixed)), "tail_fixed_p95_ms": float(np.percentile(fixed, 95)),
+        "request_head_bytes": request_head, "response_bytes": tail_conn.received / requests,
+        "noop_request_bytes": noop.sent / requests, "noop_response_bytes": noop.received / requests,
+        "listening": binds,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", help="series directory (default: a tiny one built here)")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--modes", default="proxy,haproxy")
+    parser.add_argument("--tree", help="measure the twostep checkout at this path instead "
+                        "(e.g. a git worktree of an older commit)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.series, args.requests)))
+        return 0
+    from serve.ingress import choose_ingress
+
+    results = []
+    for mode in args.modes.split(","):
+        chosen, env, line = choose_ingress(mode)
+        tree = Path(args.tree).resolve() if args.tree else Path(__file__).resolve().parents[1]
+        argv = [sys.executable, __file__, "--child", chosen, "--requests", str(args.requests)]
+        if args.series:
+            argv += ["--series", args.series]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tree,
+                              env={**os.environ, **env, "PYTHONPATH": str(tree)})
+        if done.returncode != 0:
+            print(f"{mode}: failed\n{done.stderr[-3000:]}")
+            return 1
+        results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "line": line})
+    print(f"{'ingress':8} {'floor p50':>10} {'device path p50':>16} {'tail work':>10} "
+          f"{'fixed p50':>10} {'fixed/floor':>12}")
+    for r in results:
+        print(f"{r['mode']:8} {r['floor_p50_ms']:9.2f}ms {r['tail_wall_p50_ms']:15.2f}ms "
+              f"{r['tail_work_p50_ms']:9.2f}ms {r['tail_fixed_p50_ms']:9.2f}ms "
+              f"{r['tail_fixed_p50_ms'] / r['floor_p50_ms']:11.2f}x")
+    for r in results:
+        print(f"{r['mode']}: {r['line']}")
+        print(f"  HTTP bytes per device request: {r['request_head_bytes']:.0f} B request head + "
+              f"{r['frame_bytes']} B frame; answer {r['response_bytes']:.0f} B "
+              f"(no-op: {r['noop_request_bytes']:.0f} B / {r['noop_response_bytes']:.0f} B)")
+        print(f"  listening: {', '.join(r['listening'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

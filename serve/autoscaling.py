@@ -1,0 +1,57 @@
+"""EdgeTail's autoscaling signal: requests in flight (Serve's default) or work in flight.
+
+Frames differ in cost: one at an early split leaves most of the network to the tail, one at a
+late split almost nothing. Counting requests treats them alike. `WorkInFlightPolicy` scales on
+the tail's *work* in flight instead: each replica reports (`record_autoscaling_stats`) the sum,
+over the frames it holds, of the tail time it has measured for that (variant, split), and the
+policy asks for `total work in flight / target_work_ms` replicas. Serve wraps any custom policy
+with the deployment's bounds and up/down-scale delays, as for its own.
+`bench/bench_load.py --mixed` measures both on a mix of heavy and light frames.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+WORK_METRIC = "work_in_flight_ms"
+POLICY_PATH = "serve.autoscaling:WorkInFlightPolicy"
+
+
+class WorkInFlightPolicy:
+    """Desired replicas = total measured tail work in flight / `target_work_ms`."""
+
+    def __init__(self, target_work_ms: float = 20.0):
+        if not (isinstance(target_work_ms, int | float) and target_work_ms > 0
+                and math.isfinite(target_work_ms)):
+            raise ValueError(f"target_work_ms must be a number > 0, got {target_work_ms!r}")
+        self.target_work_ms = float(target_work_ms)
+
+    def __call__(self, ctx: Any) -> tuple[float, dict]:
+        per_replica = (ctx.aggregated_metrics or {}).get(WORK_METRIC) or {}
+        if ctx.current_num_replicas == 0 or not per_replica:
+            return ctx.target_num_replicas, {}
+        return sum(per_replica.values()) / self.target_work_ms, {}
+
+
+class WorkMeter:
+    """Per replica: the measured tail time per (variant, split) (running mean) and the sum of
+    it over the frames in flight."""
+
+    def __init__(self, default_ms: float = 1.0, smoothing: float = 0.2):
+        self.default_ms = default_ms
+        self.smoothing = smoothing
+        self.mean_ms: dict[tuple[str, str], float] = {}
+        self.in_flight_ms = 0.0
+
+    def start(self, key: tuple[str, str], frames: int = 1) -> float:
+        cost = self.mean_ms.get(key, self.default_ms) * frames
+        self.in_flight_ms += cost
+        return cost
+
+    def finish(self, key: tuple[str, str], cost: float, measured_ms: float | None) -> None:
+        self.in_flight_ms = max(0.0, self.in_flight_ms - cost)
+        if measured_ms is not None:
+            previous = self.mean_ms.get(key)
+            self.mean_ms[key] = measured_ms if previous is None else \
+                previous + self.smoothing * (measured_ms - previous)

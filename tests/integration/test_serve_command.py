@@ -1,0 +1,65 @@
+"""`twostep serve` as a user starts it: its own Ray session with Ray's HAProxy ingress (the
+default where the binary exists), both apps, a device's frame answered in one hop, the plan
+table, link emulation refused to clients unless enabled, and a clean stop on Ctrl-C."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_path):
+    from serve.client import DeviceClient
+    from serve.runner import VariantRunner
+    from twostep.local_cluster import cluster_env
+
+    port = _free_port()
+    twostep = str(Path(sys.executable).with_name("twostep"))
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
+    proc = subprocess.Popen([twostep, "serve", str(tiny_store.directory), "--port", str(port),
+                             "--num-cpus", "2", "--tail-replicas", "1", "--set", "ms_per_mmac=20"],
+                            stdout=log, stderr=subprocess.STDOUT, env=cluster_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/v1/health", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        output = (tmp_path / "serve.log").read_text()
+        assert "ingress: HAProxy" in output, output[-2000:]
+        runner = VariantRunner.load(tiny_store, "vgg11-base")
+        pixels = np.random.default_rng(5).integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
+        frame = runner.run_head(pixels, "pool3").frame
+        expected = runner.run_tail(frame, "pool3").logits[0]
+        with DeviceClient(url) as device:
+            answer = device.send_frame(frame, "vgg11-base", "pool3")
+            np.testing.assert_allclose(answer["logits"][0], expected, atol=1e-4, rtol=1e-4)
+            table = device.plan_table(accuracy_floor=0.8)
+            assert table["rows"][0]["min_bps"] == 0.0 and table["rows"][-1]["max_bps"] is None
+            result = device.classify(pixels, accuracy_floor=0.8)  # planned from the table
+            assert result.variant in tiny_store.ids()
+        refused = requests.put(f"{url}/v1/link", json={"bandwidth_bps": 1}, timeout=30)
+        assert refused.status_code == 403 and "--emulate-link" in refused.json()["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) in (0, 130)
+        log.close()
