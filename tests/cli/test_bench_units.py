@@ -32,7 +32,10 @@ def test_baselines_are_the_papers_strategies(tiny_store, edge_profile):
     assert set(choices) == set("abcde")
     assert choices["a"][0] == Execution("device", "vgg11-base", "output")
     assert choices["a"][1]["bytes"] == 0 and choices["a"][1]["transfer_ms"] == 0
-    assert choices["b"][0].mode == "raw" and choices["b"][1]["bytes"] == 1024
+    # (b) sends the input as the device path does: the coded frame at `input`, in one hop
+    input_bytes = tiny_store.get("vgg11-base")["splits"]["input"]["bytes_mean"]
+    assert choices["b"][0] == Execution("frame", "vgg11-base", "input")
+    assert choices["b"][1]["bytes"] == input_bytes
     assert choices["c"][0].mode == "jpeg" and choices["c"][1]["device_ms"] == pytest.approx(1.0)
     # (d) is the cheapest split of the unpruned model under the same cost model.
     device = derive_profile(edge_profile, 5.0)["variants"]["vgg11-base"]
