@@ -55,6 +55,7 @@ class CountingConnection(http.client.HTTPConnection):
     def connect(self):
         super().connect()
         sock, outer = self.sock, self
+        self.raw_sock = sock
 
         class Counted:
             def sendall(self, data):
@@ -92,6 +93,21 @@ class CountingConnection(http.client.HTTPConnection):
                 return getattr(sock, name)
 
         self.sock = Counted()
+
+
+# Ethernet (14) + IPv4 (20) + TCP with timestamps (32) headers: what each segment adds on a link.
+SEGMENT_HEADERS = 66
+
+
+def tcp_counters(sock: socket.socket) -> tuple[int, int, int, int]:
+    """(bytes acked, bytes received, segments out, segments in) of a TCP socket (Linux TCP_INFO;
+    offsets of struct tcp_info in linux/tcp.h)."""
+    import struct
+
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    acked, received = struct.unpack_from("<QQ", info, 120)
+    segs_out, segs_in = struct.unpack_from("<II", info, 136)
+    return acked, received, segs_out, segs_in
 
 
 def child(mode: str, series: str | None, requests: int) -> dict:
@@ -176,6 +192,7 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         noop_once()
         tail_once()
     noop.sent = noop.received = tail_conn.sent = tail_conn.received = 0
+    tcp_before = tcp_counters(tail_conn.raw_sock)
     floor, wall, work = [], [], []
     for _ in range(requests):
         floor.append(noop_once())
@@ -183,6 +200,8 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         wall.append(w)
         work.append(k)
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
+    acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
+                                                              strict=True))
     listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
     binds = sorted({line.split()[3] for line in listening.splitlines()[1:]
                     if "haproxy" in line or "ray::" in line or "python" in line})
@@ -197,6 +216,11 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         "request_head_bytes": request_head, "response_bytes": tail_conn.received / requests,
         "noop_request_bytes": noop.sent / requests, "noop_response_bytes": noop.received / requests,
         "listening": binds,
+        # on an Ethernet link, per request: what the device sends (its data and ACK segments)
+        # and receives, every segment with its headers
+        "link_up_bytes": (acked + segs_out * SEGMENT_HEADERS) / requests,
+        "link_down_bytes": (received + segs_in * SEGMENT_HEADERS) / requests,
+        "segments_out": segs_out / requests, "segments_in": segs_in / requests,
     }
 
 
@@ -238,6 +262,9 @@ def main() -> int:
         print(f"  HTTP bytes per device request: {r['request_head_bytes']:.0f} B request head + "
               f"{r['frame_bytes']} B frame; answer {r['response_bytes']:.0f} B "
               f"(no-op: {r['noop_request_bytes']:.0f} B / {r['noop_response_bytes']:.0f} B)")
+        print(f"  on an Ethernet link per request: up {r['link_up_bytes']:.0f} B "
+              f"({r['segments_out']:.1f} segments, {r['link_up_bytes'] - r['frame_bytes']:.0f} B besides "
+              f"the frame), down {r['link_down_bytes']:.0f} B ({r['segments_in']:.1f} segments)")
         print(f"  listening: {', '.join(r['listening'])}")
     return 0
 

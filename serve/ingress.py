@@ -22,6 +22,7 @@ MODES = ("auto", "haproxy", "proxy")
 # HAProxy's stats and Prometheus frontends, fixed ports in Ray's template: one HAProxy-mode Serve
 # per machine (a second, or one left over from a crash, holds them and the new one fails).
 HAPROXY_FIXED_PORTS = (8404, 9101)
+LOOPBACK_OR_ALL = ("127.0.0.1", "localhost", "0.0.0.0")
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
@@ -51,12 +52,23 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def choose_ingress(mode: str = "auto") -> tuple[str, dict[str, str], str]:
-    """(mode chosen, environment for Ray, one line saying what was chosen and why)."""
+def choose_ingress(mode: str = "auto", host: str = "127.0.0.1") -> tuple[str, dict[str, str], str]:
+    """(mode chosen, environment for Ray, one line saying what was chosen and why).
+
+    HAProxy reaches the replicas of its own node on the loopback address, so their HTTP host
+    (the one given) must be 127.0.0.1 or all interfaces; for another address `auto` takes the
+    proxy (an edge in a network namespace binds 0.0.0.0 there instead).
+    """
     if mode not in MODES:
         raise ValueError(f"ingress must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "proxy":
         return "proxy", {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "ingress: Serve's default proxy"
+    if host not in LOOPBACK_OR_ALL:
+        if mode == "haproxy":
+            raise ValueError(f"ingress haproxy needs host 127.0.0.1 or 0.0.0.0 (it reaches local "
+                             f"replicas on the loopback address), got {host!r}")
+        return ("proxy", {"RAY_SERVE_ENABLE_HA_PROXY": "0"},
+                f"ingress: Serve's default proxy (HAProxy cannot reach replicas bound to {host})")
     binary = haproxy_binary()
     if binary is None:
         if mode == "haproxy":
@@ -76,10 +88,10 @@ def choose_ingress(mode: str = "auto") -> tuple[str, dict[str, str], str]:
             "interfaces")
 
 
-def apply_ingress(mode: str = "auto") -> tuple[str, str]:
+def apply_ingress(mode: str = "auto", host: str = "127.0.0.1") -> tuple[str, str]:
     """Choose the ingress and set its environment for a Ray session started after this call
     (and its workers). Returns (mode chosen, line to print)."""
-    chosen, env, line = choose_ingress(mode)
+    chosen, env, line = choose_ingress(mode, host)
     os.environ.update(env)
     if chosen == "proxy":
         os.environ.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)

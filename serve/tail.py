@@ -39,6 +39,7 @@ from serve.link_board import LinkBoardClient
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
+INLINE_FRAME_BYTES = 16 << 10
 TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 tail_api = FastAPI(title="twostep edge tail", version="1",
@@ -116,7 +117,13 @@ class EdgeTail:
                 return result
             try:
                 runner = await self.get_runner(variant_id)
-                out = await asyncio.to_thread(runner.run_tail, frame, split)
+                # A small frame's tail runs inline: handing it to a thread costs more than it
+                # takes (the replica runs one torch thread either way); a large one keeps the
+                # event loop free for the requests queued behind it.
+                if len(frame) <= INLINE_FRAME_BYTES:
+                    out = runner.run_tail(frame, split)
+                else:
+                    out = await asyncio.to_thread(runner.run_tail, frame, split)
             except (RequestError, SeriesError) as err:
                 return error_entry(err)
             result = _answer(out)

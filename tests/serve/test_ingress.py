@@ -49,6 +49,16 @@ def test_apply_sets_and_clears_the_environment(monkeypatch):
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
 
 
+def test_haproxy_needs_a_host_it_reaches_on_loopback(monkeypatch):
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    monkeypatch.setattr(ingress, "_port_free", lambda port: True)
+    assert ingress.choose_ingress("auto", "0.0.0.0")[0] == "haproxy"
+    mode, _, line = ingress.choose_ingress("auto", "10.0.0.2")
+    assert mode == "proxy" and "10.0.0.2" in line
+    with pytest.raises(ValueError, match="10.0.0.2"):
+        ingress.choose_ingress("haproxy", "10.0.0.2")
+
+
 def test_bad_mode_is_named():
     with pytest.raises(ValueError, match="'fast'"):
         ingress.choose_ingress("fast")

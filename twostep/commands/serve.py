@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from serve.ingress import apply_ingress
 
-        _, line = apply_ingress(args.ingress)
+        _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     joined = bool(args.address)

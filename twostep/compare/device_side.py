@@ -99,10 +99,12 @@ class Device:
 
     # ---- one request ----
     def _post(self, target: str, body: bytes, content_type: str, variant: str | None = None) -> dict:
-        # a frame names its variant once, as Serve's multiplexed model id (as DeviceClient does)
+        # a frame names its variant once, as Serve's multiplexed model id, and needs no
+        # Content-Type: the fewest header bytes, as DeviceClient sends it
+        kind = "" if variant else f"Content-Type: {content_type}\r\n"
         extra = f"{MULTIPLEX_HEADER}: {variant}\r\n" if variant else ""
         head = (f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode()
+                f"{kind}Content-Length: {len(body)}\r\n{extra}\r\n").encode()
         if self.setup.throttle:
             time.sleep((len(head) + len(body) + TCP_SEGMENT_OVERHEAD) * 8.0 / self.bandwidth_bps)
         if self.udp is not None:
@@ -235,14 +237,20 @@ class Device:
         else:
             overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
             source = "HTTP request head + one TCP segment's headers (emulated link)"
+        floor = []
+        for _ in range(requests):  # Serve's own floor: a no-op ingress, same connection, 60 B
+            self._refill()
+            start = time.perf_counter_ns()
+            self._post("/noop/", b"x" * 60, "application/octet-stream")
+            floor.append(_ms(start))
         return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
+                "floor_ms": float(np.median(floor)),
                 "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}
 
     def request_head_bytes(self, execution: Execution) -> int:
         query = urllib.parse.urlencode({"split": execution.split})
         return len(f"POST /v1/tail?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                   f"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
-                   f"{MULTIPLEX_HEADER}: {execution.variant}\r\n\r\n")
+                   f"Content-Length: 100\r\n{MULTIPLEX_HEADER}: {execution.variant}\r\n\r\n")
 
     def plan(self, point: dict) -> dict:
         """The router's best row for a grid point (`/v1/plan` with this device's speed)."""

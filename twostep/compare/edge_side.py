@@ -46,7 +46,12 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
         if not ray_address:
             from serve.ingress import apply_ingress
 
-            print(f"edge: {apply_ingress(ingress)[1]}", file=sys.stderr, flush=True)
+            # HAProxy reaches local replicas on 127.0.0.1, so they (and it) bind every interface
+            # of the edge's network namespace: its veth and its loopback, nothing else.
+            chosen, line = apply_ingress(ingress, "0.0.0.0")
+            print(f"edge: {line}", file=sys.stderr, flush=True)
+            if chosen == "haproxy":
+                host = "0.0.0.0"
         # "local": a new instance here, never one that RAY_ADDRESS or `ray start` points at.
         ray.init(address=ray_address or "local", num_cpus=None if ray_address else 2,
                  include_dashboard=False,
@@ -55,6 +60,9 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
                    tail_replicas=1, baselines=True)
     deploy(args)
+    from twostep.compare.noop_app import deploy_noop
+
+    deploy_noop()  # Serve's own one-hop floor, timed by calibration beside the device path
     with urllib.request.urlopen(f"http://{host}:{port}/v1/health", timeout=60) as response:
         response.read()
 

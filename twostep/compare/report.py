@@ -126,7 +126,12 @@ def markdown(rows: list[dict], result: dict, document: dict) -> str:
              f"Accuracy floor of twostep: {document['accuracy_floor']:.4f} (unpruned "
              f"{document['base_test_accuracy']:.4f}). Per request: "
              f"{document['calibration']['overhead_bytes']:.0f} B besides the payload, "
-             f"{document['calibration']['fixed_ms']:.1f} ms fixed; device call = slowdown x ("
+             f"{document['calibration']['fixed_ms']:.1f} ms fixed"
+             + (f" (Ray Serve's own no-op one-hop floor in this run: "
+                f"{document['calibration']['floor_ms']:.1f} ms, so "
+                f"{document['calibration']['fixed_ms'] / document['calibration']['floor_ms']:.2f}x)"
+                if document['calibration'].get('floor_ms') else "")
+             + "; device call = slowdown x ("
              f"{document['calibration'].get('device_factor', 1.0):.2f} x profile + "
              f"{document['calibration'].get('device_overhead_ms', 0.0):.2f} ms) (calibrated).", ""]
     for slowdown in sorted({r["slowdown"] for r in rows}):

@@ -330,7 +330,9 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
                           calibration["device_factor"], calibration["device_overhead_ms"])
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
-            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop); "
+            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
+            f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
+            f"{costs.fixed_ms / calibration['floor_ms']:.2f}x); "
             f"device call = {costs.device_factor:.2f} x profile + {costs.device_overhead_ms:.2f} ms "
             f"(fitted on {base_id} and {smallest}), times the slowdown")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]

@@ -88,7 +88,8 @@ def execution_for(variant: str, split: str, strategy: str = "split") -> Executio
     if strategy == "all-on-device" or split == "output":
         return Execution("device", variant, "output")
     if strategy == "raw-input":
-        return Execution("raw", variant, "input")
+        # the input as the device path sends it: a frame at `input`, one hop (as (b))
+        return Execution("frame", variant, "input")
     if strategy == "jpeg-input":
         return Execution("jpeg", variant, "input")
     return Execution("frame", variant, split)
