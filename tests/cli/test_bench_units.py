@@ -63,7 +63,8 @@ def test_a_slow_link_keeps_everything_on_the_device_and_a_slow_device_sends(tiny
 def test_planner_rows_map_to_executions():
     assert execution_for("v", "pool3") == Execution("frame", "v", "pool3")
     assert execution_for("v", "output") == Execution("device", "v", "output")
-    assert execution_for("v", "input", "raw-input") == Execution("raw", "v", "input")
+    # raw input goes the one-hop device path too: the coded input frame to /v1/tail
+    assert execution_for("v", "input", "raw-input") == Execution("frame", "v", "input")
     assert execution_for("v", "output", "all-on-device").mode == "device"
     with pytest.raises(ValueError, match="mode"):
         Execution("carrier-pigeon", "v", "input")
