@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"twostep {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:
+        # a failure while running (a server that does not answer, a disk that refuses a
+        # write), not a bad command line: exit 1, one line
+        if os.environ.get("TWOSTEP_DEBUG"):
+            raise
+        print(f"twostep {args.verb}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"twostep {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -56,3 +56,15 @@ def test_unknown_config_key_and_corrupt_checkpoint(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     assert main(["eval", str(tmp_path / "bad.safetensors")]) == 2
     assert "safetensors" in capsys.readouterr().err
+
+
+def test_runtime_failures_exit_1_with_one_line_usage_errors_2(capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["device", "plan", "--url", f"http://127.0.0.1:{port}", "--bandwidth", "1mbit"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("twostep device: failed:") and str(port) in err[0]
+    assert main(["device", "plan", "--url", "ftp://x", "--bandwidth", "1mbit"]) == 2

@@ -36,7 +36,8 @@ def test_device_reports_an_unreachable_edge(tmp_path, capsys):
     image = tmp_path / "x.npy"
     np.save(image, np.zeros((1, 32, 32), np.uint8))
     url = f"http://127.0.0.1:{_closed_port()}"
-    assert main(["device", "classify", str(image), "--url", url, "--timeout-s", "2"]) == 2
+    # an edge that does not answer is a runtime failure (1); bad arguments are usage errors (2)
+    assert main(["device", "classify", str(image), "--url", url, "--timeout-s", "2"]) == 1
     assert "cannot reach" in capsys.readouterr().err
     assert main(["device", "classify", str(tmp_path / "missing.png"), "--url", url]) == 2
     assert main(["device", "classify", str(image), "--url", url, "--variant", "v"]) == 2

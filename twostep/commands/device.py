@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
                     else:
                         _print_result(str(path), result)
     except DeviceError as err:
-        raise ValueError(str(err)) from None
+        if 400 <= err.status < 500:  # the edge refused what we asked: a usage error
+            raise ValueError(str(err)) from None
+        raise  # the edge failed or could not be reached: exit 1 (twostep/cli.py)
     finally:
         client.close()
     return 0
