@@ -204,7 +204,7 @@ def main() -> int:
     port = _free_port()
     start_http("127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
-    common = {"tail_batch_size": args.batch}
+    common = {"tail_batch_size": args.batch, "tail_max_ongoing_requests": max(4, args.batch)}
     deploy(AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1, **common))
     plans = mixed_plans(store, args.devices) if args.mixed else device_plans(url, store, args.devices)
     distinct = sorted({(p["variant"], p["split"]) for p in plans})

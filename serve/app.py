@@ -113,22 +113,26 @@ def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:
         args = AppArgs.model_validate(args)
     if "://" not in args.series_dir:
         args = args.model_copy(update={"series_dir": str(Path(args.series_dir).expanduser().resolve())})
-    return args, publish_series(args.series_dir)  # fails here, with the reason, not in replicas
+    # fails here, with the reason, not in replicas; `serve run` builds before it joins RAY_ADDRESS
+    return args, publish_series(args.series_dir, join_from_env=True)
 
 
 def tail_app_name(app_name: str) -> str:
     return f"{app_name}-tail"
 
 
-def deploy(args: AppArgs, blocking: bool = False) -> None:
-    """Deploy the tail application, then the main one (Serve must be started)."""
+def deploy(args: AppArgs, blocking: bool = False) -> dict:
+    """Deploy the tail application, then the main one (Serve must be started); returns the
+    series reference they serve (for `delete_apps`)."""
     from ray import serve
 
     logging_config = {"enable_access_log": False}
+    series = _prepare(args)[1]
     serve.run(build_tail_app(args), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
               logging_config=logging_config)
     serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=blocking,
               logging_config=logging_config)
+    return series
 
 
 def delete_apps(app_name: str, series: dict | None = None) -> None:

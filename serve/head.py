@@ -45,11 +45,13 @@ class DeviceHead:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
         try:
-            return await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
+            runner = await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
         except SeriesError as err:
             if "unknown variant" not in str(err):
                 self.faults[variant_id] = str(err)
             raise
+        self.faults.pop(variant_id, None)  # a file fixed since is served again: healthy
+        return runner
 
     async def run(self, split: str, pixels: bytes, shape: tuple[int, ...]) -> dict:
         """Head of the request's variant at `split` on `pixels` (uint8, C order, `shape`).

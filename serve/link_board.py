@@ -9,12 +9,15 @@ Each planned request costs one actor call (`observe`); updates are sent without 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 
 from serve.bandwidth import EstimatorConfig, EstimatorPool
 
 NAMESPACE = "twostep"
+# Past this, a Router plans from its own copy of the state rather than wait for the board.
+CALL_TIMEOUT_S = 1.0
 logger = logging.getLogger("ray.serve")
 MAX_KEYS = 4096
 
@@ -73,7 +76,7 @@ class LinkBoardClient:
 
     async def _call(self, method: str, *args):
         try:
-            result = await getattr(self._actor, method).remote(*args)
+            result = await asyncio.wait_for(getattr(self._actor, method).remote(*args), CALL_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - any failure falls back to local state
             if not self._failed:
                 logger.warning("link board %s unreachable (%s); planning from local state",

@@ -2,8 +2,10 @@
 
 A device that caches the table for its constraint picks its (variant, split) locally for the
 bandwidth it measures, and asks the edge again only when the constraint or the edge changes:
-planning leaves the per-request path. The table is exact at its boundaries: the best choice is
-evaluated on a log grid and each change between two grid points is located by bisection.
+planning leaves the per-request path. The best choice is evaluated on a log grid and each change
+between two grid points is located by bisection (to 1e-12 in log-bandwidth); a choice that
+appears and disappears again between two grid points without showing at any midpoint of the
+bisection can be missed (the grid has 12 points per decade).
 Hysteresis is the device's: it switches only once its estimate is past a boundary by
 `switch_margin` (the same margin the Router applies).
 """
@@ -42,21 +44,24 @@ def plan_table(best_at: Callable[[Link], Candidate], rtt_ms: float = 0.0,
         return c.variant_id, c.split
 
     found: dict[tuple[str, str], Candidate] = {}
-    log_low, log_high = math.log(low_bps), math.log(high_bps)
-    grid = [math.exp(log_low + (log_high - log_low) * i / (GRID_POINTS - 1)) for i in range(GRID_POINTS)]
-    boundaries: list[tuple[float, tuple[str, str] | None]] = [(0.0, choice(grid[0]))]
-    for left, right in zip(grid, grid[1:], strict=False):
-        a, b = choice(left), choice(right)
+
+    def changes(lo: float, hi: float, a, b, depth: int = 0) -> list:
+        """Boundaries between log-bandwidths lo (choice a) and hi (choice b), every one of them:
+        a midpoint with a third choice splits the search in two."""
         if a == b:
-            continue
-        lo, hi = math.log(left), math.log(right)
-        for _ in range(BISECTIONS):
-            mid = (lo + hi) / 2
-            if choice(math.exp(mid)) == a:
-                lo = mid
-            else:
-                hi = mid
-        boundaries.append((math.exp(hi), b))
+            return []
+        if hi - lo < 1e-12 or depth >= BISECTIONS:
+            return [(math.exp(hi), b)]
+        mid = (lo + hi) / 2
+        m = choice(math.exp(mid))
+        return changes(lo, mid, a, m, depth + 1) + changes(mid, hi, m, b, depth + 1)
+
+    log_low, log_high = math.log(low_bps), math.log(high_bps)
+    grid = [log_low + (log_high - log_low) * i / (GRID_POINTS - 1) for i in range(GRID_POINTS)]
+    picks = [choice(math.exp(g)) for g in grid]
+    boundaries: list[tuple[float, tuple[str, str] | None]] = [(0.0, picks[0])]
+    for i in range(GRID_POINTS - 1):
+        boundaries += changes(grid[i], grid[i + 1], picks[i], picks[i + 1])
     rows = []
     for i, (start, key) in enumerate(boundaries):
         end = boundaries[i + 1][0] if i + 1 < len(boundaries) else None

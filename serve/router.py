@@ -64,6 +64,7 @@ PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms",
                "device_slowdown", "device_overhead_ms"}
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
+PLAN_TABLE_CACHE = 64
 
 
 def _ms(start_ns: int) -> float:
@@ -166,6 +167,7 @@ class Router:
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
         self.codec = codec_config(manifest["codec"])
         self._heads: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        self._tables: OrderedDict[tuple, list[dict]] = OrderedDict()
         self._probes: dict[str, asyncio.Task] = {}
         logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
                     len(self.planner.table), self.profile_source)
@@ -246,8 +248,9 @@ class Router:
         """This replica's state, and that of one head and one tail replica (where each reads
         the series, what it fetched, variants it refused): status "degraded" if any refused."""
         replicas = {"router": replica_health(self.series, {})}
-        for name, handle in (("head", self.head), ("tail", self.tail)):
+        for name in ("head", "tail"):
             try:
+                handle = self.head if name == "head" else self.tail  # the tail app may be missing
                 replicas[name] = await asyncio.wait_for(handle.health.remote(), self.args.call_timeout_s)
             except Exception as err:  # noqa: BLE001 - reported, not raised
                 replicas[name] = {"faults": {"*": f"unreachable: {type(err).__name__}: {err}"}}
@@ -333,7 +336,15 @@ class Router:
             return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
                                      device_overhead_ms=overhead).best
 
-        rows = build_plan_table(best_at, rtt)
+        # a table costs a few hundred plans: cache the recent ones, so that many devices with
+        # the same constraint (or one asking again) cost nothing
+        key = (floor, budget, rtt, slowdown, overhead)
+        rows = self._tables.pop(key, None)
+        if rows is None:
+            rows = build_plan_table(best_at, rtt)
+        self._tables[key] = rows
+        while len(self._tables) > PLAN_TABLE_CACHE:
+            self._tables.popitem(last=False)
         return {"accuracy_floor": floor, "latency_budget_ms": budget, "rtt_ms": rtt,
                 "device_slowdown": slowdown, "device_overhead_ms": overhead,
                 "switch_margin": self.args.switch_margin, "series": self.series.ref["manifest_sha256"],

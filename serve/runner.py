@@ -156,11 +156,13 @@ class VariantRunner:
             start = time.perf_counter_ns()
             with torch.inference_mode():
                 logits = self.halves(split)[1](torch.from_numpy(np.concatenate(good))).numpy()
-            tail_ms = _ms(start)
+            rows = sum(len(d) for d in good)
+            tail_ms = _ms(start) / rows  # per image: each frame is charged its own share
             offsets = np.cumsum([0] + [len(d) for d in good])
             parts = iter(logits[a:b].astype(np.float32) for a, b in zip(offsets, offsets[1:], strict=False))
         for d in decoded:
-            out.append(d if isinstance(d, RequestError) else TailOutput(next(parts), decode_ms, tail_ms))
+            out.append(d if isinstance(d, RequestError)
+                       else TailOutput(next(parts), decode_ms, tail_ms * len(d)))
         return out
 
     def decode(self, frame: bytes, split: str) -> np.ndarray:

@@ -100,13 +100,13 @@ def _publisher_name(node_id: str, directory: str, manifest_sha256: str) -> str:
     return f"twostep-series-{key}"
 
 
-def publish_series(location: str) -> dict:
+def publish_series(location: str, join_from_env: bool = False) -> dict:
     """The series reference for `location` (a directory on this machine, or a URI).
 
     A directory is published through a `SeriesPublisher` actor on this node. That needs a Ray
-    session: the current one, or the cluster at `RAY_ADDRESS` (joined here, as `serve run`
-    builds the app before it connects); without either (only validating, or `serve run` about
-    to start a local Ray) the reference reads the directory in place.
+    session: the current one, or with `join_from_env` the cluster at `RAY_ADDRESS` (joined here:
+    `serve run` builds the app before it connects); without one (only validating, or `serve run`
+    about to start a local Ray) the reference reads the directory in place.
 
     Raises:
         SeriesError: no readable series at `location`.
@@ -125,7 +125,7 @@ def publish_series(location: str) -> dict:
     ref = {"location": directory, "manifest_sha256": _sha256(data), "publisher": None}
     import ray
 
-    if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+    if join_from_env and not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
         # `serve run IMPORT_PATH` builds the app before it connects; join the cluster it will
         # use (Serve's own namespace, as `serve run` would), so the series can be published.
         ray.init(address=os.environ["RAY_ADDRESS"], namespace="serve")
@@ -157,7 +157,17 @@ def unpublish_series(ref: dict) -> None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "twostep-series-cache")
+    """`$TWOSTEP_CACHE_DIR`, else a directory of this user's under the temp dir (mode 0700,
+    refused if another user owns it: nobody else may plant files a replica would trust)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    root = Path(tempfile.gettempdir()) / f"twostep-series-cache-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SeriesError(f"series cache {root} belongs to another user or is open to others; "
+                          f"set {CACHE_ENV} to a directory of your own")
+    return root
 
 
 class SeriesMirror:
@@ -186,7 +196,10 @@ class SeriesMirror:
             profile = self._read(name)
             if profile is not None:
                 _write_atomic(directory / name, profile)
-        self.store = SeriesStore.open(directory)
+            else:
+                (directory / name).unlink(missing_ok=True)  # the series has none: keep none
+        # the verified bytes, not what the file holds by the time it is read back
+        self.store = SeriesStore(directory, _parse_manifest(data, self.ref["location"]))
 
     @property
     def source(self) -> str:

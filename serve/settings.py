@@ -98,6 +98,10 @@ class AppArgs(BaseModel):
     def _consistent(self) -> AppArgs:
         if self.accuracy_floor is not None and self.latency_budget_ms is not None:
             raise ValueError("give accuracy_floor or latency_budget_ms as the default, not both")
+        if self.tail_batch_size > self.tail_max_ongoing_requests:
+            raise ValueError(f"tail_batch_size ({self.tail_batch_size}) cannot exceed "
+                             f"tail_max_ongoing_requests ({self.tail_max_ongoing_requests}): a "
+                             "replica batches only the requests it holds")
         if self.tail_max_replicas < self.tail_min_replicas:
             raise ValueError(f"tail_max_replicas ({self.tail_max_replicas}) must be >= "
                              f"tail_min_replicas ({self.tail_min_replicas})")

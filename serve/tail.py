@@ -39,7 +39,7 @@ from serve.link_board import LinkBoardClient
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
-INLINE_FRAME_BYTES = 16 << 10
+INLINE_TAIL_MS = 1.0
 TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 tail_api = FastAPI(title="twostep edge tail", version="1",
@@ -101,11 +101,13 @@ class EdgeTail:
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
         try:
-            return await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
+            runner = await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
         except SeriesError as err:
             if "unknown variant" not in str(err):
                 self.faults[variant_id] = str(err)
             raise
+        self.faults.pop(variant_id, None)  # a file fixed since is served again: healthy
+        return runner
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         self.bytes_in_flight += len(frame)
@@ -117,10 +119,11 @@ class EdgeTail:
                 return result
             try:
                 runner = await self.get_runner(variant_id)
-                # A small frame's tail runs inline: handing it to a thread costs more than it
-                # takes (the replica runs one torch thread either way); a large one keeps the
-                # event loop free for the requests queued behind it.
-                if len(frame) <= INLINE_FRAME_BYTES:
+                # A tail measured to take under INLINE_TAIL_MS runs inline: handing it to a
+                # thread costs more than it takes (the replica runs one torch thread either
+                # way); a longer or unknown one keeps the event loop free for the requests
+                # queued behind it.
+                if self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
                     out = runner.run_tail(frame, split)
                 else:
                     out = await asyncio.to_thread(runner.run_tail, frame, split)

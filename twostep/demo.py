@@ -107,18 +107,20 @@ def free_port() -> int:
 
 
 def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int,
-              started_ray: bool = True) -> str:
-    """Start the Serve apps on 127.0.0.1 (Ray must be running); returns their base URL."""
+              owns_cluster: bool = True) -> tuple[str, dict]:
+    """Start the Serve apps on 127.0.0.1 (Ray must be running); returns their base URL and the
+    series reference (to unpublish it when the apps are deleted)."""
     from serve.app import deploy
     from serve.settings import AppArgs
     from serve.startup import start_http
 
     port = port or free_port()
-    _, port = start_http("127.0.0.1", port, attempts=3 if started_ray else 1)
+    # a retry shuts Serve down: only on a cluster the demo owns
+    _, port = start_http("127.0.0.1", port, attempts=3 if owns_cluster else 1)
     args = AppArgs(series_dir=str(series_dir.resolve()), accuracy_floor=accuracy_floor,
                    slowdown=slowdown, link_bandwidth_bps=1e6, probe_interval_s=1.0, emulate_link=True)
-    deploy(args)
-    return f"http://127.0.0.1:{port}"
+    series = deploy(args)
+    return f"http://127.0.0.1:{port}", series
 
 
 def _http(url: str, method: str = "GET", body: bytes | None = None, content_type: str = "",
@@ -257,12 +259,18 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                                      "demo": dataclasses.asdict(config.demo)})
     stages = Stages(5, log)
     started_ray = False
+    # Only a local session the demo starts is its own to shut down; on a cluster it joins (an
+    # address, or a session already running) it removes just its apps and actors.
+    owns_cluster = (not ray.is_initialized()
+                    and config.demo.ray_address in (None, "", "local")
+                    and not os.environ.get("RAY_ADDRESS"))
+    served: dict = {}
     try:
         stages.run("train the base model", lambda: train_stage(config.train, progress, log))
 
         def prune():
             nonlocal started_ray
-            if not ray.is_initialized() and config.demo.ray_address in (None, "", "local"):
+            if owns_cluster:
                 from serve.ingress import apply_ingress
 
                 log(f"   {apply_ingress(config.demo.ingress)[1]}")
@@ -277,8 +285,8 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
         floor = base["test_accuracy"] - config.demo.accuracy_drop
 
         def serve_and_measure():
-            url = start_app(store.directory, floor, config.demo.slowdown, config.demo.port,
-                            started_ray)
+            url, served["series"] = start_app(store.directory, floor, config.demo.slowdown,
+                                              config.demo.port, owns_cluster)
             log(f"   serving at {url} (accuracy floor {floor:.4f})")
             test = load_splits(config.prune.dataset, config.prune.data_dir, config.prune.val_fraction,
                                test_subset=max(64, config.demo.requests_per_bandwidth + 4),
@@ -311,14 +319,16 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
 
         table, pictures = stages.run("results table and pictures", report)
     finally:
-        if started_ray:
+        if owns_cluster and started_ray:
             serve.shutdown()
             ray.shutdown()
         elif ray.is_initialized():
-            # a cluster we joined: remove only our app and its actors, others keep running
+            # a cluster we joined: remove only our apps and their actors, others keep running
             from serve.app import delete_apps
 
-            delete_apps("twostep")
+            delete_apps("twostep", served.get("series"))
+            if started_ray:
+                ray.shutdown()  # disconnects this driver; the cluster stays
     log("\n" + table)
     for name, path in pictures.items():
         log(f"picture ({name}): {path}")

@@ -13,6 +13,7 @@ Used by the multi-node integration test and `bench/bench_multinode.py`.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -75,6 +76,7 @@ class TwoNodeCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
         self.log_dir = Path(log_dir or self.temp_dir)
         self._procs: list[subprocess.Popen] = []
+        self._logs: list = []
         self.env = {**cluster_env(), **(env or {})}
 
     def _ports(self) -> list[str]:
@@ -83,13 +85,22 @@ class TwoNodeCluster:
                 "--runtime-env-agent-port", str(_free_port())]
 
     def _start(self, argv: list[str], name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in __exit__
+        self._logs.append(log)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
         self._procs.append(proc)
         return proc
 
     def __enter__(self) -> TwoNodeCluster:
+        try:
+            self._start_nodes()
+        except BaseException:
+            self.__exit__(None, None, None)  # no half-started cluster left behind
+            raise
+        return self
+
+    def _start_nodes(self) -> None:
         ray = ray_executable()
         self._start([ray, "start", "--head", "--block", "--port", str(self.port),
                      "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
@@ -100,9 +111,9 @@ class TwoNodeCluster:
                            "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.worker_cpus),
                            "--resources", "'{\"edge\": 1}'", "--disable-usage-stats", *self._ports()])
         self._start(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                     f"mount -t tmpfs tmpfs {self.hidden_dir} && exec {worker}"], "worker")
+                     f"mount -t tmpfs tmpfs {shlex.quote(str(self.hidden_dir))} && exec {worker}"],
+                    "worker")
         self._wait_nodes(2)
-        return self
 
     def _wait_nodes(self, count: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -131,4 +142,6 @@ class TwoNodeCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        for log in self._logs:
+            log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -44,6 +44,14 @@ serve.run(Other.bind(), name="other", route_prefix="/other")
 """
 
 
+NAMED_ACTORS = """
+import json, logging, sys
+import ray
+ray.init(address=sys.argv[1], logging_level=logging.ERROR)
+print(json.dumps([a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]))
+"""
+
+
 def _free_port() -> int:
     import socket
 
@@ -245,3 +253,8 @@ def test_stopping_deletes_only_its_own_app(served, cluster):
         time.sleep(0.5)
     assert requests.get(f"{url}/v1/health", timeout=30).status_code == 404
     assert requests.get(f"{url}/other", timeout=30).text == "other app ok"
+    listed = _run([sys.executable, "-c", NAMED_ACTORS, cluster["address"]], timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    left = [name for name in json.loads(listed.stdout.strip().splitlines()[-1])
+            if name.startswith(("twostep-links-", "twostep-series-"))]
+    assert left == []  # its link board and series publisher went with the apps

@@ -101,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from serve.series_source import publish_series
     from serve.startup import start_http
 
-    if args.address:
-        ray.init(address=args.address)
+    # ray.init() joins RAY_ADDRESS when it is set (a KubeRay pod, a `ray job submit` driver)
+    joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if joined:
+        ray.init(address=args.address or os.environ["RAY_ADDRESS"])
         print("twostep serve: ingress: the cluster's own (RAY_SERVE_ENABLE_HA_PROXY=1 on its nodes "
               "selects HAProxy)", flush=True)
     else:
@@ -111,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    joined = bool(args.address)
     try:
         series = publish_series(app_args.series_dir)
         # On a joined cluster Serve may be shared with other apps: one attempt, never a shutdown.
