@@ -113,10 +113,12 @@ class DeviceClient:
                 data = response.read()
                 break
             except TimeoutError as err:
-                # the request may be running at the edge: sending it again would add load
+                # Not resent here (the request may still be running at the edge); send_frame
+                # resends a frame (idempotent) whose replica never answered, e.g. one killed
+                # while Serve's proxy waited on it.
                 self.close()
                 raise DeviceError(0, f"{self.host}:{self.port} did not answer in "
-                                     f"{self.timeout_s:g} s") from err
+                                     f"{self.timeout_s:g} s", retryable=True) from err
             except (ConnectionError, http.client.HTTPException, OSError) as err:
                 self.close()
                 if attempt:

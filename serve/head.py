@@ -44,14 +44,7 @@ class DeviceHead:
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        try:
-            runner = await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
-        except SeriesError as err:
-            if "unknown variant" not in str(err):
-                self.faults[variant_id] = str(err)
-            raise
-        self.faults.pop(variant_id, None)  # a file fixed since is served again: healthy
-        return runner
+        return await load_runner(self.series, variant_id, self.max_batch, self.faults)
 
     async def run(self, split: str, pixels: bytes, shape: tuple[int, ...]) -> dict:
         """Head of the request's variant at `split` on `pixels` (uint8, C order, `shape`).
@@ -80,6 +73,20 @@ class DeviceHead:
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
         return replica_health(self.series, self.faults)
+
+
+async def load_runner(series: SeriesMirror, variant_id: str, max_batch: int,
+                      faults: dict[str, str]) -> VariantRunner:
+    """Load a variant for a head or tail replica (off the event loop), keeping `faults`: a
+    variant whose files fail their checks is listed there until it loads again."""
+    try:
+        runner = await asyncio.to_thread(VariantRunner.load, series, variant_id, max_batch)
+    except SeriesError as err:
+        if "unknown variant" not in str(err):
+            faults[variant_id] = str(err)
+        raise
+    faults.pop(variant_id, None)  # a file fixed since is served again: healthy
+    return runner
 
 
 def replica_health(series: SeriesMirror, faults: dict[str, str]) -> dict:

@@ -16,8 +16,10 @@ from collections import OrderedDict
 from serve.bandwidth import EstimatorConfig, EstimatorPool
 
 NAMESPACE = "twostep"
-# Past this, a Router plans from its own copy of the state rather than wait for the board.
-CALL_TIMEOUT_S = 1.0
+# Past this, a Router plans from its own copy of the state rather than wait for the board (a
+# call takes about a millisecond; this only guards against a board that is gone or cut off).
+CALL_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 120.0
 logger = logging.getLogger("ray.serve")
 MAX_KEYS = 4096
 
@@ -63,7 +65,7 @@ class LinkBoardClient:
     plans from its own `LinkBoard` until the shared one answers again, and logs it once.
     """
 
-    def __init__(self, app_name: str, config: EstimatorConfig):
+    def __init__(self, app_name: str, config: EstimatorConfig, wait_ready: bool = True):
         import ray
 
         self._local = LinkBoard(config)
@@ -73,6 +75,8 @@ class LinkBoardClient:
             name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
             num_cpus=0, max_restarts=-1, max_task_retries=0,
         ).remote(config)
+        if wait_ready:  # a board still starting would time every first call out
+            ray.get(self._actor.snapshot.remote("default"), timeout=READY_TIMEOUT_S)
 
     async def _call(self, method: str, *args):
         try:

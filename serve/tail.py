@@ -24,7 +24,7 @@ from ray import serve
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
 from serve.autoscaling import WORK_METRIC, WorkMeter
-from serve.head import MAX_MODELS_PER_REPLICA, error_entry, replica_health
+from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.inputs import (
     MULTIPLEX_HEADER,
     HttpError,
@@ -100,14 +100,7 @@ class EdgeTail:
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        try:
-            runner = await asyncio.to_thread(VariantRunner.load, self.series, variant_id, self.max_batch)
-        except SeriesError as err:
-            if "unknown variant" not in str(err):
-                self.faults[variant_id] = str(err)
-            raise
-        self.faults.pop(variant_id, None)  # a file fixed since is served again: healthy
-        return runner
+        return await load_runner(self.series, variant_id, self.max_batch, self.faults)
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         self.bytes_in_flight += len(frame)
@@ -208,7 +201,8 @@ class EdgeTail:
         if self._board is None:
             from serve.bandwidth import EstimatorConfig
 
-            self._board = LinkBoardClient(self._links_app, EstimatorConfig(**(self._estimator or {})))
+            self._board = LinkBoardClient(self._links_app, EstimatorConfig(**(self._estimator or {})),
+                                          wait_ready=False)  # reports queue until it is up
         self._board.report(link_id, uplink_bps)
 
     def health(self) -> dict:

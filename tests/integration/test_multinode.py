@@ -10,7 +10,6 @@ then stopping it beside another Serve application, which keeps running. Skipped,
 where mount namespaces are not permitted.
 """
 
-import io
 import json
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from httputil import free_port, png
 
 from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted
 
@@ -50,20 +49,6 @@ import ray
 ray.init(address=sys.argv[1], logging_level=logging.ERROR)
 print(json.dumps([a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]))
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[0, 0]).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _run(argv: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
@@ -154,7 +139,7 @@ def test_prune_runs_its_trials_on_the_worker_into_the_drivers_series(series, clu
 
 @pytest.fixture(scope="module")
 def served(series, cluster):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [TWOSTEP, "serve", str(series.directory), "--address", cluster["address"], "--port", str(port),
          "--proxy-location", "HeadOnly", "--router-replicas", "2", "--tail-replicas", "1",
@@ -189,7 +174,7 @@ def test_classify_and_tail_answer_from_replicas_on_both_nodes(served, series, cl
         pixels = pixels[None]
         expected = runner.run_tail(runner.run_head(pixels, SPLIT).frame, SPLIT).logits[0]
         answer = requests.post(f"{url}/v1/classify", params={"variant": variant, "split": SPLIT},
-                               data=_png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
+                               data=png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(answer.json()["logits"], expected, atol=1e-4, rtol=1e-4)
         frame = runner.run_head(pixels, SPLIT).frame
@@ -231,7 +216,7 @@ def test_two_routers_plan_alike_for_one_link(served):
         for _ in range(12):
             answer = requests.post(f"{url}/v1/classify", params={"link": f"dev-{int(bandwidth)}",
                                                                  "uplink_bps": bandwidth},
-                                   data=_png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
+                                   data=png(pixels), headers={"Content-Type": "image/png"}, timeout=60)
             assert answer.status_code == 200, answer.text
             body = answer.json()
             choices.add((body["variant"], body["split"], body["bandwidth_bps"]))

@@ -10,8 +10,6 @@ model's top-1 margin exceeds twice the logit error.
 """
 
 import concurrent.futures
-import io
-import socket
 import time
 from dataclasses import dataclass
 
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from PIL import Image
+from httputil import free_port, png
 
 from pipeline.data import DataInfo, normalize
 
@@ -37,19 +35,6 @@ class Served:
     images: np.ndarray  # (N, 1, 32, 32) uint8 test images
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    """PNG of grey uint8 pixels (1, 1, H, W)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[0, 0]).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory):
     from ray import serve
@@ -60,7 +45,7 @@ def served(ray_session, tmp_path_factory):
     from serve.startup import start_http
 
     store = make_tiny_series(tmp_path_factory.mktemp("served") / "series")
-    port = _free_port()
+    port = free_port()
     serve.shutdown()  # a Serve instance left by another module would ignore our HTTP options
     start_http("127.0.0.1", port)
     args = AppArgs(
@@ -81,7 +66,7 @@ def http():
 
 
 def classify(http, served, pixels, **params) -> dict:
-    response = http.post(f"{served.url}/v1/classify", params=params, data=_png(pixels),
+    response = http.post(f"{served.url}/v1/classify", params=params, data=png(pixels),
                          headers={"Content-Type": "image/png"}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
@@ -183,7 +168,7 @@ def _bad_png_bomb() -> bytes:
     import struct
     import zlib
 
-    data = _png(np.zeros((1, 1, 32, 32), np.uint8))
+    data = png(np.zeros((1, 1, 32, 32), np.uint8))
     chunk = b"IHDR" + struct.pack(">II", 30_000, 30_000) + data[24:29]
     return data[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
 
@@ -192,7 +177,7 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
     from pipeline.codec import CodecConfig, encode_frame, variant_tag
 
     u = served.url
-    good_png = _png(served.images[0][None])
+    good_png = png(served.images[0][None])
     png_type = {"Content-Type": "image/png"}
     raw_type = {"Content-Type": "application/octet-stream"}
     tag = variant_tag("vgg11-base")
@@ -202,7 +187,7 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
         "garbage image": ("POST", "/v1/classify", {}, b"\x89PNG garbage", png_type, 400),
         "truncated image": ("POST", "/v1/classify", {}, good_png[:50], png_type, 400),
         "decompression bomb": ("POST", "/v1/classify", {}, _bad_png_bomb(), png_type, 413),
-        "too many pixels": ("POST", "/v1/classify", {}, _png(np.zeros((1, 1, 300, 300), np.uint8)),
+        "too many pixels": ("POST", "/v1/classify", {}, png(np.zeros((1, 1, 300, 300), np.uint8)),
                             png_type, 413),
         "unsupported type": ("POST", "/v1/classify", {}, good_png, {"Content-Type": "text/plain"}, 415),
         "empty body": ("POST", "/v1/classify", {}, b"", png_type, 400),
@@ -277,7 +262,7 @@ def test_device_client_round_trip(served):
     from serve.client import DeviceClient
 
     with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256) as client:
-        pixels = client.pixels(_png(served.images[2][None]))
+        pixels = client.pixels(png(served.images[2][None]))
         np.testing.assert_array_equal(pixels, served.images[2][None])
         results = [client.classify(pixels, "vgg11-base", "conv1_1") for _ in range(3)]
         quantised, _ = in_process(served, "vgg11-base", "conv1_1", pixels)
@@ -327,7 +312,7 @@ def test_killing_a_tail_replica_mid_burst_loses_no_request(served):
     def one(_):
         from serve.client import DeviceClient
 
-        with DeviceClient(served.url, timeout_s=120) as client:
+        with DeviceClient(served.url, timeout_s=30) as client:  # a hung request is resent
             return client.send_frame(frame, "vgg11-base", "pool1")
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

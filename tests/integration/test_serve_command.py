@@ -3,7 +3,6 @@ default where the binary exists), both apps, a device's frame answered in one ho
 table, link emulation refused to clients unless enabled, and a clean stop on Ctrl-C."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from httputil import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_path):
@@ -27,7 +21,7 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
     from serve.runner import VariantRunner
     from twostep.local_cluster import cluster_env
 
-    port = _free_port()
+    port = free_port()
     twostep = str(Path(sys.executable).with_name("twostep"))
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([twostep, "serve", str(tiny_store.directory), "--port", str(port),
