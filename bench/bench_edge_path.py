@@ -42,6 +42,7 @@ NOOP_BODY = b"x" * 60
 
 
 def _free_port() -> int:
+    # not twostep.local_cluster.free_port: a child may run against an older checkout (--tree)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -32,15 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from twostep.local_cluster import free_port  # noqa: E402
+
 TAIL_APP = "twostep-tail"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mixed_plans(store, devices: int) -> list[dict]:
@@ -95,7 +89,6 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
 
     latencies: list[float] = []
     errors: list[str] = []
-    retried = [0]
     done = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + deadline_s
@@ -128,7 +121,7 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
     return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:3],
             "expected": len(plans) * frames, "wall_s": wall, "rps": len(latencies) / wall,
             "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "retried": retried[0]}
+            "p99": float(np.percentile(ms, 99))}
 
 
 def tail_states() -> dict:
@@ -201,7 +194,7 @@ def main() -> int:
 
         series = str(make_tiny_series(Path(tempfile.mkdtemp()) / "series").directory)
     store = SeriesStore.open(series)
-    port = _free_port()
+    port = free_port()
     start_http("127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
     common = {"tail_batch_size": args.batch, "tail_max_ongoing_requests": max(4, args.batch)}

@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from httputil import wait_healthy  # noqa: E402  (tests/, for its test helpers)
+
 from pipeline.series import SeriesStore  # noqa: E402
 from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted  # noqa: E402
 
@@ -113,14 +115,7 @@ def main() -> int:
             env=cluster_env())
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(f"{url}/v1/health", timeout=30).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(1)
+            wait_healthy(f"{url}/v1/health", proc, timeout_s=300)
             from serve.runner import VariantRunner
 
             split = args.split

@@ -23,6 +23,7 @@ from pipeline.models.registry import ArchSpec
 
 FORMAT = "twostep-series/1"
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 REQUIRED_VARIANT_KEYS = (
     "id", "step", "split", "iteration", "spec", "val_accuracy", "test_accuracy", "macs",
@@ -79,6 +80,19 @@ def validate_manifest(document: object, where: str = "manifest") -> dict:
     return document
 
 
+def parse_manifest(data: bytes | None, where: str) -> dict:
+    """The validated manifest in `data` (the bytes of `<where>/manifest.json`; None if missing)."""
+    if data is None:
+        raise SeriesError(f"no model series at {where!r} (missing {MANIFEST})")
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise SeriesError(f"{where}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        document = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SeriesError(f"{where}/{MANIFEST} is not valid JSON: {err}") from err
+    return validate_manifest(document, f"{where}/{MANIFEST}")
+
+
 class SeriesStore:
     """Read and append to a model series directory (one writer at a time)."""
 
@@ -109,13 +123,8 @@ class SeriesStore:
     def open(cls, directory: str | os.PathLike) -> SeriesStore:
         directory = Path(directory)
         path = directory / MANIFEST
-        if not path.is_file():
-            raise SeriesError(f"no model series at {str(directory)!r} (missing {MANIFEST})")
-        try:
-            document = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SeriesError(f"{path} is not valid JSON: {err}") from err
-        return cls(directory, validate_manifest(document, str(path)))
+        data = path.read_bytes() if path.is_file() else None
+        return cls(directory, parse_manifest(data, str(directory)))
 
     # ---- reading ----
     @property

@@ -78,7 +78,10 @@ def build_app(args: AppArgs) -> Application:
     The series is published here (serve.series_source): replicas on any node of the cluster
     get it from this machine's disk, a shared path or a URI.
     """
-    args, series = _prepare(args)
+    return _main_app(*_prepare(args))
+
+
+def _main_app(args: AppArgs, series: dict) -> Application:
     device, edge = placement_resources(args.placement)
     common = {"health_check_period_s": args.health_check_period_s}
     head_cpus = args.replica_cpus if args.head_cpus is None else args.head_cpus
@@ -96,7 +99,10 @@ def build_tail_app(args: AppArgs) -> Application:
     """The tail application: EdgeTail as its own ingress (mounted at `/v1/tail`), so a device's
     frame reaches a tail replica in one hop. `links_app` names the main app whose Routers
     share per-link state (uplink reports sent with frames go there)."""
-    args, series = _prepare(args)
+    return _tail_app(*_prepare(args))
+
+
+def _tail_app(args: AppArgs, series: dict) -> Application:
     _, edge = placement_resources(args.placement)
     scaling = ({"num_replicas": args.tail_replicas} if args.tail_replicas is not None
                else {"autoscaling_config": args.tail_autoscaling_config()})
@@ -122,15 +128,15 @@ def tail_app_name(app_name: str) -> str:
 
 
 def deploy(args: AppArgs, blocking: bool = False) -> dict:
-    """Deploy the tail application, then the main one (Serve must be started); returns the
-    series reference they serve (for `delete_apps`)."""
+    """Deploy the tail application, then the main one (Serve must be started), with the series
+    published once for both; returns its reference (for `delete_apps`)."""
     from ray import serve
 
     logging_config = {"enable_access_log": False}
-    series = _prepare(args)[1]
-    serve.run(build_tail_app(args), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
+    args, series = _prepare(args)
+    serve.run(_tail_app(args, series), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
               logging_config=logging_config)
-    serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=blocking,
+    serve.run(_main_app(args, series), name=args.app_name, route_prefix="/", blocking=blocking,
               logging_config=logging_config)
     return series
 

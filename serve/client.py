@@ -220,16 +220,19 @@ class DeviceClient:
                 or abs(self.uplink_bps / self._reported_bps - 1) > self.min_report_change):
             params["uplink_bps"] = f"{self.uplink_bps:.4g}"
             self._reported_bps = self.uplink_bps
-        for attempt in range(retries + 1):
+        def post() -> dict:
+            return self._json("POST", "/v1/tail", body=frame, params=params,
+                              headers={MULTIPLEX_HEADER: variant})
+
+        for attempt in range(retries):
             try:
-                return self._json("POST", "/v1/tail", body=frame, params=params,
-                                  headers={MULTIPLEX_HEADER: variant})
+                return post()
             except DeviceError as err:
-                if not err.retryable or attempt == retries:
+                if not err.retryable:
                     raise
                 self.close()
                 time.sleep(min(0.1 * 2 ** attempt, 1.0))
-        raise AssertionError("unreachable")
+        return post()
 
     def download_head(self, variant_id: str, split: str,
                       expected_sha256: str | None = None) -> tuple[bytes, str]:

@@ -14,8 +14,8 @@ import logging
 from collections import OrderedDict
 
 from serve.bandwidth import EstimatorConfig, EstimatorPool
+from serve.series_source import NAMESPACE
 
-NAMESPACE = "twostep"
 # Past this, a Router plans from its own copy of the state rather than wait for the board (a
 # call takes about a millisecond; this only guards against a board that is gone or cut off).
 CALL_TIMEOUT_S = 5.0

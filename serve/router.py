@@ -106,6 +106,15 @@ async def call_with_retries(call: Callable[[], Awaitable[dict]], what: str, retr
     raise HttpError(503, f"{what} unavailable after {retries + 1} attempts: {type(last).__name__}")
 
 
+def _device_speed(params) -> tuple[float | None, float]:
+    """(device_slowdown or None, device_overhead_ms) of a planning request."""
+    slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
+    overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
+    if overhead and slowdown is None:
+        raise HttpError(400, "device_overhead_ms needs device_slowdown")
+    return slowdown, overhead
+
+
 def _row(rank: int, candidate: Candidate, breakdown: Breakdown) -> dict:
     return {
         "rank": rank, "variant": candidate.variant_id, "split": candidate.split,
@@ -301,10 +310,7 @@ class Router:
         bandwidth = parse_bandwidth_param(params, "bandwidth_bps")
         rtt = parse_rtt(params)
         top = parse_int(params, "top", 1, 100, 5)
-        slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
-        overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
-        if overhead and slowdown is None:
-            raise HttpError(400, "device_overhead_ms needs device_slowdown")
+        slowdown, overhead = _device_speed(params)
         source = "given"
         if bandwidth is None:
             bandwidth, source = (await self.board.observe(link_id))["estimate_bps"], "estimate"
@@ -326,10 +332,7 @@ class Router:
                               "device_overhead_ms"})
         floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
         rtt = parse_rtt(params)
-        slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
-        overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
-        if overhead and slowdown is None:
-            raise HttpError(400, "device_overhead_ms needs device_slowdown")
+        slowdown, overhead = _device_speed(params)
         rtt = self._rtt_ms() if rtt is None else rtt
 
         def best_at(link: Link) -> Candidate:

@@ -19,7 +19,6 @@ unpickled: weights are safetensors, the manifest JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import tempfile
@@ -27,12 +26,11 @@ import time
 from pathlib import Path
 
 from pipeline.checkpoint import file_sha256
-from pipeline.series import MANIFEST, SeriesError, SeriesStore, validate_manifest
+from pipeline.series import MANIFEST, SeriesError, SeriesStore, parse_manifest
 
 NAMESPACE = "twostep"
 PROFILE_FILES = ("profile.json", "profile.device.json")
 CACHE_ENV = "TWOSTEP_CACHE_DIR"
-MAX_MANIFEST_BYTES = 64 << 20
 
 
 def _sha256(data: bytes) -> str:
@@ -59,18 +57,6 @@ def _allowed(manifest: dict, relative: str) -> bool:
     return relative in (MANIFEST, *PROFILE_FILES) or relative in {v["weights"] for v in manifest["variants"]}
 
 
-def _parse_manifest(data: bytes | None, where: str) -> dict:
-    if data is None:
-        raise SeriesError(f"no model series at {where!r} (missing {MANIFEST})")
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise SeriesError(f"{where}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-    try:
-        document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SeriesError(f"{where}/{MANIFEST} is not valid JSON: {err}") from err
-    return validate_manifest(document, f"{where}/{MANIFEST}")
-
-
 class SeriesPublisher:
     """Hands out the files of one series directory on its node (a Ray actor, see publish_series)."""
 
@@ -79,7 +65,7 @@ class SeriesPublisher:
         data = (self.directory / MANIFEST).read_bytes()
         if _sha256(data) != manifest_sha256:
             raise SeriesError(f"{self.directory}/{MANIFEST} changed while it was being published")
-        self.manifest = _parse_manifest(data, str(self.directory))
+        self.manifest = parse_manifest(data, str(self.directory))
         self.manifest_bytes = data
 
     def read(self, relative: str) -> bytes | None:
@@ -116,12 +102,12 @@ def publish_series(location: str, join_from_env: bool = False) -> dict:
             data = _uri_read(location, MANIFEST)
         except (OSError, ValueError) as err:
             raise SeriesError(f"cannot read the series at {location}: {err}") from err
-        _parse_manifest(data, location)
+        parse_manifest(data, location)
         return {"location": location, "manifest_sha256": _sha256(data), "publisher": None}
     directory = str(Path(location).expanduser().resolve())
     path = Path(directory) / MANIFEST
     data = path.read_bytes() if path.is_file() else None
-    _parse_manifest(data, directory)
+    parse_manifest(data, directory)
     ref = {"location": directory, "manifest_sha256": _sha256(data), "publisher": None}
     import ray
 
@@ -199,7 +185,7 @@ class SeriesMirror:
             else:
                 (directory / name).unlink(missing_ok=True)  # the series has none: keep none
         # the verified bytes, not what the file holds by the time it is read back
-        self.store = SeriesStore(directory, _parse_manifest(data, self.ref["location"]))
+        self.store = SeriesStore(directory, parse_manifest(data, self.ref["location"]))
 
     @property
     def source(self) -> str:

@@ -24,6 +24,7 @@ from ray import serve
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
 from serve.autoscaling import WORK_METRIC, WorkMeter
+from serve.bandwidth import EstimatorConfig
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.inputs import (
     MULTIPLEX_HEADER,
@@ -103,30 +104,33 @@ class EdgeTail:
         return await load_runner(self.series, variant_id, self.max_batch, self.faults)
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
-        self.bytes_in_flight += len(frame)
+        """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
         key = (variant_id, split)
+        self.bytes_in_flight += len(frame)
         cost, result = self.work.start(key), {}
         try:
             if self.batch_size > 1:
                 result = await self._batched((variant_id, frame, split))
-                return result
-            try:
-                runner = await self.get_runner(variant_id)
-                # A tail measured to take under INLINE_TAIL_MS runs inline: handing it to a
-                # thread costs more than it takes (the replica runs one torch thread either
-                # way); a longer or unknown one keeps the event loop free for the requests
-                # queued behind it.
-                if self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
-                    out = runner.run_tail(frame, split)
-                else:
-                    out = await asyncio.to_thread(runner.run_tail, frame, split)
-            except (RequestError, SeriesError) as err:
-                return error_entry(err)
-            result = _answer(out)
+            else:
+                result = await self._run_one(variant_id, frame, split)
             return result
         finally:
             self.bytes_in_flight -= len(frame)
             self.work.finish(key, cost, result.get("tail_ms"))
+
+    async def _run_one(self, variant_id: str, frame: bytes, split: str) -> dict:
+        try:
+            runner = await self.get_runner(variant_id)
+            # A tail measured to take under INLINE_TAIL_MS runs inline: handing it to a thread
+            # costs more than it takes (the replica runs one torch thread either way); a longer
+            # or unknown one keeps the event loop free for the requests queued behind it.
+            if self.work.mean_ms.get((variant_id, split), INLINE_TAIL_MS) < INLINE_TAIL_MS:
+                out = runner.run_tail(frame, split)
+            else:
+                out = await asyncio.to_thread(runner.run_tail, frame, split)
+        except (RequestError, SeriesError) as err:
+            return error_entry(err)
+        return _answer(out)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[tuple[str, bytes, str]]) -> list[dict]:
@@ -162,10 +166,9 @@ class EdgeTail:
         start = time.perf_counter_ns()
         params = request.query_params
         check_params(params, TAIL_PARAMS)
-        variant = parse_variant_id(params.get("variant")) or request.headers.get(MULTIPLEX_HEADER)
+        variant = parse_variant_id(params.get("variant") or request.headers.get(MULTIPLEX_HEADER))
         if not variant:
             raise HttpError(400, "variant is required")
-        parse_variant_id(variant)
         if not self.series.store.has(variant):
             raise HttpError(404, f"unknown variant {variant!r}; GET /v1/variants lists them")
         split = params.get("split")
@@ -178,7 +181,7 @@ class EdgeTail:
         kind = media_type(request.headers.get("content-type"))
         # No Content-Type is a frame too: only frames come here, and a device saves 40 bytes
         if kind and kind not in FRAME_TYPES:
-            raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind or '(none)'!r}")
+            raise HttpError(415, f"send the wire frame as {FRAME_TYPES[0]}, not {kind!r}")
         frame = await read_body(request.stream(), request.headers.get("content-length"),
                                 self.max_body_bytes)
         if uplink is not None:
@@ -199,8 +202,6 @@ class EdgeTail:
         if self._links_app is None:
             return
         if self._board is None:
-            from serve.bandwidth import EstimatorConfig
-
             self._board = LinkBoardClient(self._links_app, EstimatorConfig(**(self._estimator or {})),
                                           wait_ready=False)  # reports queue until it is up
         self._board.report(link_id, uplink_bps)

@@ -18,3 +18,27 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels[0, 0]).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def wait_healthy(url: str, proc, timeout_s: float = 240.0, output=None) -> dict:
+    """GET `url` until it answers 200 (its JSON) while the server process `proc` runs.
+
+    Raises AssertionError if the process exits (with the tail of `output()`, when given) or the
+    deadline passes: the server did not come up."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = output()[-3000:] if output else ""
+            raise AssertionError(f"the server exited ({proc.returncode}): {tail}")
+        try:
+            response = requests.get(url, timeout=30)
+            if response.status_code == 200:
+                return response.json()
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    raise AssertionError(f"{url} did not answer in {timeout_s:g} s")

@@ -26,7 +26,8 @@ from pathlib import Path
 START_TIMEOUT_S = 90.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -70,7 +71,7 @@ class TwoNodeCluster:
                  env: dict[str, str] | None = None):
         self.hidden_dir = Path(hidden_dir).resolve()
         self.worker_cpus = worker_cpus
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Ray's socket paths must stay short: a temp dir of its own directly under /tmp.
         self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
@@ -80,9 +81,9 @@ class TwoNodeCluster:
         self.env = {**cluster_env(), **(env or {})}
 
     def _ports(self) -> list[str]:
-        return ["--dashboard-agent-listen-port", str(_free_port()),
-                "--metrics-export-port", str(_free_port()),
-                "--runtime-env-agent-port", str(_free_port())]
+        return ["--dashboard-agent-listen-port", str(free_port()),
+                "--metrics-export-port", str(free_port()),
+                "--runtime-env-agent-port", str(free_port())]
 
     def _start(self, argv: list[str], name: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in __exit__

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from httputil import free_port, png
+from httputil import free_port, png, wait_healthy
 
 from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted
 
@@ -54,21 +54,6 @@ print(json.dumps([a["name"] for a in ray.util.list_named_actors(all_namespaces=T
 def _run(argv: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=cluster_env())
 
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"twostep serve exited ({proc.returncode}): {proc.stdout.read()[-3000:]}")
-        try:
-            response = requests.get(url, timeout=30)
-            if response.status_code == 200:
-                return response.json()
-        except requests.RequestException:
-            pass
-        time.sleep(1.0)
-    raise AssertionError(f"{url} did not answer in {timeout:g} s")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +132,7 @@ def served(series, cluster):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster_env())
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{url}/v1/health", proc)
+        wait_healthy(f"{url}/v1/health", proc, output=lambda: proc.stdout.read())
         yield {"url": url, "proc": proc}
     finally:
         if proc.poll() is None:

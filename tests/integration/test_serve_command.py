@@ -5,13 +5,12 @@ table, link emulation refused to clients unless enabled, and a clean stop on Ctr
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from httputil import free_port
+from httputil import free_port, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +28,7 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
                             stdout=log, stderr=subprocess.STDOUT, env=cluster_env())
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/v1/health", timeout=10).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
+        wait_healthy(f"{url}/v1/health", proc, output=(tmp_path / "serve.log").read_text)
         output = (tmp_path / "serve.log").read_text()
         assert "ingress: HAProxy" in output, output[-2000:]
         runner = VariantRunner.load(tiny_store, "vgg11-base")

@@ -98,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from serve.app import deploy
-    from serve.series_source import publish_series
     from serve.startup import start_http
 
     # ray.init() joins RAY_ADDRESS when it is set (a KubeRay pod, a `ray job submit` driver)
@@ -113,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    series = None
     try:
+        # the reference stop_app unpublishes (deploy publishes the same one again, a no-op)
         series = publish_series(app_args.series_dir)
         # On a joined cluster Serve may be shared with other apps: one attempt, never a shutdown.
         host, port = start_http(args.host, args.port, attempts=1 if joined else 3,
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
               "(docs/serve.md; Ctrl-C stops)", flush=True)
         deploy(app_args, blocking=True)
     finally:
-        stop_app(joined, series if "series" in locals() else None, app_args.app_name)
+        stop_app(joined, series, app_args.app_name)
     return 0
 
 
