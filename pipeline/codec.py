@@ -57,6 +57,7 @@ __all__ = [
     "UnsupportedVersion",
     "VariantMismatch",
     "decode_frame",
+    "codec_config",
     "encode_frame",
     "encoded_size",
     "frame_nbytes",
@@ -94,6 +95,15 @@ class CodecConfig:
             raise ValueError(
                 f"per_channel=True needs quantisation; valid bits are {QUANT_BITS}, got bits={FLOAT_BITS}"
             )
+
+
+def codec_config(codec: dict) -> CodecConfig:
+    """The `CodecConfig` of a series manifest's `codec` entry."""
+    return CodecConfig(
+        bits=int(codec.get("bits", 8)),
+        per_channel=bool(codec.get("per_channel", False)),
+        compress=bool(codec.get("compress", True)),
+    )
 
 
 @dataclass(frozen=True)

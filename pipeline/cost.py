@@ -12,10 +12,12 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.models.registry import ArchSpec
+if TYPE_CHECKING:  # a device client plans without torch, which the registry imports
+    from pipeline.models.registry import ArchSpec
 
 # 1 Tbit/s: anything above is a unit mistake (bytes vs bits, or a missing prefix).
 MAX_BANDWIDTH_BPS = 1e12

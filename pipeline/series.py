@@ -11,6 +11,7 @@ checks each file's sha256 before rebuilding the architecture from the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -76,8 +77,32 @@ def validate_manifest(document: object, where: str = "manifest") -> dict:
                 ".." in v["weights"]:
             raise SeriesError(f"{where}: variant {v['id']} has a bad weights path {v['weights']!r} "
                               "(must be weights/<file> inside the series)")
+        _check_graph_records(v, where)
         seen.add(v["id"])
     return document
+
+
+def graph_files(manifest: dict) -> set[str]:
+    """Every exported ONNX graph file the manifest points at (`twostep export`)."""
+    return {record[part]["path"] for v in manifest["variants"] for record in v.get("onnx", {}).values()
+            for part in ("head", "tail") if record.get(part)}
+
+
+def _check_graph_records(variant: dict, where: str) -> None:
+    """The ONNX graphs of `twostep export`, if any: files inside the series' onnx/ folder."""
+    records = variant.get("onnx", {})
+    if not isinstance(records, dict):
+        raise SeriesError(f"{where}: variant {variant['id']} has a bad 'onnx' entry")
+    for split, record in records.items():
+        for part in ("head", "tail"):
+            graph = record.get(part) if isinstance(record, dict) else "?"
+            if graph is None:
+                continue
+            path = graph.get("path") if isinstance(graph, dict) else None
+            if not isinstance(path, str) or not path.startswith("onnx/") or ".." in path or \
+                    not isinstance(graph.get("sha256"), str):
+                raise SeriesError(f"{where}: variant {variant['id']} has a bad onnx {part} record "
+                                  f"at split {split!r} (a path onnx/<file> and a sha256 expected)")
 
 
 def parse_manifest(data: bytes | None, where: str) -> dict:
@@ -156,6 +181,23 @@ class SeriesStore:
         if spec.to_dict() != entry["spec"]:
             raise SeriesError(f"variant {vid}: weights file architecture differs from manifest")
         return model, spec, entry
+
+    def graph_record(self, vid: str, split: str, part: str) -> dict | None:
+        """The manifest's record of an exported ONNX graph (`part` head or tail), or None."""
+        record = self.get(vid).get("onnx", {}).get(split)
+        return record.get(part) if record else None
+
+    def graph_bytes(self, vid: str, split: str, part: str) -> bytes | None:
+        """The exported graph's bytes after checking their sha256, or None if not exported."""
+        record = self.graph_record(vid, split, part)
+        if record is None:
+            return None
+        path = self.directory / record["path"]
+        data = path.read_bytes() if path.is_file() else None
+        if data is None or hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise SeriesError(f"variant {vid}: {record['path']} is missing or does not match its "
+                              "sha256; run `twostep export` again")
+        return data
 
     # ---- writing ----
     def add_variant(self, model: nn.Module, spec: ArchSpec, entry: dict) -> dict:

@@ -7,22 +7,16 @@ and `app` (`build_app`). Names that need Ray are imported on first use, so the d
 the pure modules do not pull Ray in.
 """
 
-from serve.bandwidth import BandwidthEstimator as BandwidthEstimator
-from serve.bandwidth import EstimatorConfig as EstimatorConfig
-from serve.link import LinkEmulator as LinkEmulator
-from serve.settings import AppArgs as AppArgs
+import importlib
 
-__all__ = ["AppArgs", "BandwidthEstimator", "DeviceClient", "EstimatorConfig", "LinkEmulator",
-           "build_app"]
+_EXPORTS = {"AppArgs": "serve.settings", "BandwidthEstimator": "serve.bandwidth",
+            "DeviceClient": "serve.client", "EstimatorConfig": "serve.bandwidth",
+            "LinkEmulator": "serve.link", "build_app": "serve.app"}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "build_app":
-        from serve.app import build_app
-
-        return build_app
-    if name == "DeviceClient":
-        from serve.client import DeviceClient
-
-        return DeviceClient
+    # Everything on first use: a device importing serve.client needs neither torch nor Ray.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'serve' has no attribute {name!r}")

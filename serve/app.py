@@ -88,7 +88,7 @@ def _main_app(args: AppArgs, series: dict) -> Application:
     head = DeviceHead.options(
         num_replicas=args.head_replicas, max_ongoing_requests=8,
         ray_actor_options=_actor_options(head_cpus, device), **common,
-    ).bind(series, args.torch_threads, args.max_batch)
+    ).bind(series, args.torch_threads, args.max_batch, args.runtime)
     return Router.options(
         num_replicas=args.router_replicas, max_ongoing_requests=256,
         ray_actor_options=_actor_options(args.router_cpus, edge), **common,
@@ -111,7 +111,7 @@ def _tail_app(args: AppArgs, series: dict) -> Application:
         ray_actor_options=_actor_options(args.replica_cpus, edge),
         health_check_period_s=args.health_check_period_s, **scaling,
     ).bind(series, args.torch_threads, args.max_batch, args.max_body_bytes, args.app_name,
-           dataclasses.asdict(args.estimator_config()), args.tail_batch_size)
+           dataclasses.asdict(args.estimator_config()), args.tail_batch_size, args.runtime)
 
 
 def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:

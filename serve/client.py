@@ -19,20 +19,48 @@ import http.client
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from pipeline.codec import encode_frame, variant_tag
-from pipeline.data import DataInfo, normalize
-from pipeline.models.inference import inference_form
-from pipeline.models.registry import ArchSpec
-from pipeline.split import split_model
+from pipeline.codec import codec_config, encode_frame, variant_tag
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
-from serve.runner import codec_config
-from serve.weights import load_head
+
+RUNTIMES = ("auto", "onnxruntime", "torch")
+HeadCall = Callable[[np.ndarray], np.ndarray]  # uint8 pixels -> the features it sends
+
+
+def resolve_runtime(runtime: str = "auto") -> str:
+    """`auto`: ONNX Runtime where it is installed (3-6x faster per call here), else PyTorch."""
+    import importlib.util
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime != "auto":
+        return runtime
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
+
+
+def _torch_head(data: bytes, spec: dict, info: dict, split: str, threads: int) -> HeadCall:
+    """The head from safetensors weights, run by eager PyTorch (imported only here)."""
+    import torch
+
+    from pipeline.data import DataInfo, normalize
+    from pipeline.models.inference import inference_form
+    from pipeline.models.registry import ArchSpec
+    from pipeline.split import split_model
+    from serve.weights import load_head
+
+    torch.set_num_threads(threads)
+    data_info = DataInfo.from_dict(info)
+    head = split_model(inference_form(load_head(data, ArchSpec.from_dict(spec), split)), split)[0]
+
+    def call(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), data_info)).numpy()
+    return call
 
 
 class DeviceError(RuntimeError):
@@ -68,20 +96,25 @@ class DeviceClient:
 
     def __init__(self, url: str, link: str = "device", timeout_s: float = 30.0,
                  throttle_bps: float | None = None, min_report_bytes: int = 512,
-                 initial_bps: float = 10e6, table_ttl_s: float = 300.0):
+                 initial_bps: float = 10e6, table_ttl_s: float = 300.0, runtime: str = "auto",
+                 threads: int = 1):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
         if throttle_bps is not None and not throttle_bps > 0:
             raise ValueError(f"throttle_bps must be > 0, got {throttle_bps!r}")
         self.host, self.port = parsed.hostname, parsed.port or 80
+        self.runtime = resolve_runtime(runtime)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        self.threads = threads
         self.link = link
         self.timeout_s = timeout_s
         self.throttle_bps = throttle_bps
         self.min_report_bytes = min_report_bytes
         self._conn: http.client.HTTPConnection | None = None
         self._info: dict | None = None
-        self._heads: dict[tuple[str, str], tuple[torch.nn.Module, str]] = {}
+        self._heads: dict[tuple[str, str], tuple[HeadCall, str]] = {}
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
         self.initial_bps = initial_bps
@@ -234,12 +267,13 @@ class DeviceClient:
                 time.sleep(min(0.1 * 2 ** attempt, 1.0))
         return post()
 
-    def download_head(self, variant_id: str, split: str,
-                      expected_sha256: str | None = None) -> tuple[bytes, str]:
-        """(safetensors bytes of the head at `split`, sha256), checked against the edge's
-        `X-Twostep-Sha256` header and against `expected_sha256` when pinned."""
-        _, headers, data = self._request("GET", f"/v1/variants/{variant_id}/head",
-                                         params={"split": split})
+    def download_head(self, variant_id: str, split: str, expected_sha256: str | None = None,
+                      fmt: str = "safetensors") -> tuple[bytes, str]:
+        """(bytes of the head at `split`: safetensors weights or, with `fmt` onnx, the ONNX
+        graph from pixels to features; sha256), checked against the edge's `X-Twostep-Sha256`
+        header and against `expected_sha256` when pinned."""
+        params = {"split": split, **({} if fmt == "safetensors" else {"format": fmt})}
+        _, headers, data = self._request("GET", f"/v1/variants/{variant_id}/head", params=params)
         sha = headers.get("x-twostep-sha256", "")
         if hashlib.sha256(data).hexdigest() != sha:
             raise DeviceError(0, f"head weights of {variant_id}@{split} do not match their sha256")
@@ -247,27 +281,35 @@ class DeviceClient:
             raise DeviceError(0, f"head weights sha256 {sha} is not the pinned {expected_sha256}")
         return data, sha
 
-    def fetch_head(self, variant_id: str, split: str, expected_sha256: str | None = None) -> torch.nn.Module:
-        """The variant's head module at `split`, from verified weights (downloaded once)."""
+    def fetch_head(self, variant_id: str, split: str, expected_sha256: str | None = None) -> HeadCall:
+        """The variant's head at `split` as a call from uint8 pixels (N, C, S, S) to the features
+        it sends (normalisation included), run by this client's runtime from verified bytes
+        (downloaded once): the ONNX graph for onnxruntime, the weights for torch."""
         key = (variant_id, split)
         if key not in self._heads:
-            data, sha = self.download_head(variant_id, split, expected_sha256)
-            spec = ArchSpec.from_dict(self.variant(variant_id)["spec"])
-            model = load_head(data, spec, split)
-            self._heads[key] = (split_model(inference_form(model), split)[0], sha)
+            if self.runtime == "onnxruntime":
+                from pipeline.onnx_session import GraphRunner
+
+                data, sha = self.download_head(variant_id, split, expected_sha256, fmt="onnx")
+                call = GraphRunner(data, self.threads)
+            else:
+                data, sha = self.download_head(variant_id, split, expected_sha256)
+                call = _torch_head(data, self.variant(variant_id)["spec"], self.info()["data"],
+                                   split, self.threads)
+            self._heads[key] = (call, sha)
         return self._heads[key][0]
 
     # ---- inference ----
     def pixels(self, image: bytes | np.ndarray, content_type: str = "image/png") -> np.ndarray:
         """uint8 (1, C, S, S) for the series from PNG/JPEG bytes or a uint8 (C, S, S) array."""
-        data = DataInfo.from_dict(self.info()["data"])
+        data = self.info()["data"]
         if isinstance(image, np.ndarray):
             array = image.astype(np.uint8, copy=False)
             return array[None] if array.ndim == 3 else array
         fmt = IMAGE_TYPES.get(content_type)
         if fmt is None:
             raise ValueError(f"content_type must be one of {', '.join(IMAGE_TYPES)}, got {content_type!r}")
-        return decode_image(image, fmt, data.in_channels, data.input_size, 1 << 24)
+        return decode_image(image, fmt, int(data["in_channels"]), int(data["input_size"]), 1 << 24)
 
     def classify(self, pixels: np.ndarray, variant: str | None = None, split: str | None = None,
                  accuracy_floor: float | None = None,
@@ -286,19 +328,18 @@ class DeviceClient:
             variant, split = best["variant"], best["split"]
             timings["plan"] = _ms(plan_start)
         info = self.info()
-        data = DataInfo.from_dict(info["data"])
         fetch_start = time.perf_counter_ns()
         head = self.fetch_head(variant, split)
         timings["fetch"] = _ms(fetch_start)
         head_start = time.perf_counter_ns()
-        with torch.inference_mode():
-            features = head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), data))
+        features = head(np.ascontiguousarray(pixels, dtype=np.uint8))
         timings["head"] = _ms(head_start)
         if split == "output":
             logits = features[0].tolist()
             prediction = int(np.argmax(logits))
             timings["total"] = _ms(start)
-            return DeviceResult(prediction, data.classes[prediction], logits, variant, split, 0, timings)
+            return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant, split,
+                                0, timings)
         encode_start = time.perf_counter_ns()
         frame = encode_frame(features, codec_config(info["codec"]), variant_tag(variant))
         timings["encode"] = _ms(encode_start)

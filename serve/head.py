@@ -36,15 +36,18 @@ def error_entry(err: Exception) -> dict:
 class DeviceHead:
     """Runs a variant's head on uint8 pixels and encodes its output as a wire frame."""
 
-    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH):
+    def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
+                 runtime: str = "torch"):
         torch.set_num_threads(torch_threads)
+        self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
         self.faults: dict[str, str] = {}
         self.max_batch = max_batch
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        return await load_runner(self.series, variant_id, self.max_batch, self.faults)
+        return await load_runner(self.series, variant_id, self.max_batch, self.faults,
+                                 self.runtime, self.threads)
 
     async def run(self, split: str, pixels: bytes, shape: tuple[int, ...]) -> dict:
         """Head of the request's variant at `split` on `pixels` (uint8, C order, `shape`).
@@ -76,11 +79,12 @@ class DeviceHead:
 
 
 async def load_runner(series: SeriesMirror, variant_id: str, max_batch: int,
-                      faults: dict[str, str]) -> VariantRunner:
+                      faults: dict[str, str], runtime: str = "torch", threads: int = 1) -> VariantRunner:
     """Load a variant for a head or tail replica (off the event loop), keeping `faults`: a
     variant whose files fail their checks is listed there until it loads again."""
     try:
-        runner = await asyncio.to_thread(VariantRunner.load, series, variant_id, max_batch)
+        runner = await asyncio.to_thread(VariantRunner.load, series, variant_id, max_batch,
+                                         runtime, threads)
     except SeriesError as err:
         if "unknown variant" not in str(err):
             faults[variant_id] = str(err)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline.cost import Link
-from pipeline.selection import Candidate, NoFeasibleCandidate
+
+if TYPE_CHECKING:  # `pick` runs on devices without torch, which pipeline.selection imports
+    from pipeline.selection import Candidate
 
 LOW_BPS, HIGH_BPS = 1e3, 1e10
 GRID_POINTS = 97  # 12 points per decade over 7 decades, plus the ends
@@ -35,6 +38,8 @@ def plan_table(best_at: Callable[[Link], Candidate], rtt_ms: float = 0.0,
         Rows in increasing bandwidth; the first starts at 0 and the last ends at None (no bound).
         A bandwidth where nothing meets the constraint has a row with `variant` None.
     """
+    from pipeline.selection import NoFeasibleCandidate
+
     def choice(bps: float) -> tuple[str, str] | None:
         try:
             c = best_at(Link(bps, rtt_ms))

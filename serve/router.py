@@ -10,6 +10,7 @@ docs/serve.md; every bad request gets a 4xx JSON `{"error": ...}` and the replic
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -26,9 +27,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.codec import encode_frame, variant_tag
+from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
+from pipeline.onnx_graphs import head_graph
 from pipeline.selection import Candidate, NoFeasibleCandidate
 from serve.head import replica_health
 from serve.inputs import (
@@ -49,7 +51,6 @@ from serve.link_board import LinkBoardClient
 from serve.plan_table import plan_table as build_plan_table
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
-from serve.runner import codec_config
 from serve.series_source import SeriesMirror
 from serve.settings import AppArgs
 from serve.weights import pack_head
@@ -64,6 +65,7 @@ PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms",
                "device_slowdown", "device_overhead_ms"}
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
+HEAD_FORMATS = ("safetensors", "onnx")
 PLAN_TABLE_CACHE = 64
 
 
@@ -175,7 +177,7 @@ class Router:
         self.board = LinkBoardClient(context.app_name, self.args.estimator_config())
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
         self.codec = codec_config(manifest["codec"])
-        self._heads: OrderedDict[tuple[str, str], tuple[bytes, str]] = OrderedDict()
+        self._heads: OrderedDict[tuple[str, str, str], tuple[bytes, str]] = OrderedDict()
         self._tables: OrderedDict[tuple, list[dict]] = OrderedDict()
         self._probes: dict[str, asyncio.Task] = {}
         logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
@@ -286,13 +288,20 @@ class Router:
 
     @api.get("/v1/variants/{variant_id}/head")
     async def head_weights(self, variant_id: str, request: Request) -> Response:
-        check_params(request.query_params, {"split"})
+        """The head at `split` for a device: its safetensors weights (`format=safetensors`, the
+        default) or its ONNX graph from pixels to features (`format=onnx`: the graph `twostep
+        export` recorded, else the same graph exported here)."""
+        check_params(request.query_params, {"split", "format"})
         vid = self._variant(variant_id)
         split = self._split(vid, request.query_params.get("split"))
-        key = (vid, split)
+        fmt = request.query_params.get("format", "safetensors")
+        if fmt not in HEAD_FORMATS:
+            raise HttpError(400, f"format must be one of {', '.join(HEAD_FORMATS)}, got {fmt[:40]!r}")
+        if fmt == "onnx" and split == "input":
+            raise HttpError(400, "split 'input' has no head: send the pixels (POST /v1/classify)")
+        key = (vid, split, fmt)
         if key not in self._heads:
-            model, spec, _ = await asyncio.to_thread(self.series.load_model, vid)
-            self._heads[key] = pack_head(model, spec, vid, split)
+            self._heads[key] = await asyncio.to_thread(self._pack_head, vid, split, fmt)
             while len(self._heads) > HEAD_CACHE:
                 self._heads.popitem(last=False)
         self._heads.move_to_end(key)
@@ -300,6 +309,17 @@ class Router:
         return Response(data, media_type="application/octet-stream", headers={
             "X-Twostep-Sha256": sha, "ETag": f'"{sha}"', "X-Twostep-Variant": vid,
             "X-Twostep-Split": split})
+
+    def _pack_head(self, vid: str, split: str, fmt: str) -> tuple[bytes, str]:
+        if fmt == "onnx":
+            graph = self.series.graph_bytes(vid, split, "head")
+            if graph is None:
+                model, spec, _ = self.series.load_model(vid)
+                graph = head_graph(model, (spec.in_channels, spec.input_size, spec.input_size),
+                                   DataInfo.from_dict(self.series.manifest["data"]), split)
+            return graph, hashlib.sha256(graph).hexdigest()
+        model, spec, _ = self.series.load_model(vid)
+        return pack_head(model, spec, vid, split)
 
     @api.get("/v1/plan")
     async def plan(self, request: Request) -> dict:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from pipeline.checkpoint import file_sha256
-from pipeline.series import MANIFEST, SeriesError, SeriesStore, parse_manifest
+from pipeline.series import MANIFEST, SeriesError, SeriesStore, graph_files, parse_manifest
 
 NAMESPACE = "twostep"
 PROFILE_FILES = ("profile.json", "profile.device.json")
@@ -54,7 +54,8 @@ def _uri_read(uri: str, relative: str) -> bytes | None:
 
 
 def _allowed(manifest: dict, relative: str) -> bool:
-    return relative in (MANIFEST, *PROFILE_FILES) or relative in {v["weights"] for v in manifest["variants"]}
+    return relative in (MANIFEST, *PROFILE_FILES) or relative in {
+        v["weights"] for v in manifest["variants"]} or relative in graph_files(manifest)
 
 
 class SeriesPublisher:
@@ -233,6 +234,21 @@ class SeriesMirror:
         _write_atomic(path, data)
         self.fetches.append({"variant": variant_id, "bytes": len(data),
                              "ms": (time.perf_counter() - start) * 1000.0})
+
+    def graph_bytes(self, variant_id: str, split: str, part: str) -> bytes | None:
+        """An exported ONNX graph of the variant (fetched and verified like the weights), or None."""
+        record = self.store.graph_record(variant_id, split, part)
+        if record is None or self.in_place:
+            return self.store.graph_bytes(variant_id, split, part)
+        path = self.store.directory / record["path"]
+        if not (path.is_file() and file_sha256(path) == record["sha256"]):
+            data = self._read(record["path"])
+            if data is None or _sha256(data) != record["sha256"]:
+                raise SeriesError(f"variant {variant_id}: {record['path']} from {self.ref['location']} "
+                                  f"is missing or does not match its sha256; refused on node {self.node}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, data)
+        return self.store.graph_bytes(variant_id, split, part)
 
     @property
     def manifest(self) -> dict:

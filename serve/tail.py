@@ -84,14 +84,16 @@ class EdgeTail:
 
     def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
                  max_body_bytes: int = 4 << 20, links_app: str | None = None,
-                 estimator: dict | None = None, batch_size: int = 1):
+                 estimator: dict | None = None, batch_size: int = 1, runtime: str = "torch"):
         torch.set_num_threads(torch_threads)
+        self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
         self.info = DataInfo.from_dict(self.series.manifest["data"])
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         self.faults: dict[str, str] = {}
         self.bytes_in_flight = 0
+        self.frames_in_flight = 0
         self.work = WorkMeter()
         self.batch_size = batch_size
         if batch_size > 1:
@@ -101,12 +103,14 @@ class EdgeTail:
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        return await load_runner(self.series, variant_id, self.max_batch, self.faults)
+        return await load_runner(self.series, variant_id, self.max_batch, self.faults,
+                                 self.runtime, self.threads)
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
         key = (variant_id, split)
         self.bytes_in_flight += len(frame)
+        self.frames_in_flight += 1
         cost, result = self.work.start(key), {}
         try:
             if self.batch_size > 1:
@@ -116,15 +120,19 @@ class EdgeTail:
             return result
         finally:
             self.bytes_in_flight -= len(frame)
+            self.frames_in_flight -= 1
             self.work.finish(key, cost, result.get("tail_ms"))
 
     async def _run_one(self, variant_id: str, frame: bytes, split: str) -> dict:
         try:
             runner = await self.get_runner(variant_id)
-            # A tail measured to take under INLINE_TAIL_MS runs inline: handing it to a thread
-            # costs more than it takes (the replica runs one torch thread either way); a longer
-            # or unknown one keeps the event loop free for the requests queued behind it.
-            if self.work.mean_ms.get((variant_id, split), INLINE_TAIL_MS) < INLINE_TAIL_MS:
+            # Handing a tail to a thread costs about 0.6 ms here (measured in the handler,
+            # bench/bench_edge_path.py). A tail runs inline when this is the only frame the
+            # replica holds (nothing waits behind it) or when it was measured to take under
+            # INLINE_TAIL_MS; otherwise in a thread, keeping the event loop free for the
+            # frames queued behind it.
+            alone = self.frames_in_flight == 1
+            if alone or self.work.mean_ms.get((variant_id, split), INLINE_TAIL_MS) < INLINE_TAIL_MS:
                 out = runner.run_tail(frame, split)
             else:
                 out = await asyncio.to_thread(runner.run_tail, frame, split)

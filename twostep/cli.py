@@ -16,6 +16,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model from a config file and/or flags"),
     "eval": ("evaluate", "report the test accuracy of a checkpoint"),
+    "export": ("export", "export ONNX heads and tails of a series, checked against PyTorch"),
     "profile": ("profile", "measure per-layer latency and write a profile (JSON)"),
     "plan": ("plan", "choose the best (variant, split) for a bandwidth and constraint"),
     "prune": ("prune", "run 2-step pruning (in-process, or on Ray Tune with --ray)"),
@@ -48,7 +49,9 @@ def _available_verbs() -> dict[str, tuple[str, str]]:
     }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser; only `verb`'s module is imported (its flags), so `twostep --help` and a
+    verb that needs neither torch nor Ray (`twostep device` on a device) start fast."""
     parser = argparse.ArgumentParser(
         prog="twostep",
         description="2-step pruning for device-edge split inference, served with Ray.",
@@ -56,16 +59,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     parser.add_argument("--version", action="version", version=f"twostep {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     modules = {}
-    for verb, (module, text) in _available_verbs().items():
-        sub_parser = sub.add_parser(verb, help=text, description=text)
-        mod = importlib.import_module(f"twostep.commands.{module}")
-        mod.add_arguments(sub_parser)
-        modules[verb] = module
+    for name, (module, text) in _available_verbs().items():
+        sub_parser = sub.add_parser(name, help=text, description=text)
+        if name == verb:
+            importlib.import_module(f"twostep.commands.{module}").add_arguments(sub_parser)
+        modules[name] = module
     return parser, modules
 
 
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb of a command line: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, modules = build_parser(_verb_of(argv))
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()

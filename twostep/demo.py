@@ -82,7 +82,7 @@ def profile_stage(store: SeriesStore, slowdown: float, log: Log) -> tuple[Path, 
         variants[vid] = {**profile_model(model, spec, batch_size=1, warmup=3, repeats=10),
                          "spec": spec.to_dict()}
     edge = profile_document(variants, batch_size=1, warmup=3, repeats=10)
-    from serve.runner import codec_config
+    from pipeline.codec import codec_config
 
     edge["codec"] = codec_timing(codec_config(store.manifest["codec"]))
     edge_path, device_path = store.directory / "profile.json", store.directory / "profile.device.json"

@@ -14,6 +14,23 @@ def test_help_lists_every_verb():
     assert all(verb in VERBS for verb in ("train", "eval", "prune", "serve", "demo"))
 
 
+
+def test_top_level_help_imports_neither_torch_nor_any_verb():
+    code = ("import sys\nfrom twostep.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twostep.commands.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: twostep {verb}" in capsys.readouterr().out
+
+
 def test_train_then_eval_round_trip(learnable_fashion_dir, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     code = main(["train", "--data-dir", str(learnable_fashion_dir), "--arch", "vgg11",

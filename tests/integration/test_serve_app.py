@@ -261,7 +261,8 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
 def test_device_client_round_trip(served):
     from serve.client import DeviceClient
 
-    with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256) as client:
+    with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256,
+                      runtime="torch") as client:
         pixels = client.pixels(png(served.images[2][None]))
         np.testing.assert_array_equal(pixels, served.images[2][None])
         results = [client.classify(pixels, "vgg11-base", "conv1_1") for _ in range(3)]
@@ -277,6 +278,46 @@ def test_device_client_round_trip(served):
         assert on_device.bytes_sent == 0 and on_device.prediction == int(quantised[0].argmax())
         estimate = client._json("GET", "/v1/link", params={"link": "phone-1"})["estimate"]
         assert estimate["samples"] >= 1  # the reported uplink reached the edge's estimator
+
+
+# A device with numpy, lz4, onnxruntime and pillow: importing torch, Ray or any other
+# dependency of the edge fails in it.
+EDGE_ONLY = ("torch", "torchvision", "ray", "pydantic", "fastapi", "starlette", "safetensors",
+             "matplotlib", "tqdm", "yaml", "requests")
+NO_TORCH = (f"import sys; sys.modules.update(dict.fromkeys({EDGE_ONLY!r})); "
+            "from twostep.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_a_device_without_torch_classifies_a_real_fashion_mnist_image(served, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from pipeline.data import DEFAULT_FASHION_MNIST_DIR, read_idx
+    from serve.runner import VariantRunner
+
+    images = read_idx(f"{DEFAULT_FASHION_MNIST_DIR}/t10k-images-idx3-ubyte.gz")
+    pixels = np.pad(images[7], 2)[None, None]  # 28x28 -> 32x32 as the series' data
+    (tmp_path / "shirt.png").write_bytes(png(pixels))
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "device", "classify", str(tmp_path / "shirt.png"),
+         "--url", served.url, "--variant", "vgg11-base", "--split", "pool3", "--runtime",
+         "onnxruntime", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    # the same graph in this process, then the served (torch) tail on its frame
+    frame = VariantRunner.load(served.store, "vgg11-base", runtime="onnxruntime").run_head(
+        pixels, "pool3").frame
+    expected = VariantRunner.load(served.store, "vgg11-base").run_tail(frame, "pool3").logits[0]
+    np.testing.assert_allclose(result["logits"], expected, atol=1e-4, rtol=1e-4)
+    assert result["prediction"] == int(expected.argmax()) and result["bytes_sent"] == len(frame)
+    assert result["timings_ms"]["head"] > 0
+
+    fetched = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "device", "fetch", "vgg11-base", "input", "--url",
+         served.url, "--format", "onnx", "-o", str(tmp_path / "head.onnx")],
+        capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 2 and "split 'input' has no head" in fetched.stderr
 
 
 def _tail_replicas() -> list[str]:

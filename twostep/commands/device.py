@@ -2,7 +2,10 @@
 
     twostep device classify IMAGE... --url http://127.0.0.1:8000 [--variant V --split S]
     twostep device plan --url URL [--bandwidth 1mbit] [--accuracy-floor F]
-    twostep device fetch VARIANT SPLIT --url URL -o head.safetensors
+    twostep device fetch VARIANT SPLIT --url URL -o head.safetensors [--format onnx]
+
+Needs neither torch nor Ray with `--runtime onnxruntime` (the default where onnxruntime is
+installed): numpy, lz4 and onnxruntime, plus pillow for PNG/JPEG images (docs/serve.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--url", default="http://127.0.0.1:8000", help="the edge (twostep serve)")
     common.add_argument("--link", default="device", help="this device's link id at the edge")
     common.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout")
+    common.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+                        help="what runs the head here: the edge's ONNX graph on ONNX Runtime, or its "
+                             "weights on PyTorch (default auto: onnxruntime where installed)")
+    common.add_argument("--threads", type=int, default=1, help="threads of the runtime (default 1)")
     constraint = common.add_mutually_exclusive_group()
     constraint.add_argument("--accuracy-floor", type=float, help="lowest accuracy, a fraction")
     constraint.add_argument("--latency-budget-ms", type=float, help="end-to-end latency limit")
@@ -38,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch = actions.add_parser("fetch", parents=[common], help="download and verify head weights")
     fetch.add_argument("variant")
     fetch.add_argument("split")
-    fetch.add_argument("-o", "--output", required=True, help="file to write (safetensors)")
+    fetch.add_argument("-o", "--output", required=True, help="file to write")
+    fetch.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                       help="head weights (safetensors, default) or the ONNX graph pixels -> features")
 
 
 def _load_image(client, path: Path):
@@ -71,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
     if args.accuracy_floor is not None and not 0 <= args.accuracy_floor <= 1:
         raise ValueError(f"--accuracy-floor must be a fraction in [0, 1], got {args.accuracy_floor}")
     throttle = parse_bandwidth(args.throttle) if getattr(args, "throttle", None) else None
-    client = DeviceClient(args.url, args.link, args.timeout_s, throttle_bps=throttle)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    client = DeviceClient(args.url, args.link, args.timeout_s, throttle_bps=throttle,
+                          runtime=args.runtime, threads=args.threads)
     try:
         if args.action == "plan":
             bandwidth = parse_bandwidth(args.bandwidth) if args.bandwidth else None
             print(json.dumps(client.plan(args.accuracy_floor, args.latency_budget_ms, bandwidth), indent=1))
         elif args.action == "fetch":
-            data, sha = client.download_head(args.variant, args.split)
+            data, sha = client.download_head(args.variant, args.split, fmt=args.format)
             Path(args.output).write_bytes(data)
             print(f"wrote {args.output}: {len(data)} bytes, sha256 {sha}")
         else:

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link-rtt-ms", type=float, help="emulated link round trip (default 0)")
     parser.add_argument("--tail-replicas", type=int, help="fixed EdgeTail replicas (default: autoscale)")
     parser.add_argument("--tail-max-replicas", type=int, help="autoscaling maximum (default 2)")
+    parser.add_argument("--runtime", choices=("onnxruntime", "torch"),
+                        help="what runs heads and tails: ONNX Runtime (the series' exported graphs, "
+                             "see `twostep export`) or eager PyTorch (default torch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other build_app argument (serve/settings.py), JSON values; repeatable")
     parser.add_argument("--check", action="store_true",
@@ -73,6 +76,7 @@ def resolve_args(args: argparse.Namespace):
         "slowdown": args.slowdown, "link_rtt_ms": args.link_rtt_ms,
         "tail_replicas": args.tail_replicas, "tail_max_replicas": args.tail_max_replicas,
         "router_replicas": args.router_replicas, "emulate_link": args.emulate_link or None,
+        "runtime": args.runtime,
         "link_bandwidth_bps": parse_bandwidth(args.link_bandwidth) if args.link_bandwidth else None,
     }
     values.update({k: v for k, v in flags.items() if v is not None})

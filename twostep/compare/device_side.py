@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.codec import encode_frame, variant_tag
-from pipeline.data import DataInfo, normalize
+from pipeline.codec import codec_config, encode_frame, variant_tag
+from pipeline.data import DataInfo
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
-from serve.runner import codec_config
 from twostep.compare.strategies import Execution, execution_for
 
 # Ethernet + IPv4 + TCP (with timestamps) headers of one segment: what an emulated link adds.
@@ -56,6 +55,7 @@ class Setup:
     burst_bytes: int = 0  # the token bucket's size; the filler spends it
     throttle: bool = False  # emulated link: sleep for the bytes of each request
     jpeg_quality: int = 90
+    runtime: str = "torch"  # what runs the device's heads: torch or onnxruntime
 
     @classmethod
     def load(cls, path: str) -> Setup:
@@ -83,7 +83,8 @@ class Device:
 
     def __init__(self, setup: Setup):
         self.setup = setup
-        self.client = DeviceClient(setup.url, link="bench", timeout_s=120.0)
+        self.client = DeviceClient(setup.url, link="bench", timeout_s=120.0,
+                                   runtime=setup.runtime, threads=1)
         parsed = urllib.parse.urlsplit(setup.url)
         self.host, self.port = parsed.hostname, parsed.port or 80
         self.sock: socket.socket | None = None
@@ -150,8 +151,7 @@ class Device:
             head = self.client.fetch_head(execution.variant, execution.split)
 
             def run_head():
-                with torch.inference_mode():
-                    out = head(normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.data))
+                out = head(np.ascontiguousarray(pixels))
                 if execution.mode == "device":
                     return out
                 return encode_frame(out, self.codec, variant_tag(execution.variant))
@@ -199,8 +199,9 @@ class Device:
             time.sleep(self.setup.burst_bytes * 8.0 / self.bandwidth_bps * 1.1 + 0.002)
 
     def measure(self, executions: dict[str, Execution], requests: int, slowdown: float,
-                first_index: int = 0) -> dict[str, dict]:
-        """`requests` interleaved requests of every execution; rows and link bytes per request."""
+                first_index: int = 0, each_round=None) -> dict[str, dict]:
+        """`requests` interleaved requests of every execution (and `each_round()` after each
+        round's); rows and link bytes per request."""
         for execution in executions.values():  # warm-up: weights fetched, caches filled
             if execution.mode in ("device", "frame"):
                 self.client.fetch_head(execution.variant, execution.split)
@@ -213,6 +214,8 @@ class Device:
                 row = self.run_once(execution, first_index + i, slowdown)
                 out[key]["rows"].append(row)
                 out[key].setdefault("_before", []).append(before)
+            if each_round is not None:
+                each_round()
         self._refill()
         self._attribute_bytes(out)
         return out
@@ -225,8 +228,17 @@ class Device:
         """Bytes on the link per request besides the payload, the fixed time of a request, and
         the device's CPU time for each `whole` model (split output): what a slowdown multiplies."""
         self.bandwidth_bps = 1e9
+        floor: list[float] = []
+
+        def noop() -> None:  # Serve's own floor: a no-op ingress, same connection, 60 B
+            self._refill()
+            start = time.perf_counter_ns()
+            self._post("/noop/", b"x" * 60, "application/octet-stream")
+            floor.append(_ms(start))
+
         runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)}}
-        both = self.measure(runs, requests, 1.0)
+        # the floor interleaved with the device path, so that other load hits both alike
+        both = self.measure(runs, requests, 1.0, each_round=noop)
         measured = both["calibration"]["rows"]
         whole_ms = [float(np.median([r["device_cpu_ms"] for r in both[f"whole{i}"]["rows"]]))
                     for i in range(len(whole))]
@@ -237,12 +249,6 @@ class Device:
         else:
             overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
             source = "HTTP request head + one TCP segment's headers (emulated link)"
-        floor = []
-        for _ in range(requests):  # Serve's own floor: a no-op ingress, same connection, 60 B
-            self._refill()
-            start = time.perf_counter_ns()
-            self._post("/noop/", b"x" * 60, "application/octet-stream")
-            floor.append(_ms(start))
         return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
                 "floor_ms": float(np.median(floor)),
                 "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}

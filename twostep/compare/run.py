@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
+from pipeline.series_images import series_test_images
 from twostep.compare.strategies import Execution, LinkCosts, baseline_choices
 
 Log = Callable[[str], None]
@@ -43,7 +44,7 @@ class BenchConfig:
     max_loss: float = 0.01
     link: str = "auto"
     jpeg_quality: int = 90
-    calibration_requests: int = 20
+    calibration_requests: int = 60
     accuracy_images: int = 2000
     startup_timeout_s: float = 300.0
     ingress: str = "auto"
@@ -74,8 +75,8 @@ def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
     """Profile every variant on this CPU with one thread, as the Serve replicas run."""
     import torch
 
+    from pipeline.codec import codec_config
     from pipeline.profiler import codec_timing, profile_document, profile_model, save_profile
-    from serve.runner import codec_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,19 +95,6 @@ def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
         f"{encode[0]:.3f} ms + {1e3 * encode[1]:.4f} ms/1k elements, decode {decode[0]:.3f} ms + "
         f"{1e3 * decode[1]:.4f} ms/1k elements")
     return doc
-
-
-def test_images(manifest: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `count` images (uint8 N,C,S,S) and labels of the series' test split."""
-    from pipeline.data import load_splits
-
-    config = manifest.get("config") or {}
-    if "dataset" not in config or "data_dir" not in config:
-        raise ValueError("the series manifest does not say which dataset it was pruned on")
-    splits = load_splits(config["dataset"], config["data_dir"], config.get("val_fraction", 0.1),
-                         seed=config.get("seed", 0))
-    n = min(count, len(splits.test))
-    return splits.test.images[:n].numpy(), splits.test.labels[:n].numpy()
 
 
 def jpeg_stats(store: SeriesStore, images: np.ndarray, labels: np.ndarray, quality: int) -> dict:
@@ -283,7 +271,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     log("== [1/5] profile every variant here (the edge)")
     edge_profile = profile_edge(store, out / "profile.edge.json", log)
     log("== [2/5] test images, JPEG sizes and accuracy")
-    images, labels = test_images(manifest, max(config.accuracy_images, config.requests))
+    images, labels = series_test_images(manifest, max(config.accuracy_images, config.requests))
     np.save(out / "images.npy", images[: max(config.requests, 1)])
     np.save(out / "labels.npy", labels[: max(config.requests, 1)])
     jpeg = jpeg_stats(store, images[: config.accuracy_images], labels[: config.accuracy_images],

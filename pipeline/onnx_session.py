@@ -1,0 +1,36 @@
+"""ONNX Runtime sessions for exported heads and tails: numpy in, numpy out, no torch.
+
+A device runs its head through this module alone (with numpy and onnxruntime installed), and
+the edge's ONNX runtime runs tails through it too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def session(graph: bytes, threads: int = 1):
+    """An ONNX Runtime CPU session for `graph` with every graph optimisation, `threads` threads
+    inside an operator and one across operators (batch-1 CNNs run their operators in order)."""
+    import onnxruntime as ort
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+class GraphRunner:
+    """One graph in one session: `runner(array) -> array` (its single input and output)."""
+
+    def __init__(self, graph: bytes, threads: int = 1):
+        self.session = session(graph, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
