@@ -13,6 +13,7 @@ Profile document (`twostep-profile/1`)::
      "batch_size": 1, "warmup": 5, "repeats": 20,
      "slowdown": 1.0, "derived_from": null | {"hostname", "created", "slowdown"},
      "model_form": "inference (BatchNorm folded)" (absent in profiles made before it was),
+     "runtime": "torch" | "onnxruntime" (absent: torch), "idle_ms": idle time before each call,
      "variants": {id: {"spec": ArchSpec dict (optional),
                        "layers": [{"name": "conv1_1", "ms": 0.12}, ...],
                        "head_ms": {split: ms}, "tail_ms": {split: ms},
@@ -56,6 +57,7 @@ FORMAT = "twostep-profile/1"
 MAX_PROFILE_BYTES = 64 << 20
 # What `profile_model` times; profiles without this key timed the unfolded models (slower).
 MODEL_FORM = "inference (BatchNorm folded)"
+RUNTIMES = ("torch", "onnxruntime")
 # Relative tolerance of the head + tail == total check when loading a file.
 _SUM_RTOL = 1e-6
 
@@ -77,11 +79,16 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     return info
 
 
-def _median_ms(
-    calls: list[Callable[[], object]], warmup: int, repeats: int, device: torch.device
+def median_ms(
+    calls: list[Callable[[], object]], warmup: int, repeats: int,
+    device: torch.device = torch.device("cpu"), idle_ms: float = 0.0,
 ) -> list[float]:
     """Median wall time of each call. Repetitions go round-robin over the calls, so a burst of
-    load from another process spreads over all of them instead of spoiling one."""
+    load from another process spreads over all of them instead of spoiling one. With `idle_ms`
+    the machine idles that long before each timed call, as it does between a server's requests
+    (a call after an idle gap is slower than one in a tight loop: caches and clocks cool down)."""
+    if not (math.isfinite(idle_ms) and 0 <= idle_ms <= 10_000):
+        raise ValueError(f"idle_ms must be in [0, 10000], got {idle_ms!r}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for call in calls:
         for _ in range(warmup):
@@ -90,6 +97,8 @@ def _median_ms(
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
         for call, samples in zip(calls, times, strict=True):
+            if idle_ms:
+                time.sleep(idle_ms / 1000.0)
             start = time.perf_counter_ns()
             call()
             sync()
@@ -109,8 +118,10 @@ def profile_model(
     warmup: int = 5,
     repeats: int = 20,
     device: str | torch.device = "cpu",
+    idle_ms: float = 0.0,
 ) -> dict:
-    """Time every stage of `model` on its real input; one variant entry of a profile document.
+    """Time every stage of `model` on its real input; one variant entry of a profile document
+    (eager PyTorch; `pipeline.onnx_profile.profile_onnx` times ONNX Runtime).
 
     Args:
         model: a network with `ordered_stages()`; its inference form (BatchNorm folded, as
@@ -120,6 +131,7 @@ def profile_model(
         warmup: untimed runs before timing each stage.
         repeats: timed runs per stage; the median is kept.
         device: where to run.
+        idle_ms: idle time before each timed call (`median_ms`).
 
     Returns:
         {"spec", "layers", "head_ms", "tail_ms", "total_ms", "whole_ms"} as in the module
@@ -147,7 +159,7 @@ def profile_model(
             calls.append(functools.partial(module, stage_input))
             stage_input = module(stage_input)
         calls.append(functools.partial(model, x))
-        *stage_ms, whole_ms = _median_ms(calls, warmup, repeats, device)
+        *stage_ms, whole_ms = median_ms(calls, warmup, repeats, device, idle_ms)
     entry = timings_from_layers([name for name, _ in stages], stage_ms, whole_ms)
     return {"spec": spec.to_dict(), **entry}
 
@@ -186,8 +198,11 @@ def profile_document(
     warmup: int,
     repeats: int,
     device: str | torch.device = "cpu",
+    runtime: str = "torch",
+    idle_ms: float = 0.0,
 ) -> dict:
-    """Wrap variant entries from `profile_model` in a measured profile document."""
+    """Wrap variant entries from `profile_model` (or `profile_onnx`, `runtime` onnxruntime) in a
+    measured profile document."""
     doc = {
         "format": FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -198,6 +213,8 @@ def profile_document(
         "slowdown": 1.0,
         "derived_from": None,
         "model_form": MODEL_FORM,
+        "runtime": runtime,
+        "idle_ms": idle_ms,
         "variants": variants,
     }
     validate_profile(doc)
@@ -259,6 +276,8 @@ def validate_profile(doc: object) -> dict:
         math.isfinite(slowdown) and slowdown > 0
     ):
         raise ValueError(f"profile slowdown must be a finite number > 0, got {slowdown!r}")
+    if doc.get("runtime", "torch") not in RUNTIMES:
+        raise ValueError(f"profile runtime must be one of {', '.join(RUNTIMES)}, got {doc['runtime']!r}")
     codec = doc.get("codec")
     if codec is not None:
         for key in ("encode_ms", "decode_ms"):
@@ -325,8 +344,8 @@ def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), rep
         # A post-ReLU map (many zeros) of about n elements, shaped (1, C, 16, 16).
         x = torch.relu(torch.randn((1, max(1, n // 256), 16, 16), generator=generator))
         frame = encode_frame(x, config)
-        enc, dec = _median_ms([lambda x=x: encode_frame(x, config), lambda f=frame: decode_frame(f)],
-                              2, repeats, torch.device("cpu"))
+        enc, dec = median_ms([lambda x=x: encode_frame(x, config), lambda f=frame: decode_frame(f)],
+                             2, repeats)
         sizes_seen.append(x.numel())
         encode.append(enc)
         decode.append(dec)

@@ -287,16 +287,20 @@ class DeviceClient:
         (downloaded once): the ONNX graph for onnxruntime, the weights for torch."""
         key = (variant_id, split)
         if key not in self._heads:
-            if self.runtime == "onnxruntime":
+            if split == "input":  # nothing runs before the split: the normalised pixels
+                data = self.info()["data"]
+                mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1)
+                std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1)
+                self._heads[key] = (lambda pixels: (pixels.astype(np.float32) / 255.0 - mean) / std, "")
+            elif self.runtime == "onnxruntime":
                 from pipeline.onnx_session import GraphRunner
 
                 data, sha = self.download_head(variant_id, split, expected_sha256, fmt="onnx")
-                call = GraphRunner(data, self.threads)
+                self._heads[key] = (GraphRunner(data, self.threads), sha)
             else:
                 data, sha = self.download_head(variant_id, split, expected_sha256)
-                call = _torch_head(data, self.variant(variant_id)["spec"], self.info()["data"],
-                                   split, self.threads)
-            self._heads[key] = (call, sha)
+                self._heads[key] = (_torch_head(data, self.variant(variant_id)["spec"],
+                                                self.info()["data"], split, self.threads), sha)
         return self._heads[key][0]
 
     # ---- inference ----

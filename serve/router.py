@@ -166,6 +166,12 @@ class Router:
             else self.series.load_model(base)[:2],
         )
         self.profile_source = profiles.source
+        profiled = profiles.edge.get("runtime", "torch")
+        if "estimated" not in profiles.edge and profiled != self.args.runtime:
+            self.profile_source += (f"; WARNING: profiled with {profiled}, served with "
+                                    f"{self.args.runtime} (rerun twostep profile --runtime "
+                                    f"{self.args.runtime}): planned times are off")
+            logger.warning(self.profile_source)
         self.planner = Planner(manifest, profiles.device, profiles.edge, self.args.bytes_stat,
                                self.args.baselines, self.args.switch_margin)
         self.default_floor, self.default_budget = self.args.accuracy_floor, self.args.latency_budget_ms

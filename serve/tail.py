@@ -41,6 +41,7 @@ from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
 INLINE_TAIL_MS = 1.0
+IDLE_BEFORE_S = 0.001
 TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 tail_api = FastAPI(title="twostep edge tail", version="1",
@@ -94,6 +95,7 @@ class EdgeTail:
         self.faults: dict[str, str] = {}
         self.bytes_in_flight = 0
         self.frames_in_flight = 0
+        self._last_done = 0.0  # time.monotonic() when the last frame finished
         self.work = WorkMeter()
         self.batch_size = batch_size
         if batch_size > 1:
@@ -111,27 +113,29 @@ class EdgeTail:
         key = (variant_id, split)
         self.bytes_in_flight += len(frame)
         self.frames_in_flight += 1
+        # alone: no other frame held, and none just finished (under load the next request is
+        # read right after the last one ends, while more wait unread in the socket buffers)
+        alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
         cost, result = self.work.start(key), {}
         try:
             if self.batch_size > 1:
                 result = await self._batched((variant_id, frame, split))
             else:
-                result = await self._run_one(variant_id, frame, split)
+                result = await self._run_one(variant_id, frame, split, alone)
             return result
         finally:
             self.bytes_in_flight -= len(frame)
             self.frames_in_flight -= 1
+            self._last_done = time.monotonic()
             self.work.finish(key, cost, result.get("tail_ms"))
 
-    async def _run_one(self, variant_id: str, frame: bytes, split: str) -> dict:
+    async def _run_one(self, variant_id: str, frame: bytes, split: str, alone: bool = False) -> dict:
         try:
             runner = await self.get_runner(variant_id)
             # Handing a tail to a thread costs about 0.6 ms here (measured in the handler,
-            # bench/bench_edge_path.py). A tail runs inline when this is the only frame the
-            # replica holds (nothing waits behind it) or when it was measured to take under
-            # INLINE_TAIL_MS; otherwise in a thread, keeping the event loop free for the
-            # frames queued behind it.
-            alone = self.frames_in_flight == 1
+            # bench/bench_edge_path.py). A tail runs inline when the replica is idle but for
+            # this frame or when it was measured to take under INLINE_TAIL_MS; otherwise in a
+            # thread, keeping the event loop free for the frames queued behind it.
             if alone or self.work.mean_ms.get((variant_id, split), INLINE_TAIL_MS) < INLINE_TAIL_MS:
                 out = runner.run_tail(frame, split)
             else:

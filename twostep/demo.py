@@ -17,10 +17,7 @@ from pipeline.base_model import train_base
 from pipeline.checkpoint import CheckpointError, read_metadata
 from pipeline.config import TrainConfig
 from pipeline.profiler import (
-    codec_timing,
     derive_profile,
-    profile_document,
-    profile_model,
     save_profile,
 )
 from pipeline.series import SeriesStore
@@ -74,21 +71,15 @@ def prune_stage(config: DemoConfig, progress: bool, log: Log) -> SeriesStore:
                           log=log)
 
 
-def profile_stage(store: SeriesStore, slowdown: float, log: Log) -> tuple[Path, Path]:
+def profile_stage(store: SeriesStore, slowdown: float, log: Log, runtime: str = "torch") -> tuple[Path, Path]:
     """Measure every variant on this machine (the edge) and derive the device by `slowdown`."""
-    variants = {}
-    for vid in store.ids():
-        model, spec, _ = store.load_model(vid)
-        variants[vid] = {**profile_model(model, spec, batch_size=1, warmup=3, repeats=10),
-                         "spec": spec.to_dict()}
-    edge = profile_document(variants, batch_size=1, warmup=3, repeats=10)
-    from pipeline.codec import codec_config
+    from pipeline.profile_series import profile_series
 
-    edge["codec"] = codec_timing(codec_config(store.manifest["codec"]))
+    edge = profile_series(store, runtime, threads=1, warmup=3, repeats=10)
     edge_path, device_path = store.directory / "profile.json", store.directory / "profile.device.json"
     save_profile(edge_path, edge)
     save_profile(device_path, derive_profile(edge, slowdown))
-    log(f"   {len(variants)} variants profiled; device = {slowdown:g} x this machine")
+    log(f"   {len(edge['variants'])} variants profiled ({runtime}); device = {slowdown:g} x this machine")
     return edge_path, device_path
 
 

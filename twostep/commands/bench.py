@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
                         help="the edge's HTTP ingress: HAProxy where available (default auto)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                        help="what runs the models on the device and the edge, and what the edge "
+                             "profile times (default torch)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         series=args.series, out=args.out, bandwidths_mbit=_floats(args.bandwidths, "--bandwidths"),
         slowdowns=_floats(args.slowdowns, "--slowdowns"), requests=args.requests,
-        max_loss=args.max_loss, link=args.link, jpeg_quality=args.jpeg_quality, ingress=args.ingress)
+        max_loss=args.max_loss, link=args.link, jpeg_quality=args.jpeg_quality, ingress=args.ingress,
+        runtime=args.runtime)
     run_bench(config, progress=not args.quiet)
     return 0

@@ -189,6 +189,8 @@ class Device:
             row["edge_ms"] = timings["total"]
             row["edge_compute_ms"] = sum(timings.get(k, 0.0) for k in
                                          ("parse", "plan", "encode", "decode", "tail"))
+            # what the cost model charges the edge (the model and the codec); the rest is fixed
+            row["edge_model_ms"] = sum(timings.get(k, 0.0) for k in ("encode", "decode", "tail"))
         row["correct"] = prediction == label
         return row
 
@@ -224,7 +226,8 @@ class Device:
         filler = len(self.filler) + UDP_OVERHEAD if self.udp is not None and self.filler else 0
         attribute_bytes(out, self.counters.read(), filler)
 
-    def calibrate(self, execution: Execution, whole: list[Execution], requests: int) -> dict:
+    def calibrate(self, execution: Execution, whole: list[Execution], requests: int,
+                  jpeg: Execution | None = None) -> dict:
         """Bytes on the link per request besides the payload, the fixed time of a request, and
         the device's CPU time for each `whole` model (split output): what a slowdown multiplies."""
         self.bandwidth_bps = 1e9
@@ -236,7 +239,8 @@ class Device:
             self._post("/noop/", b"x" * 60, "application/octet-stream")
             floor.append(_ms(start))
 
-        runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)}}
+        runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)},
+                **({"jpeg": jpeg} if jpeg is not None else {})}
         # the floor interleaved with the device path, so that other load hits both alike
         both = self.measure(runs, requests, 1.0, each_round=noop)
         measured = both["calibration"]["rows"]
@@ -249,7 +253,11 @@ class Device:
         else:
             overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
             source = "HTTP request head + one TCP segment's headers (emulated link)"
+        # a JPEG goes through /v1/classify: the Router's hops and the decode on the edge
+        jpeg_fixed = float(np.median([r["send_ms"] - r["edge_model_ms"] for r in both["jpeg"]["rows"]])
+                           ) if jpeg is not None else None
         return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
+                "jpeg_fixed_ms": jpeg_fixed,
                 "floor_ms": float(np.median(floor)),
                 "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}
 
@@ -339,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if job["kind"] == "calibrate":
                 result = device.calibrate(Execution(**job["execution"]),
-                                          [Execution(**e) for e in job["whole"]], int(job["requests"]))
+                                          [Execution(**e) for e in job["whole"]], int(job["requests"]),
+                                          Execution(**job["jpeg"]) if job.get("jpeg") else None)
             elif job["kind"] == "prefetch":
                 result = device.prefetch(job)
             elif job["kind"] == "point":

@@ -33,7 +33,7 @@ def udp_sink(host: str, port: int) -> None:
 
 
 def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_floor: float,
-               ray_address: str | None = None, ingress: str = "auto") -> None:
+               ray_address: str | None = None, ingress: str = "auto", runtime: str = "torch") -> None:
     """Start (or join) Ray and run the Serve app on host:port with one fixed tail replica."""
     import ray
 
@@ -58,7 +58,7 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
                  log_to_driver=False, logging_level=logging.ERROR)
     start_http(host, port)
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
-                   tail_replicas=1, baselines=True)
+                   runtime=runtime, tail_replicas=1, baselines=True)
     deploy(args)
     from twostep.compare.noop_app import deploy_noop
 
@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--ray-address")
     parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
     args = parser.parse_args(argv)
     if args.sink_port:
         udp_sink(args.host, args.sink_port)
     start_edge(args.series, args.host, args.port, args.edge_profile, args.accuracy_floor,
-               args.ray_address, args.ingress)
+               args.ray_address, args.ingress, args.runtime)
     print("READY", flush=True)
     sys.stdin.read()  # until the orchestrator closes the pipe
     import ray

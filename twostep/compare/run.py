@@ -48,6 +48,10 @@ class BenchConfig:
     accuracy_images: int = 2000
     startup_timeout_s: float = 300.0
     ingress: str = "auto"
+    runtime: str = "torch"  # what runs heads and tails on the device and the edge, and is profiled
+    # The edge profile idles this long before each timed call: the benchmark's requests arrive
+    # with gaps (the link's token bucket refills), and a call after a gap is slower.
+    profile_idle_ms: float = 5.0
 
     def __post_init__(self):
         if not self.bandwidths_mbit or any(not 0 < b <= 1e6 for b in self.bandwidths_mbit):
@@ -59,6 +63,8 @@ class BenchConfig:
             raise ValueError(f"requests per point must be in 1..10000, got {self.requests}")
         if not 0 <= self.max_loss <= 1:
             raise ValueError(f"max_loss must be a fraction in [0, 1], got {self.max_loss}")
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise ValueError(f"runtime must be torch or onnxruntime, got {self.runtime!r}")
         if self.link not in LINK_MODES:
             raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {self.link!r}")
         if not 1 <= self.jpeg_quality <= 95:
@@ -71,27 +77,17 @@ class BenchConfig:
 
 # ---- preparation (this process) ----
 
-def profile_edge(store: SeriesStore, path: Path, log: Log) -> dict:
+def profile_edge(store: SeriesStore, path: Path, log: Log, runtime: str = "torch",
+                 idle_ms: float = 0.0) -> dict:
     """Profile every variant on this CPU with one thread, as the Serve replicas run."""
-    import torch
+    from pipeline.profile_series import profile_series
+    from pipeline.profiler import save_profile
 
-    from pipeline.codec import codec_config
-    from pipeline.profiler import codec_timing, profile_document, profile_model, save_profile
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        variants = {}
-        for vid in store.ids():
-            model, spec, _ = store.load_model(vid)
-            variants[vid] = profile_model(model, spec, batch_size=1, warmup=3, repeats=15)
-        doc = profile_document(variants, batch_size=1, warmup=3, repeats=15)
-        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]))
-    finally:
-        torch.set_num_threads(threads)
+    doc = profile_series(store, runtime, threads=1, warmup=3, repeats=15, idle_ms=idle_ms)
     save_profile(path, doc)
     encode, decode = doc["codec"]["encode_ms"], doc["codec"]["decode_ms"]
-    log(f"   {len(variants)} variants profiled (1 thread) -> {path}; codec: encode "
+    log(f"   {len(doc['variants'])} variants profiled ({runtime}, 1 thread, {idle_ms:g} ms idle before "
+        f"each call) -> {path}; codec: encode "
         f"{encode[0]:.3f} ms + {1e3 * encode[1]:.4f} ms/1k elements, decode {decode[0]:.3f} ms + "
         f"{1e3 * decode[1]:.4f} ms/1k elements")
     return doc
@@ -269,7 +265,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     log(f"== series {store.directory}: {len(store.ids())} variants; base {base['id']} test accuracy "
         f"{base_accuracy:.4f}; twostep's accuracy floor {floor:.4f}")
     log("== [1/5] profile every variant here (the edge)")
-    edge_profile = profile_edge(store, out / "profile.edge.json", log)
+    edge_profile = profile_edge(store, out / "profile.edge.json", log, config.runtime,
+                                config.profile_idle_ms)
     log("== [2/5] test images, JPEG sizes and accuracy")
     images, labels = series_test_images(manifest, max(config.accuracy_images, config.requests))
     np.save(out / "images.npy", images[: max(config.requests, 1)])
@@ -289,12 +286,12 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             "--host", link.edge_host, "--port", str(port),
             "--edge-profile", str((out / "profile.edge.json").resolve()),
             "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0),
-            "--ingress", config.ingress]), out)
+            "--ingress", config.ingress, "--runtime", config.runtime]), out)
         processes.append(edge)
         edge.wait_ready(config.startup_timeout_s)
         setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),
                  "labels": str((out / "labels.npy").resolve()), "jpeg_quality": config.jpeg_quality,
-                 "throttle": link.shaped is None}
+                 "runtime": config.runtime, "throttle": link.shaped is None}
         if link.shaped is not None:
             setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
                          prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
@@ -313,16 +310,19 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         smallest = min(store.ids(), key=lambda vid: store.get(vid)["macs"])
         calibration = device.ask({
             "kind": "calibrate", "execution": probe.to_dict(), "requests": config.calibration_requests,
-            "whole": [Execution("device", vid, "output").to_dict() for vid in (base_id, smallest)]})
+            "whole": [Execution("device", vid, "output").to_dict() for vid in (base_id, smallest)],
+            "jpeg": Execution("jpeg", base_id, "input").to_dict()})
         calibration.update(device_model(calibration["whole_device_ms"], edge_profile, (base_id, smallest)))
         costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
-                          calibration["device_factor"], calibration["device_overhead_ms"])
+                          calibration["device_factor"], calibration["device_overhead_ms"],
+                          calibration["jpeg_fixed_ms"])
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
             f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
             f"{costs.fixed_ms / calibration['floor_ms']:.2f}x); "
             f"device call = {costs.device_factor:.2f} x profile + {costs.device_overhead_ms:.2f} ms "
-            f"(fitted on {base_id} and {smallest}), times the slowdown")
+            f"(fitted on {base_id} and {smallest}), times the slowdown; a JPEG through /v1/classify "
+            f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs, b * 1e6, raw_bytes,
                                             jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}

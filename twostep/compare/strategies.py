@@ -66,6 +66,9 @@ class LinkCosts:
     # (fitted on two models): a single call pays costs a warm per-stage profile spreads thin.
     device_factor: float = 1.0
     device_overhead_ms: float = 0.0
+    # A JPEG goes through /v1/classify (Router -> head -> tail, decoded on the edge): its fixed
+    # time, measured the same way (None: as `fixed_ms`).
+    jpeg_fixed_ms: float | None = None
 
     def rtt_ms(self, bandwidth_bps: float) -> float:
         """The cost model's per-request term at `bandwidth_bps` (its `Link.rtt_ms`)."""
@@ -133,8 +136,11 @@ def baseline_choices(
     whole = of(base, "output").candidates[0]
     edge_all = of(base, "input").candidates[0]
 
-    def predicted(head_ms: float, bytes_sent: float, tail_ms: float) -> dict:
-        b = latency_breakdown(head_ms, bytes_sent, tail_ms, link)
+    jpeg_link = link if costs.jpeg_fixed_ms is None else dataclasses.replace(
+        costs, fixed_ms=costs.jpeg_fixed_ms).link(bandwidth_bps)
+
+    def predicted(head_ms: float, bytes_sent: float, tail_ms: float, on: Link = link) -> dict:
+        b = latency_breakdown(head_ms, bytes_sent, tail_ms, on)
         return {"device_ms": b.device_ms, "transfer_ms": b.transfer_ms, "edge_ms": b.edge_ms,
                 "total_ms": b.total_ms, "bytes": bytes_sent}
 
@@ -145,7 +151,7 @@ def baseline_choices(
               predicted(edge_all.head_ms, edge_all.bytes_sent, edge_all.tail_ms)),
         "c": (Execution("jpeg", base, "input"),
               predicted(jpeg_encode_ms * costs.device_slowdown(slowdown) + overhead, jpeg_bytes,
-                        edge_all.tail_ms)),
+                        edge_all.tail_ms, jpeg_link)),
         "d": _best(of(base), link),
         "e": _best(of(step1), link),
     }

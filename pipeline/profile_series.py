@@ -1,0 +1,48 @@
+"""Profile every variant of a series with the runtime that will serve it (one home for this:
+`twostep profile`, the demo and `twostep bench` all call `profile_series`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pipeline.codec import codec_config
+from pipeline.profiler import RUNTIMES, codec_timing, profile_document, profile_model
+from pipeline.series import SeriesStore
+
+
+def profile_series(store: SeriesStore, runtime: str = "torch", threads: int = 1, warmup: int = 3,
+                   repeats: int = 15, idle_ms: float = 0.0, variants: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None, batch_size: int = 1,
+                   device: str = "cpu") -> dict:
+    """A profile document of `variants` (default all) of `store`, timed as served: batch 1 on
+    this CPU with `threads` threads, by `runtime` (torch: every stage, and may time `batch_size`
+    images on `device`; onnxruntime: the head graphs at the splits each variant offers,
+    `pipeline.onnx_profile`), plus the codec's encode/decode timing that the planner charges
+    each split that sends a frame."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime" and torch.device(device).type != "cpu":
+        raise ValueError("runtime onnxruntime is timed on the cpu")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        entries = {}
+        for vid in variants if variants is not None else store.ids():
+            model, spec, entry = store.load_model(vid)
+            if runtime == "torch":
+                entries[vid] = profile_model(model, spec, batch_size, warmup, repeats, device, idle_ms)
+            else:
+                from pipeline.onnx_profile import profile_onnx
+
+                entries[vid] = profile_onnx(model, spec, list(entry["splits"]), batch_size, warmup,
+                                            repeats, threads, idle_ms)
+            if progress is not None:
+                progress(vid)
+        doc = profile_document(entries, batch_size, warmup, repeats, device, runtime, idle_ms)
+        doc["machine"]["threads"] = threads
+        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]))
+    finally:
+        torch.set_num_threads(previous)
+    return doc
