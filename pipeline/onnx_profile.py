@@ -42,6 +42,8 @@ def profile_onnx(model: nn.Module, spec: ArchSpec, splits: list[str] | None = No
     Returns:
         a variant entry as `pipeline.profiler.profile_model` gives, plus "measured_splits".
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     names = split_points(spec)[1:]
     wanted = [s for s in names if s == "output" or splits is None or s in splits]
     shape = (spec.in_channels, spec.input_size, spec.input_size)

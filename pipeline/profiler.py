@@ -89,6 +89,8 @@ def median_ms(
     (a call after an idle gap is slower than one in a tight loop: caches and clocks cool down)."""
     if not (math.isfinite(idle_ms) and 0 <= idle_ms <= 10_000):
         raise ValueError(f"idle_ms must be in [0, 10000], got {idle_ms!r}")
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for call in calls:
         for _ in range(warmup):

@@ -16,7 +16,7 @@ import torch
 from ray import serve
 
 from pipeline.series import SeriesError
-from serve.runner import MAX_BATCH, RequestError, VariantRunner
+from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
 MAX_MODELS_PER_REPLICA = 16
@@ -37,7 +37,7 @@ class DeviceHead:
     """Runs a variant's head on uint8 pixels and encodes its output as a wire frame."""
 
     def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
-                 runtime: str = "torch"):
+                 runtime: str = DEFAULT_RUNTIME):
         torch.set_num_threads(torch_threads)
         self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
@@ -79,7 +79,8 @@ class DeviceHead:
 
 
 async def load_runner(series: SeriesMirror, variant_id: str, max_batch: int,
-                      faults: dict[str, str], runtime: str = "torch", threads: int = 1) -> VariantRunner:
+                      faults: dict[str, str], runtime: str = DEFAULT_RUNTIME,
+                      threads: int = 1) -> VariantRunner:
     """Load a variant for a head or tail replica (off the event loop), keeping `faults`: a
     variant whose files fail their checks is listed there until it loads again."""
     try:

@@ -59,9 +59,16 @@ def estimate_profile(manifest: dict, ms_per_mmac: float, layer_ms: float = 0.0) 
     return doc
 
 
-def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 5) -> tuple[float, float]:
-    """(ms_per_mmac, layer_ms) fitted by least squares to measured per-layer times of `model`."""
-    measured = profile_model(model, spec, 1, warmup, repeats)
+def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 5,
+              runtime: str = "torch") -> tuple[float, float]:
+    """(ms_per_mmac, layer_ms) fitted by least squares to measured per-layer times of `model`,
+    run by `runtime`."""
+    if runtime == "onnxruntime":
+        from pipeline.onnx_profile import profile_onnx
+
+        measured = profile_onnx(model, spec, None, 1, warmup, repeats)
+    else:
+        measured = profile_model(model, spec, 1, warmup, repeats)
     macs = np.array([c.macs / 1e6 for c in stage_costs(spec)[1:]])
     ms = np.array([layer["ms"] for layer in measured["layers"]])
     slope, intercept = np.polyfit(macs, ms, 1) if np.ptp(macs) > 0 else (0.0, float(ms.mean()))
@@ -79,6 +86,7 @@ def resolve_profiles(
     ms_per_mmac: float | None = None,
     layer_ms: float = 0.0,
     calibration_model: tuple[nn.Module, ArchSpec] | None = None,
+    runtime: str = "torch",
 ) -> Profiles:
     """Find or make the device and edge profiles (see the module docstring for the order).
 
@@ -93,7 +101,7 @@ def resolve_profiles(
         edge_doc = edge_profile if isinstance(edge_profile, dict) else None
         device_doc = device_profile if isinstance(device_profile, dict) else None
         inner = resolve_profiles(series_dir, manifest, None if edge_doc else edge_profile, None,
-                                 slowdown, ms_per_mmac, layer_ms, calibration_model) \
+                                 slowdown, ms_per_mmac, layer_ms, calibration_model, runtime) \
             if edge_doc is None else Profiles(derive_profile(edge_doc, slowdown), edge_doc,
                                                "edge profile (given)")
         if device_doc is not None:
@@ -108,7 +116,7 @@ def resolve_profiles(
         if ms_per_mmac is None:
             if calibration_model is None:
                 raise ValueError("no edge profile and no ms_per_mmac: give one, or a model to time")
-            ms_per_mmac, layer_ms = calibrate(*calibration_model)
+            ms_per_mmac, layer_ms = calibrate(*calibration_model, runtime=runtime)
             edge_source = "edge estimated from MACs, calibrated at start-up"
         else:
             edge_source = "edge estimated from MACs"

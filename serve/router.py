@@ -163,7 +163,7 @@ class Router:
             self.store.directory, manifest, docs.get("edge"), docs.get("device"),
             self.args.slowdown, self.args.ms_per_mmac, self.args.layer_ms,
             calibration_model=None if self.args.ms_per_mmac is not None
-            else self.series.load_model(base)[:2],
+            else self.series.load_model(base)[:2], runtime=self.args.runtime,
         )
         self.profile_source = profiles.source
         profiled = profiles.edge.get("runtime", "torch")

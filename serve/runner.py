@@ -75,7 +75,7 @@ class VariantRunner:
     the series when `twostep export` recorded them, else exported from the model here)."""
 
     def __init__(self, variant_id: str, model: torch.nn.Module, spec: ArchSpec, info: DataInfo,
-                 codec: CodecConfig, max_batch: int = MAX_BATCH, runtime: str = "torch",
+                 codec: CodecConfig, max_batch: int = MAX_BATCH, runtime: str = DEFAULT_RUNTIME,
                  threads: int = 1, graphs: Callable[[str, str], bytes | None] | None = None):
         check_runtime(runtime, threads)
         self.variant_id = variant_id
@@ -92,7 +92,7 @@ class VariantRunner:
 
     @classmethod
     def load(cls, store: SeriesStore, variant_id: str, max_batch: int = MAX_BATCH,
-             runtime: str = "torch", threads: int = 1) -> VariantRunner:
+             runtime: str = DEFAULT_RUNTIME, threads: int = 1) -> VariantRunner:
         """Load `variant_id` from `store` (sha256-checked, no pickle)."""
         model, spec, _ = store.load_model(variant_id)
         info = DataInfo.from_dict(store.manifest["data"])

@@ -37,7 +37,7 @@ from serve.inputs import (
     read_body,
 )
 from serve.link_board import LinkBoardClient
-from serve.runner import MAX_BATCH, RequestError, VariantRunner
+from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
 INLINE_TAIL_MS = 1.0
@@ -85,7 +85,8 @@ class EdgeTail:
 
     def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
                  max_body_bytes: int = 4 << 20, links_app: str | None = None,
-                 estimator: dict | None = None, batch_size: int = 1, runtime: str = "torch"):
+                 estimator: dict | None = None, batch_size: int = 1,
+                 runtime: str = DEFAULT_RUNTIME):
         torch.set_num_threads(torch_threads)
         self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series

@@ -71,7 +71,8 @@ def prune_stage(config: DemoConfig, progress: bool, log: Log) -> SeriesStore:
                           log=log)
 
 
-def profile_stage(store: SeriesStore, slowdown: float, log: Log, runtime: str = "torch") -> tuple[Path, Path]:
+def profile_stage(store: SeriesStore, slowdown: float, log: Log,
+                  runtime: str = "onnxruntime") -> tuple[Path, Path]:
     """Measure every variant on this machine (the edge) and derive the device by `slowdown`."""
     from pipeline.profile_series import profile_series
 

@@ -77,12 +77,14 @@ def set_link(http, served, bandwidth_bps, rtt_ms=0.0) -> None:
     assert response.status_code == 200, response.text
 
 
-def in_process(served, variant: str, split: str, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits through head, wire frame and tail as served; logits of the unsplit float model)."""
+def in_process(served, variant: str, split: str, pixels: np.ndarray,
+               head_runtime: str = "onnxruntime") -> tuple[np.ndarray, np.ndarray]:
+    """(logits through head (run by `head_runtime`), wire frame and tail as served (ONNX
+    Runtime, the default); logits of the unsplit float model)."""
     from serve.runner import VariantRunner
 
     runner = VariantRunner.load(served.store, variant)
-    head = runner.run_head(pixels, split)
+    head = VariantRunner.load(served.store, variant, runtime=head_runtime).run_head(pixels, split)
     quantised = head.logits if head.frame is None else runner.run_tail(head.frame, split).logits
     info = DataInfo.from_dict(served.store.manifest["data"])
     with torch.inference_mode():
@@ -266,7 +268,7 @@ def test_device_client_round_trip(served):
         pixels = client.pixels(png(served.images[2][None]))
         np.testing.assert_array_equal(pixels, served.images[2][None])
         results = [client.classify(pixels, "vgg11-base", "conv1_1") for _ in range(3)]
-        quantised, _ = in_process(served, "vgg11-base", "conv1_1", pixels)
+        quantised, _ = in_process(served, "vgg11-base", "conv1_1", pixels, head_runtime="torch")
         for result in results:
             assert result.prediction == int(quantised[0].argmax())
             np.testing.assert_allclose(result.logits, quantised[0], atol=1e-4, rtol=1e-4)

@@ -152,14 +152,14 @@ def test_cli_profile_series_and_checkpoint(tmp_path, capsys):
     assert set(edge["variants"]) == {"vgg11-s0-i0", "vgg11-s2-i1"}
     assert device["slowdown"] == 5.0 and device["derived_from"] is not None
     # the planner charges encode/decode time from the codec entry every profile now carries
-    assert edge["runtime"] == "torch" and edge["codec"]["encode_ms"][0] > 0
+    assert edge["runtime"] == "onnxruntime" and edge["codec"]["encode_ms"][0] > 0
     assert "gap" in capsys.readouterr().out
-    argv = ["profile", str(tmp_path), "--runtime", "onnxruntime", "-o", str(tmp_path / "ort.json"),
+    argv = ["profile", str(tmp_path), "--runtime", "torch", "-o", str(tmp_path / "torch.json"),
             "--repeats", "2", "--warmup", "1", "--idle-ms", "1"]
     assert main(argv) == 0
-    ort = load_profile(tmp_path / "ort.json")
-    assert ort["runtime"] == "onnxruntime" and ort["idle_ms"] == 1.0 and "codec" in ort
-    assert set(ort["variants"]) == set(edge["variants"])
+    eager = load_profile(tmp_path / "torch.json")
+    assert eager["runtime"] == "torch" and eager["idle_ms"] == 1.0 and "codec" in eager
+    assert set(eager["variants"]) == set(edge["variants"])
     out = tmp_path / "one.json"
     ckpt = tmp_path / "weights" / "vgg11-s0-i0.safetensors"
     threads = torch.get_num_threads()

@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
                         help="the edge's HTTP ingress: HAProxy where available (default auto)")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="onnxruntime",
                         help="what runs the models on the device and the edge, and what the edge "
-                             "profile times (default torch)")
+                             "profile times (default onnxruntime)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per layer")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of the runtime (default 1, as a Serve replica runs)")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
-                        help="time the models as this runtime runs them (default torch; serve "
-                             "with the same --runtime)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="onnxruntime",
+                        help="time the models as this runtime runs them (default onnxruntime, as "
+                             "twostep serve runs them)")
     parser.add_argument("--idle-ms", type=float, default=0.0,
                         help="idle time before each timed call, as between a server's requests "
                              "(default 0)")

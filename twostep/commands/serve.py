@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail-max-replicas", type=int, help="autoscaling maximum (default 2)")
     parser.add_argument("--runtime", choices=("onnxruntime", "torch"),
                         help="what runs heads and tails: ONNX Runtime (the series' exported graphs, "
-                             "see `twostep export`) or eager PyTorch (default torch)")
+                             "see `twostep export`) or eager PyTorch (default onnxruntime)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other build_app argument (serve/settings.py), JSON values; repeatable")
     parser.add_argument("--check", action="store_true",

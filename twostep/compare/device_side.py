@@ -55,7 +55,7 @@ class Setup:
     burst_bytes: int = 0  # the token bucket's size; the filler spends it
     throttle: bool = False  # emulated link: sleep for the bytes of each request
     jpeg_quality: int = 90
-    runtime: str = "torch"  # what runs the device's heads: torch or onnxruntime
+    runtime: str = "onnxruntime"  # what runs the device's heads: onnxruntime or torch
 
     @classmethod
     def load(cls, path: str) -> Setup:

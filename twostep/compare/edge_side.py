@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--ray-address")
     parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="onnxruntime")
     args = parser.parse_args(argv)
     if args.sink_port:
         udp_sink(args.host, args.sink_port)

@@ -48,7 +48,7 @@ class BenchConfig:
     accuracy_images: int = 2000
     startup_timeout_s: float = 300.0
     ingress: str = "auto"
-    runtime: str = "torch"  # what runs heads and tails on the device and the edge, and is profiled
+    runtime: str = "onnxruntime"  # runs heads and tails on the device and the edge; is profiled
     # The edge profile idles this long before each timed call: the benchmark's requests arrive
     # with gaps (the link's token bucket refills), and a call after a gap is slower.
     profile_idle_ms: float = 5.0
