@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twostep.local_cluster import free_port  # noqa: E402
+from twostep.ports import free_port  # noqa: E402
 
 TAIL_APP = "twostep-tail"
 

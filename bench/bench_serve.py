@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -33,12 +32,6 @@ from pathlib import Path
 import numpy as np
 
 VARIANT, SPLIT = "vgg11-base", "pool3"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -285,6 +278,7 @@ def main() -> None:
     from ray import serve
 
     from serve.demo_series import make_tiny_series, synthetic_images
+    from twostep.ports import free_port
 
     start = time.monotonic()
     series_dir = str(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "series")
@@ -293,7 +287,7 @@ def main() -> None:
     Image.fromarray(synthetic_images(1, seed=5).images[0, 0].numpy()).save(buffer, format="PNG")
     body = buffer.getvalue()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     print(f"machine: {os.cpu_count()} CPUs; payload: {len(body)}-byte PNG; {args.requests} sequential "
           f"requests per measurement after 10 warm-up")

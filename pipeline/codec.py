@@ -60,7 +60,6 @@ __all__ = [
     "codec_config",
     "encode_frame",
     "encoded_size",
-    "frame_nbytes",
     "variant_tag",
 ]
 
@@ -222,11 +221,6 @@ def decode_frame(frame: bytes, max_elements: int = 1 << 24, expected_tag: int | 
 def encoded_size(x: Any, config: CodecConfig = CodecConfig()) -> int:
     """Return the number of bytes `encode_frame(x, config)` produces."""
     return len(encode_frame(x, config))
-
-
-def frame_nbytes(frame: bytes) -> int:
-    """Return the number of bytes a frame occupies on the wire."""
-    return len(frame)
 
 
 def _to_float32(x: Any) -> np.ndarray:

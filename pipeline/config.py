@@ -97,17 +97,30 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
     return str(value) if isinstance(default, str) else value
 
 
-def make_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
-    """Build `cls` from defaults, then a TOML file (if given), then non-None overrides."""
+# The sections of a config file (configs/demo.toml): each verb reads its own.
+SECTIONS = ("train", "prune", "demo")
+
+
+def make_config(cls: type[T], path: str | os.PathLike | None = None, section: str | None = None,
+                **overrides: Any) -> T:
+    """Build `cls` from defaults, then a TOML file (if given), then non-None overrides. A file
+    with sections ([train], [prune], [demo]) gives `cls` its `section`; a flat file, all of it."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {str(path)!r} does not exist")
         try:
-            values.update(tomllib.loads(path.read_text()))
+            document = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config file {path} is not valid TOML: {err}") from err
+        if section is not None and any(isinstance(document.get(name), dict) for name in SECTIONS):
+            unknown = sorted(set(document) - set(SECTIONS))
+            if unknown:
+                raise ValueError(f"unknown section(s) or key(s) {unknown} in {path}; a sectioned "
+                                 f"file has only [{'], ['.join(SECTIONS)}]")
+            document = document.get(section, {})
+        values.update(document)
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

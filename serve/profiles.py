@@ -70,10 +70,15 @@ def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 
     else:
         measured = profile_model(model, spec, 1, warmup, repeats)
     macs = np.array([c.macs / 1e6 for c in stage_costs(spec)[1:]])
-    ms = np.array([layer["ms"] for layer in measured["layers"]])
-    slope, intercept = np.polyfit(macs, ms, 1) if np.ptp(macs) > 0 else (0.0, float(ms.mean()))
+    return fit_cost(macs, np.array([layer["ms"] for layer in measured["layers"]]))
+
+
+def fit_cost(mmacs: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
+    """(ms per MMAC, ms per layer) of `ms = a x mmacs + b` by least squares; when the times do
+    not grow with the MACs (no slope to fit), all of the time is charged per MAC (b = 0)."""
+    slope, intercept = np.polyfit(mmacs, ms, 1) if np.ptp(mmacs) > 0 else (0.0, float(ms.mean()))
     if slope <= 0:
-        slope, intercept = float(ms.sum() / max(macs.sum(), 1e-9)), 0.0
+        slope, intercept = float(ms.sum() / max(mmacs.sum(), 1e-9)), 0.0
     return float(slope), float(max(intercept, 0.0))
 
 

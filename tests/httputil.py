@@ -1,16 +1,11 @@
 """Small helpers the HTTP integration tests share: a free port on 127.0.0.1, a PNG of pixels."""
 
 import io
-import socket
 
 import numpy as np
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from twostep.ports import free_port  # noqa: F401  (the tests' one import of it)
 
 
 def png(pixels: np.ndarray) -> bytes:

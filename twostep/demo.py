@@ -22,6 +22,7 @@ from pipeline.profiler import (
 )
 from pipeline.series import SeriesStore
 from twostep.demo_config import DemoConfig
+from twostep.ports import free_port
 
 Log = Callable[[str], None]
 
@@ -88,14 +89,6 @@ def write_json(path: Path, document: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int,

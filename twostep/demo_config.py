@@ -76,8 +76,10 @@ def _overlay(cls: type, base: object, section: dict, where: str) -> object:
         raise ValueError(f"[{where}]: {err}") from None
 
 
-def load_demo_config(path: str | os.PathLike | None = None, out: str | None = None) -> DemoConfig:
-    """The embedded default, overridden by the sections of a TOML file and then by `out`."""
+def load_demo_config(path: str | os.PathLike | None = None, out: str | None = None,
+                     data_dir: str | None = None) -> DemoConfig:
+    """The embedded default, overridden by the sections of a TOML file and then by `out` and
+    `data_dir` (the dataset directory of both training and pruning)."""
     sections: dict = {}
     if path is not None:
         path = Path(path)
@@ -90,6 +92,9 @@ def load_demo_config(path: str | os.PathLike | None = None, out: str | None = No
         unknown = set(sections) - {"train", "prune", "demo"}
         if unknown:
             raise ValueError(f"unknown section(s) {sorted(unknown)} in {path}; use [train], [prune], [demo]")
+    if data_dir is not None:
+        for name in ("train", "prune"):
+            sections[name] = {**sections.get(name, {}), "data_dir": str(data_dir)}
     demo_section = dict(sections.get("demo", {}))
     if out is not None:
         demo_section["out"] = out

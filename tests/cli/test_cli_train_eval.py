@@ -85,3 +85,17 @@ def test_runtime_failures_exit_1_with_one_line_usage_errors_2(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("twostep device: failed:") and str(port) in err[0]
     assert main(["device", "plan", "--url", "ftp://x", "--bandwidth", "1mbit"]) == 2
+
+
+def test_train_and_prune_read_their_section_of_a_sectioned_file(tmp_path, capsys):
+    from pipeline.config import PruneConfig, TrainConfig, make_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\narch = "vgg13"\nepochs = 2\n\n[prune]\nstep2_steps = 3\n\n'
+                    '[demo]\nslowdown = 2.0\n')
+    assert make_config(TrainConfig, path, "train").arch == "vgg13"
+    assert make_config(PruneConfig, path, "prune").step2_steps == 3
+    assert make_config(TrainConfig, path, "train", epochs=7).epochs == 7  # flags override
+    path.write_text('[train]\narch = "vgg13"\n\n[serve]\nport = 1\n')
+    assert main(["train", "--config", str(path)]) == 2
+    assert "unknown section(s) or key(s) ['serve']" in capsys.readouterr().err

@@ -27,7 +27,6 @@ from pipeline.codec import (
     decode_frame,
     encode_frame,
     encoded_size,
-    frame_nbytes,
     variant_tag,
 )
 
@@ -296,12 +295,6 @@ def test_compression_used_when_it_shrinks_and_skipped_otherwise():
     frame = encode_frame(noise)
     assert frame[3] == 0 and len(frame) == HEADER_BYTES + noise.size
     assert encode_frame(sparse, CodecConfig(compress=False))[3] == 0
-
-
-def test_encoded_size_and_frame_nbytes():
-    x = relu_like((1, 10))
-    frame = encode_frame(x)
-    assert encoded_size(x, CodecConfig()) == frame_nbytes(frame) == len(frame)
 
 
 # --- encoder and config validation ------------------------------------------------------------

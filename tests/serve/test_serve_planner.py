@@ -3,6 +3,7 @@ budget mode, forced candidates, and estimated profiles."""
 
 import random
 
+import numpy as np
 import pytest
 
 from pipeline.cost import Link
@@ -10,7 +11,7 @@ from pipeline.profiler import save_profile, validate_profile
 from pipeline.selection import NoFeasibleCandidate
 from serve.bandwidth import BandwidthEstimator, EstimatorConfig
 from serve.planner import Planner
-from serve.profiles import calibrate, estimate_profile, resolve_profiles
+from serve.profiles import calibrate, estimate_entry, estimate_profile, fit_cost, resolve_profiles
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,19 @@ def test_profiles_come_from_files_when_present(tiny_store, tmp_path):
         resolve_profiles(tiny_store.directory, tiny_store.manifest)  # nothing to estimate with
 
 
-def test_calibration_fits_positive_constants(tiny_store):
+def test_cost_fit_recovers_a_linear_law_and_falls_back_without_a_slope():
+    mmacs = np.array([0.0, 1.0, 2.0, 4.0])
+    assert fit_cost(mmacs, 0.5 * mmacs + 0.1) == pytest.approx((0.5, 0.1))
+    # times that fall as MACs grow: no per-MAC law; the whole time is charged per MAC
+    assert fit_cost(mmacs, np.array([0.4, 0.3, 0.2, 0.1])) == pytest.approx((1.0 / 7.0, 0.0))
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_calibration_times_the_model_with_the_served_runtime(tiny_store, runtime):
     model, spec, _ = tiny_store.load_model("vgg11-base")
-    ms_per_mmac, layer_ms = calibrate(model, spec, warmup=1, repeats=2)
-    assert ms_per_mmac > 0 and layer_ms >= 0
+    ms_per_mmac, layer_ms = calibrate(model, spec, warmup=1, repeats=2, runtime=runtime)
+    estimate = estimate_entry(spec, ms_per_mmac, layer_ms)
+    assert 0 < estimate["total_ms"] < 1000  # a model of a few MMACs: well under a second
 
 
 def test_fewer_bytes_when_the_bandwidth_drops(planner):

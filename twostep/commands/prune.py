@@ -21,7 +21,8 @@ FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with PruneConfig keys (flags override it)")
+    parser.add_argument("--config", help="TOML file with PruneConfig keys, or its [prune] section "
+                        "(configs/demo.toml); flags override it")
     parser.add_argument("--step", choices=("1", "2", "both"), default="both",
                         help="which step(s) to run (default both; 2 needs a finished step 1)")
     for key, kind in FLAGS.items():
@@ -59,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     overrides = {key: getattr(args, key) for key in FLAGS}
     if args.step2_splits:
         overrides["step2_splits"] = [s.strip() for s in args.step2_splits.split(",") if s.strip()]
-    return make_config(PruneConfig, args.config, **overrides)
+    return make_config(PruneConfig, args.config, "prune", **overrides)
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> tuple:

@@ -9,7 +9,8 @@ from pipeline.config import TrainConfig, make_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with TrainConfig keys (flags override it)")
+    parser.add_argument("--config", help="TOML file with TrainConfig keys, or its [train] section "
+                        "(configs/demo.toml); flags override it")
     parser.add_argument("--dataset", help="fashion-mnist (default), cifar10 or folder")
     parser.add_argument("--data-dir", help="dataset directory (default: the Debian package's)")
     parser.add_argument("--arch", help="vgg11, vgg13, vgg16 (default) or vgg19")
@@ -34,7 +35,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     keys = ("dataset", "data_dir", "arch", "width", "epochs", "batch_size", "lr", "weight_decay",
             "label_smoothing", "val_fraction", "train_subset", "test_subset", "augment", "seed",
             "threads", "device", "out")
-    return make_config(TrainConfig, args.config, **{k: getattr(args, k) for k in keys})
+    return make_config(TrainConfig, args.config, "train", **{k: getattr(args, k) for k in keys})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
 from twostep.compare.strategies import Execution, LinkCosts, baseline_choices
+from twostep.ports import free_port
 
 Log = Callable[[str], None]
 LINK_MODES = ("auto", "shaped", "emulated")
@@ -280,7 +281,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     link = open_link(config.link, log)
     processes: list[Process] = []
     try:
-        port = EDGE_PORT if link.shaped is not None else _free_port()
+        port = EDGE_PORT if link.shaped is not None else free_port()
         edge = spawn("edge", link.edge_argv([
             sys.executable, "-m", "twostep.compare.edge_side", "--series", str(store.directory),
             "--host", link.edge_host, "--port", str(port),
@@ -381,11 +382,3 @@ def device_model(whole_ms: list[float], edge_profile: dict, variants: tuple[str,
     if factor <= 0 or overhead < 0:  # noise: fall back to one factor through the larger model
         return {"device_factor": whole_ms[0] / profiled[0], "device_overhead_ms": 0.0}
     return {"device_factor": factor, "device_overhead_ms": overhead}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
