@@ -42,7 +42,7 @@ def profile_series(store: SeriesStore, runtime: str = "torch", threads: int = 1,
                 progress(vid)
         doc = profile_document(entries, batch_size, warmup, repeats, device, runtime, idle_ms)
         doc["machine"]["threads"] = threads
-        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]))
+        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]), idle_ms=idle_ms)
     finally:
         torch.set_num_threads(previous)
     return doc

@@ -335,9 +335,11 @@ def load_profile(path: str | os.PathLike) -> dict:
     return doc
 
 
-def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), repeats: int = 20) -> dict:
+def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), repeats: int = 20,
+                 idle_ms: float = 0.0) -> dict:
     """Fit `fixed + per_element x n` (ms) to the encode and decode time of feature maps of `sizes`
-    elements with codec `config` (a `CodecConfig`), on this machine's CPU."""
+    elements with codec `config` (a `CodecConfig`), on this machine's CPU (idling `idle_ms`
+    before each timed call, as `median_ms`)."""
     from pipeline.codec import decode_frame, encode_frame
 
     generator = torch.Generator().manual_seed(0)
@@ -346,9 +348,10 @@ def codec_timing(config, sizes: tuple[int, ...] = (256, 2048, 16384, 65536), rep
         # A post-ReLU map (many zeros) of about n elements, shaped (1, C, 16, 16).
         x = torch.relu(torch.randn((1, max(1, n // 256), 16, 16), generator=generator))
         frame = encode_frame(x, config)
+        x = x.numpy()  # what a head hands the codec
         enc, dec = median_ms([lambda x=x: encode_frame(x, config), lambda f=frame: decode_frame(f)],
-                             2, repeats)
-        sizes_seen.append(x.numel())
+                             2, repeats, idle_ms=idle_ms)
+        sizes_seen.append(x.size)
         encode.append(enc)
         decode.append(dec)
 

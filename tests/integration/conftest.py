@@ -9,6 +9,11 @@ import os
 
 import pytest
 
+# Serve's ingress replicas (HAProxy mode) keep serving for 30 s after they are told to stop, so
+# that HAProxy takes them out of rotation first: every Serve shutdown in a test would wait that
+# long, for traffic a teardown does not have. Set before any Ray starts (here or in a child).
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+
 
 @pytest.fixture(scope="session")
 def ray_session():
