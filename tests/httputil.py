@@ -8,6 +8,14 @@ from PIL import Image
 from twostep.ports import free_port  # noqa: F401  (the tests' one import of it)
 
 
+def stoppable_by_sigint() -> None:
+    """`preexec_fn` for a server a test stops with SIGINT (as Ctrl-C would): a shell that runs
+    the test suite in the background starts it with SIGINT ignored, which children inherit."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def png(pixels: np.ndarray) -> bytes:
     """PNG of grey uint8 pixels (1, 1, H, W)."""
     buffer = io.BytesIO()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from httputil import free_port, png, wait_healthy
+from httputil import free_port, png, stoppable_by_sigint, wait_healthy
 
 from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted
 
@@ -129,7 +129,8 @@ def served(series, cluster):
         [TWOSTEP, "serve", str(series.directory), "--address", cluster["address"], "--port", str(port),
          "--proxy-location", "HeadOnly", "--router-replicas", "2", "--tail-replicas", "1",
          "--set", "head_cpus=0", "--set", "ms_per_mmac=20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster_env())
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster_env(),
+        preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(f"{url}/v1/health", proc, output=lambda: proc.stdout.read())

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from httputil import free_port, wait_healthy
+from httputil import free_port, stoppable_by_sigint, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,8 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([twostep, "serve", str(tiny_store.directory), "--port", str(port),
                              "--num-cpus", "2", "--tail-replicas", "1", "--set", "ms_per_mmac=20"],
-                            stdout=log, stderr=subprocess.STDOUT, env=cluster_env())
+                            stdout=log, stderr=subprocess.STDOUT, env=cluster_env(),
+                            preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(f"{url}/v1/health", proc, output=(tmp_path / "serve.log").read_text)
