@@ -25,6 +25,14 @@ def session(graph: bytes, threads: int = 1):
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
+def normalizer(mean, std):
+    """uint8 pixels (N, C, S, S) -> float32 normalised input, as `pipeline.data.normalize` and
+    the head graphs compute it: what a device sends at split `input`, where no head runs."""
+    mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return lambda pixels: (pixels.astype(np.float32) / 255.0 - mean) / std
+
+
 class GraphRunner:
     """One graph in one session: `runner(array) -> array` (its single input and output)."""
 

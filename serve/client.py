@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.codec import codec_config, encode_frame, variant_tag
+from pipeline.onnx_session import normalizer
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
 
@@ -289,9 +290,7 @@ class DeviceClient:
         if key not in self._heads:
             if split == "input":  # nothing runs before the split: the normalised pixels
                 data = self.info()["data"]
-                mean = np.asarray(data["mean"], np.float32).reshape(1, -1, 1, 1)
-                std = np.asarray(data["std"], np.float32).reshape(1, -1, 1, 1)
-                self._heads[key] = (lambda pixels: (pixels.astype(np.float32) / 255.0 - mean) / std, "")
+                self._heads[key] = (normalizer(data["mean"], data["std"]), "")
             elif self.runtime == "onnxruntime":
                 from pipeline.onnx_session import GraphRunner
 

@@ -22,7 +22,8 @@ from pipeline.data import DataInfo, normalize
 from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.onnx_graphs import head_graph, tail_graph
-from pipeline.onnx_session import GraphRunner
+from pipeline.onnx_session import GraphRunner, normalizer
+from pipeline.profiler import RUNTIMES
 from pipeline.series import SeriesStore
 from pipeline.split import check_split, split_model, split_shape
 
@@ -56,7 +57,6 @@ def _ms(start: int) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
-RUNTIMES = ("onnxruntime", "torch")
 DEFAULT_RUNTIME = "onnxruntime"  # 3-6x faster per call at batch 1 here (ENVIRONMENT.md)
 
 Call = Callable[[np.ndarray], np.ndarray]
@@ -103,22 +103,26 @@ class VariantRunner:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.spec.in_channels, self.spec.input_size, self.spec.input_size)
 
-    def halves(self, split: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The folded model's PyTorch (head, tail) at `split`."""
+    def _check_split(self, split: str) -> None:
         try:
             check_split(self.spec, split)
         except ValueError as err:
             raise RequestError(str(err)) from None
+
+    def halves(self, split: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The folded model's PyTorch (head, tail) at `split`."""
+        self._check_split(split)
         return split_model(self.model, split)
 
     def calls(self, split: str) -> tuple[Call, Call]:
         """(head, tail) at `split` in this runner's runtime: uint8 pixels -> float32 features,
         float32 features -> float32 logits (numpy in, numpy out)."""
         if split not in self._calls:
-            head, tail = self.halves(split)
             if self.runtime == "torch":
+                head, tail = self.halves(split)
                 self._calls[split] = (self._torch_head(head), self._torch_call(tail))
             else:
+                self._check_split(split)
                 self._calls[split] = (self._onnx_head(split), self._onnx_tail(split))
         return self._calls[split]
 
@@ -137,9 +141,7 @@ class VariantRunner:
 
     def _onnx_head(self, split: str) -> Call:
         if split == "input":  # nothing runs before the split: the normalised pixels
-            mean = np.asarray(self.info.mean, np.float32).reshape(1, -1, 1, 1)
-            std = np.asarray(self.info.std, np.float32).reshape(1, -1, 1, 1)
-            return lambda pixels: (pixels.astype(np.float32) / 255.0 - mean) / std
+            return normalizer(self.info.mean, self.info.std)
         graph = self._graphs(split, "head") or head_graph(self.model, self.input_shape, self.info, split)
         return GraphRunner(graph, self.threads)
 

@@ -26,7 +26,8 @@ def test_profile_onnx_measures_the_splits_asked_for_and_validates():
     assert entry["measured_splits"] == ["pool2", "pool4", "output"]
     assert set(entry["head_ms"]) == set(split_points(spec))
     assert 0 < entry["head_ms"]["pool2"] <= entry["head_ms"]["pool4"] <= entry["total_ms"]
-    assert entry["whole_ms"] == pytest.approx(entry["total_ms"])
+    # the whole model's own time; the cumulative total never falls below an earlier split's
+    assert entry["total_ms"] >= entry["whole_ms"] * (1 - 1e-9) and entry["whole_ms"] > 0
     doc = profile_document({"v": entry}, 1, 1, 3, runtime="onnxruntime", idle_ms=0.0)
     assert validate_profile(doc)["runtime"] == "onnxruntime"
     with pytest.raises(ValueError, match="runtime must be one of"):
