@@ -115,7 +115,9 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     """Runs in its own process (ingress environment set by the parent): one Ray session;
     returns the figures. Also runs against an older checkout of twostep (`--tree`), whose
     device path went through the Router."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
     import logging
 
     import ray

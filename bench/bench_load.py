@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import logging
 import math
-import os
 import sys
 import tempfile
 import threading
@@ -178,7 +177,9 @@ def main() -> int:
     from serve.ingress import apply_ingress
 
     print(apply_ingress(args.ingress)[1])
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
     import ray
     from ray import serve
 

@@ -272,7 +272,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="clients in the throughput runs")
     parser.add_argument("--autoscale-deadline-s", type=float, default=60.0)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
     import ray
     from PIL import Image
     from ray import serve

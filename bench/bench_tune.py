@@ -119,7 +119,9 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=0.5)
     parser.add_argument("--workdir", help="keep outputs here (default: a temporary directory)")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-tune-"))
     data_dir = Path(DEFAULT_FASHION_MNIST_DIR)

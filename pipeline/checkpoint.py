@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.models.registry import ArchSpec, build
 
 FORMAT = "twostep-checkpoint/1"
@@ -36,16 +37,11 @@ def save_checkpoint(
     path: str | os.PathLike, model: nn.Module, spec: ArchSpec, meta: dict | None = None
 ) -> str:
     """Write `model` atomically (temp file + rename); returns the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "spec": spec.to_json(), "meta": json.dumps(meta or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return file_sha256(path)
+    data = save(tensors, metadata=metadata)
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[ArchSpec, dict]:

@@ -6,7 +6,6 @@ An unknown key is an error naming it; values are type-checked against the field'
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import tomllib
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.atomic import write_json_atomic
 from pipeline.data import DATASETS, DEFAULT_FASHION_MNIST_DIR
 from pipeline.models.registry import ARCHS
 
@@ -131,8 +131,7 @@ def make_config(cls: type[T], path: str | os.PathLike | None = None, section: st
 
 def write_config(config: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as JSON next to an output."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, dataclasses.asdict(config), indent=2, sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.data import DataInfo, normalize
 from pipeline.models.inference import inference_form
 from pipeline.onnx_graphs import OPSET, head_graph, tail_graph
@@ -74,23 +75,13 @@ def check_graphs(model: torch.nn.Module, info: DataInfo, split: str, head: bytes
     return {"max_abs_diff": diff, "images": int(len(pixels)), "same_prediction": int(same.sum())}
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _record(store: SeriesStore, vid: str, split: str, part: str, data: bytes,
             written: list[Path]) -> dict:
     sha = hashlib.sha256(data).hexdigest()
     relative = graph_path(vid, split, part, sha)
     path = store.directory / relative
     if not path.is_file():
-        _write(path, data)
+        write_bytes_atomic(path, data)
         written.append(path)
     return {"path": relative, "sha256": sha, "bytes": len(data)}
 

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.atomic import write_json_atomic
 from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.split import split_points
@@ -299,18 +300,7 @@ def validate_profile(doc: object) -> dict:
 def save_profile(path: str | os.PathLike, doc: dict) -> None:
     """Validate `doc` and write it as JSON atomically (temp file, fsync, rename)."""
     validate_profile(doc)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(path, doc)
 
 
 def load_profile(path: str | os.PathLike) -> dict:

@@ -78,6 +78,18 @@ class Decision:
     ranked: list[tuple[Candidate, Breakdown]] = field(default_factory=list)
 
 
+def ranked_rows(ranked: Sequence[tuple[Candidate, Breakdown]]) -> list[dict]:
+    """(candidate, breakdown) pairs in order as JSON rows, ranked from 1 (the plan API's and
+    `twostep plan`'s table)."""
+    return [{
+        "rank": rank, "variant": candidate.variant_id, "split": candidate.split,
+        "strategy": candidate.strategy, "accuracy": candidate.accuracy,
+        "bytes": candidate.bytes_sent, "device_ms": breakdown.device_ms,
+        "transfer_ms": breakdown.transfer_ms, "edge_ms": breakdown.edge_ms,
+        "total_ms": breakdown.total_ms,
+    } for rank, (candidate, breakdown) in enumerate(ranked, start=1)]
+
+
 class NoFeasibleCandidate(ValueError):
     """No candidate meets the constraint; `closest` holds the nearest (Candidate, Breakdown)."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
+from pipeline.atomic import write_json_atomic
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.models.registry import ArchSpec
 
@@ -43,16 +44,6 @@ def variant_id(arch: str, step: int, iteration: int, layer: str | None = None) -
     if step == 1:
         return f"{arch}-s1-i{iteration}"
     return f"{arch}-s2-{layer}-i{iteration}"
-
-
-def _write_json_atomic(path: Path, document: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(document, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def validate_manifest(document: object, where: str = "manifest") -> dict:
@@ -221,4 +212,4 @@ class SeriesStore:
 
     def _save(self) -> None:
         validate_manifest(self.manifest)
-        _write_json_atomic(self.directory / MANIFEST, self.manifest)
+        write_json_atomic(self.directory / MANIFEST, self.manifest)

@@ -28,10 +28,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.codec import codec_config, encode_frame, variant_tag
-from pipeline.cost import Breakdown, Link, latency_breakdown
+from pipeline.cost import Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
 from pipeline.onnx_graphs import head_graph
-from pipeline.selection import Candidate, NoFeasibleCandidate
+from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
 from serve.head import replica_health
 from serve.inputs import (
     HttpError,
@@ -117,16 +117,6 @@ def _device_speed(params) -> tuple[float | None, float]:
     return slowdown, overhead
 
 
-def _row(rank: int, candidate: Candidate, breakdown: Breakdown) -> dict:
-    return {
-        "rank": rank, "variant": candidate.variant_id, "split": candidate.split,
-        "strategy": candidate.strategy, "accuracy": candidate.accuracy,
-        "bytes": candidate.bytes_sent, "device_ms": breakdown.device_ms,
-        "transfer_ms": breakdown.transfer_ms, "edge_ms": breakdown.edge_ms,
-        "total_ms": breakdown.total_ms,
-    }
-
-
 @api.exception_handler(HttpError)
 async def _http_error(request: Request, err: HttpError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.status)
@@ -134,7 +124,7 @@ async def _http_error(request: Request, err: HttpError) -> JSONResponse:
 
 @api.exception_handler(NoFeasibleCandidate)
 async def _infeasible(request: Request, err: NoFeasibleCandidate) -> JSONResponse:
-    closest = [_row(i + 1, c, b) for i, (c, b) in enumerate(err.closest)]
+    closest = ranked_rows(err.closest)
     return JSONResponse({"error": str(err), "closest": closest}, status_code=422)
 
 
@@ -343,7 +333,7 @@ class Router:
         link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
         decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown,
                                      device_overhead_ms=overhead)
-        ranked = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
+        ranked = ranked_rows(decision.ranked)
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
                 "device_slowdown": slowdown, "device_overhead_ms": overhead,
                 "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],

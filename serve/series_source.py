@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.checkpoint import file_sha256
 from pipeline.series import MANIFEST, SeriesError, SeriesStore, graph_files, parse_manifest
 
@@ -178,11 +179,11 @@ class SeriesMirror:
                               f"(manifest sha256 {wanted[:12]}...); redeploy the app")
         directory = Path(cache or cache_root()) / wanted
         (directory / "weights").mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / MANIFEST, data)
+        write_bytes_atomic(directory / MANIFEST, data)
         for name in PROFILE_FILES:
             profile = self._read(name)
             if profile is not None:
-                _write_atomic(directory / name, profile)
+                write_bytes_atomic(directory / name, profile)
             else:
                 (directory / name).unlink(missing_ok=True)  # the series has none: keep none
         # the verified bytes, not what the file holds by the time it is read back
@@ -231,7 +232,7 @@ class SeriesMirror:
             raise SeriesError(f"variant {variant_id}: weights from {self.ref['location']} hash to "
                               f"{actual[:16]}..., the manifest says {entry['sha256'][:16]}...; "
                               f"refused on node {self.node}")
-        _write_atomic(path, data)
+        write_bytes_atomic(path, data)
         self.fetches.append({"variant": variant_id, "bytes": len(data),
                              "ms": (time.perf_counter() - start) * 1000.0})
 
@@ -247,7 +248,7 @@ class SeriesMirror:
                 raise SeriesError(f"variant {variant_id}: {record['path']} from {self.ref['location']} "
                                   f"is missing or does not match its sha256; refused on node {self.node}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, data)
+            write_bytes_atomic(path, data)
         return self.store.graph_bytes(variant_id, split, part)
 
     @property
@@ -258,9 +259,3 @@ class SeriesMirror:
         """`SeriesStore.load_model` after `ensure` (sha256 checked again on load)."""
         self.ensure(variant_id)
         return self.store.load_model(variant_id)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from pipeline.atomic import write_json_atomic
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models.registry import ArchSpec
 from pipeline.series import SeriesError, SeriesStore, variant_id
@@ -36,7 +37,7 @@ def write_trial_checkpoint(directory: str | os.PathLike, model: nn.Module, spec:
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(directory / WEIGHTS_FILE, model, spec, {"variant": entry["id"]})
     document = {"format": TRIAL_FORMAT, "entry": entry, "stop_reason": stop_reason}
-    (directory / ENTRY_FILE).write_text(json.dumps(document, sort_keys=True) + "\n")
+    write_json_atomic(directory / ENTRY_FILE, document, indent=None, sort_keys=True)
     return directory
 
 

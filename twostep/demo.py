@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.atomic import write_json_atomic
 from pipeline.base_model import train_base
 from pipeline.checkpoint import CheckpointError, read_metadata
 from pipeline.config import TrainConfig
@@ -83,12 +84,6 @@ def profile_stage(store: SeriesStore, slowdown: float, log: Log,
     save_profile(device_path, derive_profile(edge, slowdown))
     log(f"   {len(edge['variants'])} variants profiled ({runtime}); device = {slowdown:g} x this machine")
     return edge_path, device_path
-
-
-def write_json(path: Path, document: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1) + "\n")
-    return path
 
 
 def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: int,
@@ -235,11 +230,12 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
     from pipeline.plots import plot_accuracy_vs_bytes, plot_latency_vs_bandwidth, plot_split_sizes
     from pipeline.report import format_series_table
     from tune.launch import init_ray
+    from twostep.ray_env import apply_ray_env
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    apply_ray_env()
     out = Path(config.demo.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"train": dataclasses.asdict(config.train),
+    write_json_atomic(out / "config.json", {"train": dataclasses.asdict(config.train),
                                      "prune": dataclasses.asdict(config.prune),
                                      "demo": dataclasses.asdict(config.demo)})
     stages = Stages(5, log)
@@ -297,7 +293,7 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
             }
             table = markdown_table(summary, store.manifest)
             (out / "results.md").write_text(table + "\n")
-            write_json(out / "results.json", {"summary": summary, "requests": rows,
+            write_json_atomic(out / "results.json", {"summary": summary, "requests": rows,
                                               "predicted": curves, "pictures": pictures,
                                               "stage_seconds": stages.times})
             return table, pictures

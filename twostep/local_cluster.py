@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from twostep.ports import free_port
+from twostep.ray_env import apply_ray_env
 
 START_TIMEOUT_S = 90.0
 
@@ -51,8 +52,7 @@ def permitted() -> str | None:
 
 
 def cluster_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env = apply_ray_env(dict(os.environ))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.pop("RAY_ADDRESS", None)
     return env

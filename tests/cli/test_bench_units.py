@@ -4,11 +4,11 @@ import pytest
 
 from pipeline.profiler import derive_profile
 from serve.profiles import estimate_profile
+from twostep.bench.device_side import attribute_bytes, device_time
+from twostep.bench.report import deviations, strategy_rows, targets
+from twostep.bench.run import BenchConfig
+from twostep.bench.strategies import Execution, LinkCosts, baseline_choices, execution_for
 from twostep.cli import main
-from twostep.compare.device_side import attribute_bytes, device_time
-from twostep.compare.report import deviations, strategy_rows, targets
-from twostep.compare.run import BenchConfig
-from twostep.compare.strategies import Execution, LinkCosts, baseline_choices, execution_for
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_the_calibrated_device_factor_scales_the_device_side_predictions(tiny_st
 
 
 def test_the_device_model_is_fitted_through_two_models():
-    from twostep.compare.run import device_model
+    from twostep.bench.run import device_model
 
     profile = {"variants": {"big": {"head_ms": {"output": 5.0}}, "small": {"head_ms": {"output": 1.0}}}}
     fitted = device_model([7.0, 3.0], profile, ("big", "small"))

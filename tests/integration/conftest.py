@@ -17,7 +17,9 @@ os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
     import ray
 
     started = not ray.is_initialized()

@@ -8,7 +8,7 @@ import pytest
 from pipeline.base_model import train_base
 from pipeline.config import PruneConfig, TrainConfig
 from pipeline.prune_job import prune_series
-from twostep.compare.run import BenchConfig, run_bench
+from twostep.bench.run import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from twostep.compare.run import BenchConfig, run_bench
+    from twostep.bench.run import BenchConfig, run_bench
 
     if not (Path(args.series) / "manifest.json").is_file():
         hint = " (run `twostep demo` first, or give --series)" if args.series == DEFAULT_SERIES else ""

@@ -13,6 +13,7 @@ from pipeline.selection import (
     Decision,
     baseline_candidates,
     candidates_from_series,
+    ranked_rows,
     select,
 )
 from pipeline.series import SeriesStore
@@ -63,23 +64,8 @@ def _profiles(args: argparse.Namespace, root: Path) -> tuple[dict, dict, str]:
     return load_profile(device_path), edge, f"device profile {device_path}"
 
 
-def _row(rank: int, candidate, breakdown) -> dict:
-    return {
-        "rank": rank,
-        "variant": candidate.variant_id,
-        "split": candidate.split,
-        "strategy": candidate.strategy,
-        "accuracy": candidate.accuracy,
-        "bytes": candidate.bytes_sent,
-        "device_ms": breakdown.device_ms,
-        "transfer_ms": breakdown.transfer_ms,
-        "edge_ms": breakdown.edge_ms,
-        "total_ms": breakdown.total_ms,
-    }
-
-
 def _print_table(decision: Decision) -> None:
-    rows = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
+    rows = ranked_rows(decision.ranked)
     header = ("#", "variant", "split", "strategy", "accuracy", "bytes",
               "device_ms", "transfer_ms", "edge_ms", "total_ms")
     cells = [
@@ -107,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         candidates += baseline_candidates(manifest, device, edge, args.jpeg_bytes)
     decision = select(candidates, link, args.accuracy_floor, args.latency_budget_ms, args.top)
     if args.json:
-        ranked = [_row(i + 1, c, b) for i, (c, b) in enumerate(decision.ranked)]
+        ranked = ranked_rows(decision.ranked)
         print(json.dumps({"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms,
                           "accuracy_floor": args.accuracy_floor,
                           "latency_budget_ms": args.latency_budget_ms,

@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(json.dumps(app_args.model_dump(), indent=1, sort_keys=True))
         return 0
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from twostep.ray_env import apply_ray_env
+
+    apply_ray_env()
     import ray
 
     from serve.app import deploy

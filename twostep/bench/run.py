@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import write_json_atomic
 from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
-from twostep.compare.strategies import Execution, LinkCosts, baseline_choices
+from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
 from twostep.ports import free_port
 
 Log = Callable[[str], None]
@@ -102,7 +103,7 @@ def jpeg_stats(store: SeriesStore, images: np.ndarray, labels: np.ndarray, quali
     from PIL import Image
 
     from pipeline.data import DataInfo, normalize
-    from twostep.compare.device_side import jpeg
+    from twostep.bench.device_side import jpeg
 
     sizes, times, decoded = [], [], []
     for image in images:
@@ -253,7 +254,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     """All stages; returns what `compare.report` needs (also written as bench.json)."""
     from tqdm.auto import tqdm
 
-    from twostep.compare.report import write_report
+    from twostep.bench.report import write_report
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -283,7 +284,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     try:
         port = EDGE_PORT if link.shaped is not None else free_port()
         edge = spawn("edge", link.edge_argv([
-            sys.executable, "-m", "twostep.compare.edge_side", "--series", str(store.directory),
+            sys.executable, "-m", "twostep.bench.edge_side", "--series", str(store.directory),
             "--host", link.edge_host, "--port", str(port),
             "--edge-profile", str((out / "profile.edge.json").resolve()),
             "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0),
@@ -296,9 +297,9 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         if link.shaped is not None:
             setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
                          prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
-        (out / "device_setup.json").write_text(json.dumps(setup, indent=1))
+        write_json_atomic(out / "device_setup.json", setup)
         device = spawn("device", link.device_argv([
-            sys.executable, "-m", "twostep.compare.device_side", str((out / "device_setup.json").resolve())]),
+            sys.executable, "-m", "twostep.bench.device_side", str((out / "device_setup.json").resolve())]),
             out)
         processes.append(device)
         device.wait_ready(config.startup_timeout_s)

@@ -1,6 +1,6 @@
 """The device of `twostep bench`: a process that serves requests the way each strategy says.
 
-    python -m twostep.compare.device_side SETUP.json
+    python -m twostep.bench.device_side SETUP.json
 
 It runs in the device network namespace of a shaped link (or beside the edge, with the link
 emulated), reads one JSON job per line on stdin and answers each with one `RESULT {json}` line on
@@ -36,7 +36,7 @@ from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.data import DataInfo
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
-from twostep.compare.strategies import Execution, execution_for
+from twostep.bench.strategies import Execution, execution_for
 
 # Ethernet + IPv4 + TCP (with timestamps) headers of one segment: what an emulated link adds.
 TCP_SEGMENT_OVERHEAD = 66

@@ -8,15 +8,15 @@ by more than 20%, the component that differs most is named.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import write_json_atomic
 from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
-from twostep.compare.strategies import STRATEGIES
+from twostep.bench.strategies import STRATEGIES
 
 Log = Callable[[str], None]
 WITHIN_BEST = 1.10
@@ -207,7 +207,7 @@ def write_report(document: dict, store: SeriesStore, out: Path, log: Log) -> dic
     document["pictures"] = pictures(rows, store, out)
     table = markdown(rows, result, document)
     (out / "bench.md").write_text(table + "\n" + deviation_markdown(notes))
-    (out / "bench.json").write_text(json.dumps(document, indent=1) + "\n")
+    write_json_atomic(out / "bench.json", document)
     log(table)
     log(deviation_markdown(notes))
     for name, path in document["pictures"].items():

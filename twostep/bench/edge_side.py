@@ -1,6 +1,6 @@
 """The edge of `twostep bench`: Ray and the Serve app, bound to one address, until stdin closes.
 
-    python -m twostep.compare.edge_side --series DIR --host IP --port P --edge-profile FILE \
+    python -m twostep.bench.edge_side --series DIR --host IP --port P --edge-profile FILE \
         --accuracy-floor F [--sink-port U] [--ray-address ADDR]
 
 Run inside the edge namespace of a shaped link (its own Ray instance there), or in the host
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 import threading
@@ -40,8 +39,9 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     from serve.app import deploy
     from serve.settings import AppArgs
     from serve.startup import start_http
+    from twostep.ray_env import apply_ray_env
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    apply_ray_env()
     if not ray.is_initialized():
         if not ray_address:
             from serve.ingress import apply_ingress
@@ -60,7 +60,7 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
                    runtime=runtime, tail_replicas=1, baselines=True)
     deploy(args)
-    from twostep.compare.noop_app import deploy_noop
+    from twostep.bench.noop_app import deploy_noop
 
     deploy_noop()  # Serve's own one-hop floor, timed by calibration beside the device path
     with urllib.request.urlopen(f"http://{host}:{port}/v1/health", timeout=60) as response:

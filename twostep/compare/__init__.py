@@ -1,1 +1,0 @@
-"""`twostep bench`: the paper's strategies compared side by side on the real serving path."""
