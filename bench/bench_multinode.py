@@ -110,8 +110,8 @@ def main() -> int:
             port = s.getsockname()[1]
         proc = subprocess.Popen(
             [TWOSTEP, "serve", str(two.directory), "--address", cluster.address, "--port", str(port),
-             "--proxy-location", "HeadOnly", "--tail-replicas", "1", "--set", "head_cpus=0",
-             "--set", "ms_per_mmac=20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--proxy-location", "HeadOnly", "--tail-replicas", "1", "--head-cpus", "0",
+             "--ms-per-mmac", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=cluster_env())
         url = f"http://127.0.0.1:{port}"
         try:

@@ -23,7 +23,6 @@ at conv4_3 51 B vs 8,192 B = 160.6x at +0.64 points):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import time
@@ -70,7 +69,7 @@ def main() -> None:
         step2_steps=args.step2_steps, step2_finetune_epochs=args.step2_finetune_epochs,
         threads=args.threads,
     )
-    print("settings:", json.dumps({k: v for k, v in dataclasses.asdict(config).items()}, default=list))
+    print("settings:", json.dumps(config.model_dump(mode="json")))
     start = time.perf_counter()
     store = prune_series(config, progress=False)
     wall = time.perf_counter() - start

@@ -19,7 +19,6 @@ after the other (other work on the two cores lowers that ceiling, and the speed-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import logging
 import multiprocessing
@@ -144,10 +143,10 @@ def main() -> None:
     outs = {name: str(work / name) for name in ("in-process", "tune-x1", "tune-x2")}
     for out in outs.values():
         shutil.rmtree(out, ignore_errors=True)
-        prune_series(dataclasses.replace(config, out=out), steps="1", progress=False, log=_quiet)
+        prune_series(config.replace(out=out), steps="1", progress=False, log=_quiet)
 
     started = time.perf_counter()
-    reference = prune_series(dataclasses.replace(config, out=outs["in-process"]), progress=False,
+    reference = prune_series(config.replace(out=outs["in-process"]), progress=False,
                              log=_quiet)
     in_process_s = time.perf_counter() - started
     trials = len({v["layer"] for v in reference.variants if v["step"] == 2})
@@ -165,7 +164,7 @@ def main() -> None:
     walls = {}
     try:
         for name, concurrent in (("tune-x1", 1), ("tune-x2", 2)):
-            store = launch_pruning(dataclasses.replace(config, out=outs[name]), steps="2",
+            store = launch_pruning(config.replace(out=outs[name]), steps="2",
                                    progress=False, log=_quiet, max_concurrent=concurrent,
                                    resources=TrialResources(cpus=1))
             assert store.ids() == reference.ids(), f"{name} holds other variants"

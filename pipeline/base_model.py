@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
@@ -52,6 +51,7 @@ def train_base(
         "history": history,
     }
     out = Path(config.out)
-    save_checkpoint(out, model, spec, {"data": info.to_dict(), "train": asdict(config), **metrics})
+    meta = {"data": info.to_dict(), "train": config.model_dump(mode="json"), **metrics}
+    save_checkpoint(out, model, spec, meta)
     write_config(config, out.with_suffix(".config.json"))
     return model, spec, metrics

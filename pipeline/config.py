@@ -1,210 +1,280 @@
-"""Frozen job configs with defaults that run the demo, read from TOML and/or overrides.
+"""Typed job configs: one declaration per knob.
 
-An unknown key is an error naming it; values are type-checked against the field's default.
+Each field here is the single source of its TOML key, its CLI flag (help text and default from
+the field, see `twostep/config_flags.py`), its validation (the error names the key) and its entry
+in the JSON schema of `docs/config.md`. Configs are frozen; `replace` makes a validated copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from pipeline.atomic import write_json_atomic
-from pipeline.data import DATASETS, DEFAULT_FASHION_MNIST_DIR
-from pipeline.models.registry import ARCHS
+from pipeline.catalog import ARCHS, DATASETS, DEBIAN_FASHION_MNIST_DIR, DEFAULT_FASHION_MNIST_DIR
+from pipeline.cost import parse_bandwidth
 
-T = TypeVar("T")
+T = TypeVar("T", bound="ConfigModel")
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training of a base model. The defaults train the demo's VGG-16 at width 0.25."""
-
-    dataset: str = "fashion-mnist"
-    data_dir: str = DEFAULT_FASHION_MNIST_DIR
-    arch: str = "vgg16"
-    width: float = 0.25
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    val_fraction: float = 0.1
-    train_subset: int = 0
-    test_subset: int = 0
-    augment: bool = True
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    out: str = "runs/train/model.safetensors"
-
-    def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown model {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        _check_range("width", self.width, 0.0, 16.0, low_open=True)
-        _check_range("epochs", self.epochs, 0, 10_000)
-        _check_range("batch_size", self.batch_size, 1, 65_536)
-        _check_range("lr", self.lr, 0.0, 10.0, low_open=True)
-        _check_range("momentum", self.momentum, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.9)
-        _check_range("train_subset", self.train_subset, 0, 10**9)
-        _check_range("test_subset", self.test_subset, 0, 10**9)
-        _check_range("threads", self.threads, 0, 1024)
-        _check_device(self.device)
+# A bandwidth below this is almost surely a number meant in other units (`1` for 1 Mbit/s).
+MIN_CONFIG_BANDWIDTH_BPS = 1e3
 
 
-def _check_device(name: str) -> None:
+def _bandwidth(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"cannot read bandwidth {value!r}")
+    bps = parse_bandwidth(value)
+    if bps < MIN_CONFIG_BANDWIDTH_BPS:
+        raise ValueError(f"bandwidth {value!r} is {bps:g} bit/s; a bare number is bit/s, so give "
+                         "a unit (e.g. 1mbit, 250kbit)")
+    return bps
+
+
+# Bits per second, from a number (bit/s) or a string with a unit: 2.5e6, 250kbit, 1mbit, 1gbit.
+Bandwidth = Annotated[float, BeforeValidator(_bandwidth), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": MIN_CONFIG_BANDWIDTH_BPS},
+              {"type": "string"}],
+    "description": "bits per second, or a number with a unit: 250kbit, 1mbit, 1gbit"})]
+
+
+def _comma_list(value: Any) -> Any:
+    """A comma-separated string (a CLI flag) as a list; lists and tuples pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def CommaList(item: type) -> Any:  # noqa: N802 - reads as a type in annotations
+    return Annotated[tuple[item, ...], BeforeValidator(_comma_list)]
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message names it."""
+
+
+class ConfigModel(BaseModel):
+    """Frozen, strict about unknown keys, validated on every change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    def replace(self: T, **changes: Any) -> T:
+        """A validated copy with `changes` (ConfigError naming a bad key or value)."""
+        return build_config(type(self), {**self.model_dump(), **changes})
+
+
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
+def _describe(cls: type[ConfigModel], error: dict) -> str:
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    key = key.removeprefix(".")
+    value = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    if kind in _BOUNDS:
+        field = cls.model_fields.get(str(error["loc"][0])) if len(error["loc"]) == 1 else None
+        bounds = {type(m).__name__: m for m in (field.metadata if field else [])}
+        if ("Gt" in bounds or "Ge" in bounds) and ("Lt" in bounds or "Le" in bounds):
+            low = f"({bounds['Gt'].gt}" if "Gt" in bounds else f"[{bounds['Ge'].ge}"
+            high = f"{bounds['Lt'].lt})" if "Lt" in bounds else f"{bounds['Le'].le}]"
+            return f"{key} must be in {low}, {high}, got {value!r}"
+        operator, name = _BOUNDS[kind]
+        return f"{key} must be {operator} {error['ctx'][name]}, got {value!r}"
+    if kind == "literal_error":
+        return f"{key} must be one of {error['ctx']['expected']}, got {value!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return message if not key or key in message else f"{key}: {message}"
+    return f"{key}: {message}, got {value!r}"
+
+
+def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """`cls` from `values`; unknown keys and bad values raise one ConfigError naming them."""
+    known = set(cls.model_fields)
+    unknown = sorted(set(values) - known)
+    prefix = f"{where}: " if where else ""
+    if unknown:
+        raise ConfigError(f"{prefix}unknown config key(s) {unknown}; known keys are {sorted(known)}")
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        errors = err.errors()
+        # a list whose items failed is also "too short" once they are dropped: say it once
+        bad_items = {e["loc"][0] for e in errors if len(e["loc"]) > 1}
+        errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"][0] in bad_items)]
+        raise ConfigError(prefix + "; ".join(_describe(cls, e) for e in errors)) from None
+
+
+def _check_device(name: str) -> str:
     if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
 
 
-def _check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        bound = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bound}{low}, {high}], got {value!r}")
+def _check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
 
 
-def _coerce(cls: type, key: str, value: Any) -> Any:
-    field = next(f for f in dataclasses.fields(cls) if f.name == key)
-    default = field.default
-    if isinstance(default, bool):
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+_DATASET = Field("fashion-mnist", description=f"dataset: {', '.join(DATASETS)}")
+_DATA_DIR = Field(DEFAULT_FASHION_MNIST_DIR, description="dataset directory (default: "
+                  "$TWOSTEP_FASHION_MNIST_DIR where set, else the Debian package's)",
+                  # the documented default, whatever the environment of whoever generates the docs
+                  json_schema_extra={"default": DEBIAN_FASHION_MNIST_DIR})
+_DEVICE = Field("auto", description="where torch runs: auto (the GPU if present), cpu, cuda, cuda:N")
+_THREADS = Field(0, ge=0, le=1024, description="torch threads (0 = torch's default)")
+
+
+class TrainConfig(ConfigModel):
+    """Training of a base model (the [train] section). Defaults: VGG-16 at width 0.25."""
+
+    dataset: str = _DATASET
+    data_dir: str = _DATA_DIR
+    arch: str = Field("vgg16", description=f"model: {', '.join(ARCHS)}")
+    width: float = Field(0.25, gt=0.0, le=16.0, description="width multiplier of every layer")
+    epochs: int = Field(8, ge=0, le=10_000, description="training epochs")
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per SGD step")
+    lr: float = Field(0.05, gt=0.0, le=10.0, description="peak learning rate of the one-cycle schedule")
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="SGD weight decay")
+    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="label smoothing of the loss")
+    val_fraction: float = Field(0.1, ge=0.0, le=0.9,
+                                description="fraction of the training images held out for validation")
+    train_subset: int = Field(0, ge=0, le=10**9, description="keep this many training images (0 = all)")
+    test_subset: int = Field(0, ge=0, le=10**9, description="keep this many test images (0 = all)")
+    augment: bool = Field(True, description="random crops and flips while training")
+    seed: int = Field(0, description="seed of the split, the initialisation and the batch order")
+    threads: int = _THREADS
+    device: str = _DEVICE
+    out: str = Field("runs/train/model.safetensors", description="checkpoint path (.safetensors)")
+
+    _dataset = field_validator("dataset")(_check_dataset)
+    _device = field_validator("device")(_check_device)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, name: str) -> str:
+        if name not in ARCHS:
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
+        return name
+
+
+class PruneConfig(ConfigModel):
+    """2-step pruning of a base checkpoint into a model series (the [prune] section)."""
+
+    base: str = Field("runs/train/model.safetensors", description="base checkpoint to prune")
+    out: str = Field("runs/series", description="series directory (resumed when it exists)")
+    dataset: str = _DATASET
+    data_dir: str = _DATA_DIR
+    val_fraction: float = Field(0.1, gt=0.0, le=0.9,
+                                description="fraction of the training images held out for validation")
+    train_subset: int = Field(0, ge=0, le=10**9, description="fine-tune on this many images (0 = all)")
+    val_subset: int = Field(0, ge=0, le=10**9, description="judge iterations on this many (0 = all)")
+    test_subset: int = Field(0, ge=0, le=10**9, description="report accuracy on this many (0 = all)")
+    seed: int = Field(0, description="seed of the split and the batch order")
+    threads: int = _THREADS
+    device: str = _DEVICE
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per SGD step")
+    criterion: Literal["taylor", "l1"] = Field(
+        "taylor", description="filter ranking: taylor (activation x gradient) or l1 (weight norm)")
+    mac_weight: float = Field(0.0, ge=0.0, le=100.0,
+                              description="divide a filter's score by its MAC share to this power")
+    rank_batches: int = Field(10, ge=1, le=100_000, description="batches averaged per ranking")
+    finetune_lr: float = Field(0.01, gt=0.0, le=10.0,
+                               description="fine-tuning learning rate (cosine-decayed to 0)")
+    momentum: float = Field(0.9, ge=0.0, le=1.0, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="SGD weight decay")
+    augment: bool = Field(True, description="random crops and flips while fine-tuning")
+    min_width: int = Field(1, ge=1, le=8192, description="filters every conv keeps at least")
+    distill_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of knowledge "
+                                  "distillation from the unpruned model (0 = plain cross-entropy)")
+    distill_temperature: float = Field(4.0, gt=0.0, le=100.0, description="distillation temperature")
+    step1_divisor: int = Field(16, ge=1, le=100_000, description="step 1 removes total "
+                               "filters / this per iteration (the paper: 16)")
+    step1_finetune_epochs: float = Field(1.0, ge=0.0, le=1000.0,
+                                         description="fine-tuning epochs per step-1 iteration")
+    step1_recovery_epochs: float = Field(0.0, ge=0.0, le=1000.0, description="an iteration under "
+                                         "the budget gets this many more epochs and is judged again")
+    step1_budget: float = Field(0.01, ge=0.0, le=1.0, description="validation accuracy step 1 "
+                                "may lose (fraction; 0.01 = 1 point)")
+    step1_target_mac_reduction: float = Field(0.0, ge=0.0, le=1e6, description="stop step 1 at "
+                                              "this MAC reduction (0 = no target; else above 1)")
+    step1_max_iterations: int = Field(40, ge=0, le=100_000, description="step-1 iterations at most")
+    step2_splits: CommaList(str) = Field((), description="split points for step 2, comma-separated "
+                                         "on the command line (empty = all)")
+    step2_steps: int = Field(16, ge=1, le=1000, description="log-spaced widths of the layer before a split")
+    step2_finetune_epochs: float = Field(0.5, ge=0.0, le=1000.0,
+                                         description="fine-tuning epochs per step-2 iteration")
+    codec_bits: int = Field(8, ge=4, le=8, description="bits per value of the coded feature map")
+    codec_per_channel: bool = Field(False, description="quantise each channel with its own range")
+    bytes_images: int = Field(200, ge=1, le=100_000, description="test images whose coded frames "
+                              "are measured per split")
+
+    _dataset = field_validator("dataset")(_check_dataset)
+    _device = field_validator("device")(_check_device)
+
+    @field_validator("step1_target_mac_reduction")
+    @classmethod
+    def _target(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError(f"step1_target_mac_reduction must be 0 (no target) or above 1, got {value}")
         return value
-    try:
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            return tuple(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
-    return str(value) if isinstance(default, str) else value
 
 
 # The sections of a config file (configs/demo.toml): each verb reads its own.
 SECTIONS = ("train", "prune", "demo")
 
 
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; ConfigError for a missing file or bad TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+
+
+def file_section(path: str | os.PathLike, section: str) -> dict:
+    """`section` of a sectioned file ([train], [prune], [demo]), or all of a flat file."""
+    document = read_toml(path)
+    if not any(isinstance(document.get(name), dict) for name in SECTIONS):
+        return document
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) or key(s) {unknown} in {path}; a sectioned file "
+                          f"has only [{'], ['.join(SECTIONS)}]")
+    return document.get(section, {})
+
+
 def make_config(cls: type[T], path: str | os.PathLike | None = None, section: str | None = None,
                 **overrides: Any) -> T:
-    """Build `cls` from defaults, then a TOML file (if given), then non-None overrides. A file
-    with sections ([train], [prune], [demo]) gives `cls` its `section`; a flat file, all of it."""
+    """`cls` from its defaults, then a TOML file (its `section` when the file has sections),
+    then the non-None `overrides` (command-line flags)."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        try:
-            document = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config file {path} is not valid TOML: {err}") from err
-        if section is not None and any(isinstance(document.get(name), dict) for name in SECTIONS):
-            unknown = sorted(set(document) - set(SECTIONS))
-            if unknown:
-                raise ValueError(f"unknown section(s) or key(s) {unknown} in {path}; a sectioned "
-                                 f"file has only [{'], ['.join(SECTIONS)}]")
-            document = document.get(section, {})
-        values.update(document)
+        values.update(file_section(path, section) if section else read_toml(path))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys are {sorted(names)}")
-    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    return build_config(cls, values)
 
 
-def write_config(config: Any, path: str | os.PathLike) -> None:
+def write_config(config: ConfigModel, path: str | os.PathLike) -> None:
     """Write the resolved config as JSON next to an output."""
-    write_json_atomic(path, dataclasses.asdict(config), indent=2, sort_keys=True)
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """2-step pruning of a base checkpoint into a model series (defaults: the CPU demo)."""
-
-    base: str = "runs/train/model.safetensors"
-    out: str = "runs/series"
-    dataset: str = "fashion-mnist"
-    data_dir: str = DEFAULT_FASHION_MNIST_DIR
-    val_fraction: float = 0.1
-    train_subset: int = 0
-    val_subset: int = 0
-    test_subset: int = 0
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    batch_size: int = 128
-    criterion: str = "taylor"
-    mac_weight: float = 0.0
-    rank_batches: int = 10
-    finetune_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True
-    min_width: int = 1
-    # Knowledge distillation from the unpruned model while fine-tuning (0 = plain cross-entropy).
-    distill_weight: float = 0.0
-    distill_temperature: float = 4.0
-    step1_divisor: int = 16
-    step1_finetune_epochs: float = 1.0
-    # An iteration under the budget gets this many more epochs and is judged again (0: none).
-    step1_recovery_epochs: float = 0.0
-    step1_budget: float = 0.01
-    step1_target_mac_reduction: float = 0.0
-    step1_max_iterations: int = 40
-    step2_splits: tuple[str, ...] = ()
-    step2_steps: int = 16
-    step2_finetune_epochs: float = 0.5
-    codec_bits: int = 8
-    codec_per_channel: bool = False
-    bytes_images: int = 200
-
-    def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.criterion not in ("taylor", "l1"):
-            raise ValueError(f"unknown criterion {self.criterion!r}; choose taylor or l1")
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.9, low_open=True)
-        for key in ("train_subset", "val_subset", "test_subset"):
-            _check_range(key, getattr(self, key), 0, 10**9)
-        _check_range("batch_size", self.batch_size, 1, 65_536)
-        _check_range("rank_batches", self.rank_batches, 1, 100_000)
-        _check_range("mac_weight", self.mac_weight, 0.0, 100.0)
-        _check_range("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True)
-        _check_range("momentum", self.momentum, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("min_width", self.min_width, 1, 8192)
-        _check_range("distill_weight", self.distill_weight, 0.0, 1.0)
-        _check_range("distill_temperature", self.distill_temperature, 0.0, 100.0, low_open=True)
-        _check_range("step1_divisor", self.step1_divisor, 1, 100_000)
-        _check_range("step1_finetune_epochs", self.step1_finetune_epochs, 0.0, 1000.0)
-        _check_range("step1_recovery_epochs", self.step1_recovery_epochs, 0.0, 1000.0)
-        _check_range("step1_budget", self.step1_budget, 0.0, 1.0)
-        _check_range("step1_target_mac_reduction", self.step1_target_mac_reduction, 0.0, 1e6)
-        if 0 < self.step1_target_mac_reduction <= 1:
-            raise ValueError("step1_target_mac_reduction must be 0 (no target) or above 1, got "
-                             f"{self.step1_target_mac_reduction}")
-        _check_range("step1_max_iterations", self.step1_max_iterations, 0, 100_000)
-        _check_range("step2_steps", self.step2_steps, 1, 1000)
-        _check_range("step2_finetune_epochs", self.step2_finetune_epochs, 0.0, 1000.0)
-        _check_range("codec_bits", self.codec_bits, 4, 8)
-        _check_range("bytes_images", self.bytes_images, 1, 100_000)
-        _check_range("threads", self.threads, 0, 1024)
-        _check_device(self.device)
-        object.__setattr__(self, "step2_splits", tuple(self.step2_splits))
+    write_json_atomic(path, config.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The Debian package's directory, unless TWOSTEP_FASHION_MNIST_DIR names another (a user who
-# cannot install the package; scripts/ensure-data.sh reads the same variable).
-DEFAULT_FASHION_MNIST_DIR = (os.environ.get("TWOSTEP_FASHION_MNIST_DIR")
-                             or "/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion-mnist", "cifar10", "folder")
+from pipeline.catalog import DATASETS, DEFAULT_FASHION_MNIST_DIR
+
 FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",

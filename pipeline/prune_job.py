@@ -6,7 +6,6 @@ functions of `pipeline.steps`; this module is the single-process driver.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +116,11 @@ def record_variant(store: SeriesStore, ctx: PruneContext, model: VGG, spec: Arch
 def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInfo) -> SeriesStore:
     """Open the series at `config.out` to resume it, or create it; a series made with another
     config is refused rather than mixed."""
-    config_dict = dataclasses.asdict(config)
-    config_dict["step2_splits"] = list(config.step2_splits)
+    config_dict = config.model_dump(mode="json")
     if (Path(config.out) / "manifest.json").exists():
         store = SeriesStore.open(config.out)
         # Keys added to PruneConfig after a series was made read as their defaults.
-        defaults = dataclasses.asdict(PruneConfig())
+        defaults = PruneConfig().model_dump(mode="json")
         previous = {**defaults, **store.manifest.get("config", {})}
         previous = {k: v for k, v in previous.items() if k != "step2_splits"}
         current = {k: v for k, v in config_dict.items() if k != "step2_splits"}

@@ -132,7 +132,7 @@ def deploy(args: AppArgs, blocking: bool = False) -> dict:
     published once for both; returns its reference (for `delete_apps`)."""
     from ray import serve
 
-    logging_config = {"enable_access_log": False}
+    logging_config = {"enable_access_log": False, "log_level": args.log_level}
     args, series = _prepare(args)
     serve.run(_tail_app(args, series), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
               logging_config=logging_config)

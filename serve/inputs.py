@@ -1,4 +1,5 @@
-"""Parsing and validation of HTTP requests, with no web framework and no Ray in sight.
+"""Request bodies: size limits, images and raw pixels, with no web framework and no Ray in sight
+(query parameters are typed models in `serve/queries.py`).
 
 Everything here raises `HttpError(status, message)` for bad input, which the router turns into
 a JSON `{"error": message}` response with that status. Images are PNG or JPEG (Pillow, formats
@@ -12,18 +13,13 @@ import io
 import math
 import re
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import numpy as np
 
-from pipeline.cost import MAX_RTT_MS, parse_bandwidth
-
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # Serve routes a request by it to a replica holding the model
-LINK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-VARIANT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 RAW_TYPES = ("application/octet-stream", "application/x-uint8")
-MAX_LATENCY_BUDGET_MS = 3_600_000.0
 
 
 class HttpError(ValueError):
@@ -33,82 +29,6 @@ class HttpError(ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def check_params(params: Mapping[str, str], allowed: set[str]) -> None:
-    """400 naming any query parameter not in `allowed` (catches typos like `accuracy_flor`)."""
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise HttpError(400, f"unknown query parameter(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(allowed))}")
-
-
-def parse_number(params: Mapping[str, str], name: str, low: float, high: float,
-                 low_open: bool = False) -> float | None:
-    """A finite number in [low, high] (or (low, high]) from the query, None when absent."""
-    text = params.get(name)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise HttpError(400, f"{name} must be a number, got {text!r}") from None
-    below = value <= low if low_open else value < low
-    if not math.isfinite(value) or below or value > high:
-        bracket = "(" if low_open else "["
-        raise HttpError(400, f"{name} must be in {bracket}{low:g}, {high:g}], got {text!r}")
-    return value
-
-
-def parse_int(params: Mapping[str, str], name: str, low: int, high: int, default: int) -> int:
-    text = params.get(name)
-    if text is None:
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
-        raise HttpError(400, f"{name} must be an integer in [{low}, {high}], got {text!r}")
-    return int(text)
-
-
-def parse_constraint(params: Mapping[str, str], default_floor: float | None,
-                     default_budget_ms: float | None) -> tuple[float | None, float | None]:
-    """(accuracy_floor, latency_budget_ms): at most one may be given; else the defaults."""
-    floor = parse_number(params, "accuracy_floor", 0.0, 1.0)
-    budget = parse_number(params, "latency_budget_ms", 0.0, MAX_LATENCY_BUDGET_MS, low_open=True)
-    if floor is not None and budget is not None:
-        raise HttpError(400, "give accuracy_floor or latency_budget_ms, not both")
-    if floor is None and budget is None:
-        return default_floor, default_budget_ms
-    return floor, budget
-
-
-def parse_bandwidth_param(params: Mapping[str, str], name: str) -> float | None:
-    """Bits per second from `2.5e6`, `250kbit` or `1mbit` (see `pipeline.cost.parse_bandwidth`)."""
-    text = params.get(name)
-    if text is None:
-        return None
-    try:
-        return parse_bandwidth(text)
-    except ValueError as err:
-        raise HttpError(400, f"{name}: {err}") from None
-
-
-def parse_rtt(params: Mapping[str, str], name: str = "rtt_ms") -> float | None:
-    return parse_number(params, name, 0.0, MAX_RTT_MS)
-
-
-def parse_link_id(params: Mapping[str, str], default: str = "default") -> str:
-    link = params.get("link", default)
-    if not LINK_ID.match(link):
-        raise HttpError(400, f"link must match {LINK_ID.pattern}, got {link[:80]!r}")
-    return link
-
-
-def parse_variant_id(text: str | None, name: str = "variant") -> str | None:
-    if text is None:
-        return None
-    if not VARIANT_ID.match(text):
-        raise HttpError(400, f"{name} must match {VARIANT_ID.pattern}, got {text[:80]!r}")
-    return text
 
 
 async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int) -> bytes:

@@ -16,11 +16,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import numpy as np
 import PIL.Image  # noqa: F401  (imported here so the first request does not pay for it)
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -33,24 +35,23 @@ from pipeline.data import DataInfo, normalize
 from pipeline.onnx_graphs import head_graph
 from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
 from serve.head import replica_health
-from serve.inputs import (
-    HttpError,
-    check_params,
-    decode_pixels,
-    parse_bandwidth_param,
-    parse_constraint,
-    parse_int,
-    parse_link_id,
-    parse_number,
-    parse_rtt,
-    parse_variant_id,
-    read_body,
-)
+from serve.inputs import HttpError, decode_pixels, read_body
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
 from serve.link_board import LinkBoardClient
 from serve.plan_table import plan_table as build_plan_table
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
+from serve.queries import (
+    VARIANT_ID,
+    ClassifyQuery,
+    ConstraintQuery,
+    HeadQuery,
+    LinkQuery,
+    NoQuery,
+    PlanQuery,
+    PlanTableQuery,
+    describe_errors,
+)
 from serve.series_source import SeriesMirror
 from serve.settings import AppArgs
 from serve.weights import pack_head
@@ -59,13 +60,8 @@ logger = logging.getLogger("ray.serve")
 api = FastAPI(title="twostep split inference", version="1",
               description="Bandwidth-aware split inference of a pruned model series. See docs/serve.md.")
 
-CLASSIFY_PARAMS = {"accuracy_floor", "latency_budget_ms", "link", "uplink_bps", "variant", "split",
-                   "shape"}
-PLAN_PARAMS = {"accuracy_floor", "latency_budget_ms", "bandwidth_bps", "rtt_ms", "top", "link",
-               "device_slowdown", "device_overhead_ms"}
 MAX_JSON_BYTES = 4096
 HEAD_CACHE = 32
-HEAD_FORMATS = ("safetensors", "onnx")
 PLAN_TABLE_CACHE = 64
 
 
@@ -108,13 +104,9 @@ async def call_with_retries(call: Callable[[], Awaitable[dict]], what: str, retr
     raise HttpError(503, f"{what} unavailable after {retries + 1} attempts: {type(last).__name__}")
 
 
-def _device_speed(params) -> tuple[float | None, float]:
-    """(device_slowdown or None, device_overhead_ms) of a planning request."""
-    slowdown = parse_number(params, "device_slowdown", 0.0, 1e6, low_open=True)
-    overhead = parse_number(params, "device_overhead_ms", 0.0, 3_600_000.0) or 0.0
-    if overhead and slowdown is None:
-        raise HttpError(400, "device_overhead_ms needs device_slowdown")
-    return slowdown, overhead
+@api.exception_handler(RequestValidationError)
+async def _bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": describe_errors(err.errors())}, status_code=400)
 
 
 @api.exception_handler(HttpError)
@@ -203,8 +195,15 @@ class Router:
     def _rtt_ms(self) -> float:
         return self.link.rtt_ms if self.link.enabled else self.args.rtt_ms
 
+    def _constraint(self, query: ConstraintQuery) -> tuple[float | None, float | None]:
+        """(accuracy_floor, latency_budget_ms) of a request, else the server's defaults."""
+        if query.accuracy_floor is None and query.latency_budget_ms is None:
+            return self.default_floor, self.default_budget
+        return query.accuracy_floor, query.latency_budget_ms
+
     def _variant(self, variant_id: str | None) -> str:
-        variant_id = parse_variant_id(variant_id)
+        if variant_id is not None and not VARIANT_ID.match(variant_id):
+            raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant_id[:80]!r}")
         if variant_id is None:
             raise HttpError(400, "variant is required")
         if variant_id not in self.planner.variants:
@@ -283,16 +282,13 @@ class Router:
                 "variants": listed}
 
     @api.get("/v1/variants/{variant_id}/head")
-    async def head_weights(self, variant_id: str, request: Request) -> Response:
+    async def head_weights(self, variant_id: str, query: Annotated[HeadQuery, Query()]) -> Response:
         """The head at `split` for a device: its safetensors weights (`format=safetensors`, the
         default) or its ONNX graph from pixels to features (`format=onnx`: the graph `twostep
         export` recorded, else the same graph exported here)."""
-        check_params(request.query_params, {"split", "format"})
         vid = self._variant(variant_id)
-        split = self._split(vid, request.query_params.get("split"))
-        fmt = request.query_params.get("format", "safetensors")
-        if fmt not in HEAD_FORMATS:
-            raise HttpError(400, f"format must be one of {', '.join(HEAD_FORMATS)}, got {fmt[:40]!r}")
+        split = self._split(vid, query.split)
+        fmt = query.format
         if fmt == "onnx" and split == "input":
             raise HttpError(400, "split 'input' has no head: send the pixels (POST /v1/classify)")
         key = (vid, split, fmt)
@@ -318,20 +314,14 @@ class Router:
         return pack_head(model, spec, vid, split)
 
     @api.get("/v1/plan")
-    async def plan(self, request: Request) -> dict:
-        params = request.query_params
-        check_params(params, PLAN_PARAMS)
-        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
-        link_id = parse_link_id(params)
-        bandwidth = parse_bandwidth_param(params, "bandwidth_bps")
-        rtt = parse_rtt(params)
-        top = parse_int(params, "top", 1, 100, 5)
-        slowdown, overhead = _device_speed(params)
-        source = "given"
+    async def plan(self, query: Annotated[PlanQuery, Query()]) -> dict:
+        floor, budget = self._constraint(query)
+        slowdown, overhead = query.device_slowdown, query.device_overhead_ms
+        bandwidth, source = query.bandwidth_bps, "given"
         if bandwidth is None:
-            bandwidth, source = (await self.board.observe(link_id))["estimate_bps"], "estimate"
-        link = Link(bandwidth, self._rtt_ms() if rtt is None else rtt)
-        decision = self.planner.plan(link, floor, budget, top, device_slowdown=slowdown,
+            bandwidth, source = (await self.board.observe(query.link))["estimate_bps"], "estimate"
+        link = Link(bandwidth, self._rtt_ms() if query.rtt_ms is None else query.rtt_ms)
+        decision = self.planner.plan(link, floor, budget, query.top, device_slowdown=slowdown,
                                      device_overhead_ms=overhead)
         ranked = ranked_rows(decision.ranked)
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
@@ -340,16 +330,12 @@ class Router:
                 "ranked": ranked}
 
     @api.get("/v1/plan/table")
-    async def plan_table(self, request: Request) -> dict:
+    async def plan_table(self, query: Annotated[PlanTableQuery, Query()]) -> dict:
         """The best (variant, split) over all bandwidths for one constraint and device, as
         intervals: a device caches it and plans locally (serve/plan_table.py)."""
-        params = request.query_params
-        check_params(params, {"accuracy_floor", "latency_budget_ms", "rtt_ms", "device_slowdown",
-                              "device_overhead_ms"})
-        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
-        rtt = parse_rtt(params)
-        slowdown, overhead = _device_speed(params)
-        rtt = self._rtt_ms() if rtt is None else rtt
+        floor, budget = self._constraint(query)
+        slowdown, overhead = query.device_slowdown, query.device_overhead_ms
+        rtt = self._rtt_ms() if query.rtt_ms is None else query.rtt_ms
 
         def best_at(link: Link) -> Candidate:
             return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
@@ -370,18 +356,15 @@ class Router:
                 "rows": rows}
 
     @api.get("/v1/link")
-    async def get_link(self, request: Request) -> dict:
-        check_params(request.query_params, {"link"})
-        link_id = parse_link_id(request.query_params)
-        return {"link": link_id, "emulation": self.link.snapshot(),
-                "estimate": await self.board.snapshot(link_id)}
+    async def get_link(self, query: Annotated[LinkQuery, Query()]) -> dict:
+        return {"link": query.link, "emulation": self.link.snapshot(),
+                "estimate": await self.board.snapshot(query.link)}
 
     @api.put("/v1/link")
-    async def put_link(self, request: Request) -> dict:
+    async def put_link(self, request: Request, query: Annotated[NoQuery, Query()]) -> dict:
         if not self.args.emulate_link:
             raise HttpError(403, "link emulation is off on this server: start it with "
                                  "--emulate-link (twostep serve) or emulate_link: true")
-        check_params(request.query_params, set())
         body = await read_body(request.stream(), request.headers.get("content-length"), MAX_JSON_BYTES)
         try:
             settings = json.loads(body)
@@ -399,21 +382,18 @@ class Router:
     # The two inference routes answer with JSONResponse directly: FastAPI's generic encoding of
     # a returned dict costs a few hundred microseconds per request for nothing here.
     @api.post("/v1/classify")
-    async def classify(self, request: Request) -> JSONResponse:
+    async def classify(self, request: Request, query: Annotated[ClassifyQuery, Query()]) -> JSONResponse:
         start = time.perf_counter_ns()
-        params = request.query_params
-        check_params(params, CLASSIFY_PARAMS)
-        floor, budget = parse_constraint(params, self.default_floor, self.default_budget)
-        link_id = parse_link_id(params)
-        uplink = parse_bandwidth_param(params, "uplink_bps")
-        forced = "variant" in params or "split" in params
+        floor, budget = self._constraint(query)
+        link_id, uplink = query.link, query.uplink_bps
+        forced = query.variant is not None or query.split is not None
         if forced:
-            vid = self._variant(params.get("variant"))
-            split = self._split(vid, params.get("split"))
+            vid = self._variant(query.variant)
+            split = self._split(vid, query.split)
         body = await read_body(request.stream(), request.headers.get("content-length"),
                                self.args.max_body_bytes)
         parse_start = time.perf_counter_ns()
-        pixels = decode_pixels(body, request.headers.get("content-type"), params.get("shape"),
+        pixels = decode_pixels(body, request.headers.get("content-type"), query.shape,
                                self.info.in_channels, self.info.input_size, self.args.max_image_pixels)
         parse_ms = _ms(parse_start)
         plan_start = time.perf_counter_ns()

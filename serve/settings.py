@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.config import Bandwidth
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
 from serve.autoscaling import POLICY_PATH
 from serve.bandwidth import EstimatorConfig
@@ -21,82 +22,103 @@ from serve.bandwidth import EstimatorConfig
 class AppArgs(BaseModel):
     """Arguments of `build_app`. Times in ms unless named `_s`, rates in bit/s."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     app_name: str = Field("twostep", pattern=r"^[A-Za-z0-9_.-]{1,48}$",
                           description="the main app's name; the tail app is <app_name>-tail")
     series_dir: str = Field(description="model series: a directory where the app is built "
                             "(published to every node), a shared path, or a pyarrow.fs URI")
-    # Default constraint of a request that gives none; with neither set, the floor is the best
-    # accuracy in the series minus `accuracy_drop`.
-    accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
-    latency_budget_ms: float | None = Field(None, gt=0.0, le=3_600_000.0)
-    accuracy_drop: float = Field(0.02, ge=0.0, le=1.0)
+    # With neither accuracy_floor nor latency_budget_ms, the floor is the best accuracy in the
+    # series minus accuracy_drop.
+    accuracy_floor: float | None = Field(None, ge=0.0, le=1.0, description="default accuracy "
+                                         "floor of a request that gives none (a fraction)")
+    latency_budget_ms: float | None = Field(None, gt=0.0, le=3_600_000.0, description="default "
+                                            "latency budget of a request that gives none")
+    accuracy_drop: float = Field(0.02, ge=0.0, le=1.0, description="without a default floor or "
+                                 "budget: the floor is the best accuracy in the series minus this")
     # Cost model (see serve/profiles.py for the order in which profiles are looked for).
-    edge_profile: str | None = None
-    device_profile: str | None = None
-    slowdown: float = Field(5.0, gt=0.0, le=1e6)
-    ms_per_mmac: float | None = Field(None, ge=0.0)
-    layer_ms: float = Field(0.0, ge=0.0)
-    bytes_stat: Literal["mean", "p95"] = "mean"
-    baselines: bool = True
+    edge_profile: str | None = Field(None, description="edge profile (default <series>/profile.json, "
+                                     "else estimated from MACs at start-up)")
+    device_profile: str | None = Field(None, description="device profile (default: the edge "
+                                       "profile derived with slowdown)")
+    slowdown: float = Field(5.0, gt=0.0, le=1e6, description="the device is this many times "
+                            "slower than the edge")
+    ms_per_mmac: float | None = Field(None, ge=0.0, description="estimate a missing profile at "
+                                      "this many ms per million MACs")
+    layer_ms: float = Field(0.0, ge=0.0, description="fixed ms per layer of an estimated profile")
+    bytes_stat: Literal["mean", "p95"] = Field("mean", description="frame size the planner "
+                                               "charges: the mean or the 95th percentile")
+    baselines: bool = Field(True, description="also offer raw input, JPEG and all-on-device")
     # Bandwidth estimate and hysteresis (serve/bandwidth.py, serve/planner.py).
-    initial_bandwidth_bps: float = Field(10e6, gt=0.0, le=MAX_BANDWIDTH_BPS)
-    rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS)
-    # Also learn from the measured head -> tail handoff when the link is not emulated (for a
-    # cluster where that hop crosses the real device-edge network; set rtt_ms to the hop's fixed
-    # latency). Off by default: on one machine the hop measures Serve, not a link.
-    measure_handoff: bool = False
-    estimator_window: int = Field(8, ge=1, le=1024)
-    estimator_max_age_s: float = Field(30.0, gt=0.0)
-    estimator_band: float = Field(0.25, ge=0.0, le=10.0)
-    min_sample_bytes: int = Field(256, ge=0)
-    switch_margin: float = Field(0.1, ge=0.0, lt=1.0)
-    probe_interval_s: float = Field(2.0, gt=0.0)
-    probe_bytes: int = Field(4096, ge=1, le=1 << 24)
-    # Link emulation of the head -> tail handoff (serve/link.py); None: not emulated.
-    link_bandwidth_bps: float | None = Field(None, gt=0.0, le=MAX_BANDWIDTH_BPS)
-    link_rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS)
-    # Whether clients may change the emulated link at run time (PUT /v1/link). Off by default:
-    # anyone who can reach the server could otherwise slow every request down.
-    emulate_link: bool = False
-    # Request limits.
-    max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30)
-    max_image_pixels: int = Field(1 << 22, ge=1, le=1 << 28)
-    max_batch: int = Field(64, ge=1, le=4096)
-    # Deployments.
-    head_replicas: int = Field(1, ge=1)
-    tail_replicas: int | None = Field(None, ge=1, description="fixed count; None: autoscale")
-    tail_min_replicas: int = Field(1, ge=0)
-    tail_max_replicas: int = Field(2, ge=1)
-    tail_target_ongoing_requests: float = Field(2.0, gt=0.0)
-    tail_max_ongoing_requests: int = Field(4, ge=1)
-    # Frames of the same (variant, split) that arrive within 2 ms share one tail call
-    # (`@serve.batch`); 1 turns it off (bench/bench_load.py measures both).
-    tail_batch_size: int = Field(1, ge=1, le=64)
-    tail_upscale_delay_s: float = Field(2.0, ge=0.0)
-    tail_downscale_delay_s: float = Field(10.0, ge=0.0)
-    tail_look_back_period_s: float = Field(3.0, gt=0.0)
-    tail_metrics_interval_s: float = Field(0.5, gt=0.0)
-    # What EdgeTail scales on: requests in flight (Serve's default policy, with
-    # tail_target_ongoing_requests) or measured tail work in flight (serve/autoscaling.py).
-    tail_autoscaling_signal: Literal["requests", "work"] = "requests"
-    tail_target_work_ms: float = Field(20.0, gt=0.0, le=3_600_000.0)
-    replica_cpus: float = Field(0.1, gt=0.0, le=64.0)
-    # DeviceHead's CPUs (default: replica_cpus); 0 lets it run on a node that offers no CPUs
-    # to Ray, such as a head node started with --num-cpus 0.
-    head_cpus: float | None = Field(None, ge=0.0, le=64.0)
-    router_replicas: int = Field(1, ge=1, le=64)
-    router_cpus: float = Field(0.1, gt=0.0, le=64.0)
-    # What runs heads and tails: ONNX Runtime (graphs from `twostep export`, or exported when a
-    # variant loads; 3-6x faster per call than eager PyTorch at batch 1 here) or eager PyTorch;
-    # torch_threads is either runtime's threads per replica. Profile with the same runtime.
-    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
-    torch_threads: int = Field(1, ge=1, le=256)
-    placement: Literal["auto", "local", "resources"] = "auto"
-    retries: int = Field(3, ge=0, le=20)
-    call_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
-    health_check_period_s: float = Field(2.0, gt=0.0)
+    initial_bandwidth_bps: Bandwidth = Field("10mbit", le=MAX_BANDWIDTH_BPS, description="uplink "
+                                             "assumed before a link has been measured")
+    rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS, description="round trip added to every "
+                          "transfer estimate")
+    measure_handoff: bool = Field(False, description="also learn the uplink from the measured "
+                                  "head -> tail handoff when the link is not emulated (a cluster "
+                                  "where that hop crosses the real device-edge network; set "
+                                  "rtt_ms to its fixed latency); on one machine it measures Serve")
+    estimator_window: int = Field(8, ge=1, le=1024, description="uplink samples the estimate keeps")
+    estimator_max_age_s: float = Field(30.0, gt=0.0, description="samples older than this are dropped")
+    estimator_band: float = Field(0.25, ge=0.0, le=10.0, description="a sample this far (relative) "
+                                  "from the estimate restarts it")
+    min_sample_bytes: int = Field(256, ge=0, description="smaller transfers do not count as samples")
+    switch_margin: float = Field(0.1, ge=0.0, lt=1.0, description="hysteresis: switch choice only "
+                                 "when the new one is this much (relative) faster")
+    probe_interval_s: float = Field(2.0, gt=0.0, description="seconds between bandwidth probes of "
+                                    "a link that sends no frames")
+    probe_bytes: int = Field(4096, ge=1, le=1 << 24, description="bytes of a bandwidth probe")
+    link_bandwidth_bps: Bandwidth | None = Field(None, le=MAX_BANDWIDTH_BPS, description="emulate "
+                                                 "the head -> tail handoff link at this rate "
+                                                 "(1mbit, 250kbit, 2e6; none: not emulated)")
+    link_rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS, description="round trip of the emulated link")
+    emulate_link: bool = Field(False, description="let clients set the emulated link at run time "
+                               "(PUT /v1/link); off by default: anyone reaching the server could "
+                               "slow every request down")
+    max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30, description="largest request body")
+    max_image_pixels: int = Field(1 << 22, ge=1, le=1 << 28, description="largest PNG/JPEG, "
+                                  "checked from its header before decoding")
+    max_batch: int = Field(64, ge=1, le=4096, description="largest batch of one request")
+    head_replicas: int = Field(1, ge=1, description="DeviceHead replicas")
+    tail_replicas: int | None = Field(None, ge=1, description="fixed EdgeTail replicas (none: autoscale)")
+    tail_min_replicas: int = Field(1, ge=0, description="autoscaling minimum of EdgeTail")
+    tail_max_replicas: int = Field(2, ge=1, description="autoscaling maximum of EdgeTail")
+    tail_target_ongoing_requests: float = Field(2.0, gt=0.0, description="autoscaling target: "
+                                                "requests in flight per EdgeTail replica")
+    tail_max_ongoing_requests: int = Field(4, ge=1, description="requests one EdgeTail replica holds at most")
+    tail_batch_size: int = Field(1, ge=1, le=64, description="frames of the same (variant, split) "
+                                 "arriving within 2 ms share one tail call; 1 turns batching off")
+    tail_upscale_delay_s: float = Field(2.0, ge=0.0, description="autoscaling upscale delay")
+    tail_downscale_delay_s: float = Field(10.0, ge=0.0, description="autoscaling downscale delay")
+    tail_look_back_period_s: float = Field(3.0, gt=0.0, description="autoscaling look-back period")
+    tail_metrics_interval_s: float = Field(0.5, gt=0.0, description="how often handles report "
+                                           "queue lengths to the autoscaler")
+    tail_autoscaling_signal: Literal["requests", "work"] = Field(
+        "requests", description="what EdgeTail scales on: requests in flight (Serve's policy) or "
+                                "measured tail work in flight (serve/autoscaling.py)")
+    tail_target_work_ms: float = Field(20.0, gt=0.0, le=3_600_000.0, description="with the work "
+                                       "signal: target ms of tail work in flight per replica")
+    replica_cpus: float = Field(0.1, gt=0.0, le=64.0, description="CPUs each replica reserves")
+    head_cpus: float | None = Field(None, ge=0.0, le=64.0, description="DeviceHead's CPUs (none: "
+                                    "replica_cpus); 0 lets it run on a node that offers Ray no CPUs")
+    router_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share "
+                                 "per-link state)")
+    router_cpus: float = Field(0.1, gt=0.0, le=64.0, description="CPUs each Router replica reserves")
+    runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="what runs heads and tails: ONNX Runtime (graphs from "
+                                   "`twostep export`, or exported when a variant loads) or eager "
+                                   "PyTorch; profile with the same runtime")
+    torch_threads: int = Field(1, ge=1, le=256, description="threads of either runtime per replica")
+    placement: Literal["auto", "local", "resources"] = Field(
+        "auto", description="local: any node; resources: DeviceHead on nodes with the `device` "
+                            "resource, the rest on `edge` nodes; auto: resources where the "
+                            "cluster has them")
+    retries: int = Field(3, ge=0, le=20, description="retries of a failed replica call")
+    call_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="timeout of a replica call")
+    health_check_period_s: float = Field(2.0, gt=0.0, description="Serve's health-check period")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="level of the replicas' logs, on the terminal and in Ray's log "
+                               "files (INFO: Serve's own lines too; access logs stay off)")
 
     @model_validator(mode="after")
     def _consistent(self) -> AppArgs:

@@ -14,9 +14,10 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def start_http(host: str, port: int, attempts: int = 3,
-               proxy_location: str | None = None) -> tuple[str, int]:
-    """`serve.start` on host:port without access logs, tried up to `attempts` times.
+def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | None = None,
+               log_level: str = "WARNING") -> tuple[str, int]:
+    """`serve.start` on host:port without access logs, its controller and proxies logging at
+    `log_level`, tried up to `attempts` times.
 
     A retry first shuts Serve down (every app of this Ray instance), so pass `attempts=1` when
     joining a cluster whose Serve instance others may use.
@@ -32,7 +33,7 @@ def start_http(host: str, port: int, attempts: int = 3,
     for attempt in range(1, attempts + 1):
         try:
             serve.start(http_options={"host": host, "port": port},
-                        logging_config={"enable_access_log": False},
+                        logging_config={"enable_access_log": False, "log_level": log_level},
                         **({"proxy_location": proxy_location} if proxy_location else {}))
             return _listening(host, port)
         except TimeoutError as err:  # what serve.start raises when its proxy is not up in time

@@ -15,9 +15,11 @@ signal of `serve.autoscaling.WorkInFlightPolicy`.
 
 import asyncio
 import time
+from typing import Annotated
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
@@ -26,23 +28,14 @@ from pipeline.series import SeriesError
 from serve.autoscaling import WORK_METRIC, WorkMeter
 from serve.bandwidth import EstimatorConfig
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
-from serve.inputs import (
-    MULTIPLEX_HEADER,
-    HttpError,
-    check_params,
-    media_type,
-    parse_bandwidth_param,
-    parse_link_id,
-    parse_variant_id,
-    read_body,
-)
+from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
 from serve.link_board import LinkBoardClient
+from serve.queries import VARIANT_ID, TailQuery, describe_errors
 from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
 INLINE_TAIL_MS = 1.0
 IDLE_BEFORE_S = 0.001
-TAIL_PARAMS = {"variant", "split", "link", "uplink_bps"}
 FRAME_TYPES = ("application/octet-stream", "application/x-twostep-frame")
 tail_api = FastAPI(title="twostep edge tail", version="1",
                    description="POST a wire frame made by a variant's head; see docs/serve.md.")
@@ -63,6 +56,11 @@ class _PrefixIsRoot:
 
 
 tail_api.add_middleware(_PrefixIsRoot)
+
+
+@tail_api.exception_handler(RequestValidationError)
+async def _bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": describe_errors(err.errors())}, status_code=400)
 
 
 @tail_api.exception_handler(HttpError)
@@ -174,23 +172,22 @@ class EdgeTail:
         return result if "error" in result else {**result, "server_ms": _ms(start)}
 
     @tail_api.post("/")
-    async def http_finish(self, request: Request) -> JSONResponse:
+    async def http_finish(self, request: Request, query: Annotated[TailQuery, Query()]) -> JSONResponse:
         """`POST /v1/tail?variant=V&split=S[&link=L&uplink_bps=B]`, body: the wire frame."""
         start = time.perf_counter_ns()
-        params = request.query_params
-        check_params(params, TAIL_PARAMS)
-        variant = parse_variant_id(params.get("variant") or request.headers.get(MULTIPLEX_HEADER))
+        variant = query.variant or request.headers.get(MULTIPLEX_HEADER)
+        if variant and not VARIANT_ID.match(variant):
+            raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant[:80]!r}")
         if not variant:
             raise HttpError(400, "variant is required")
         if not self.series.store.has(variant):
             raise HttpError(404, f"unknown variant {variant!r}; GET /v1/variants lists them")
-        split = params.get("split")
+        split = query.split
         if not split:
             raise HttpError(400, "split is required")
         if split == "output":
             raise HttpError(400, "split 'output' runs everything on the device: nothing to finish")
-        link_id = parse_link_id(params)
-        uplink = parse_bandwidth_param(params, "uplink_bps")
+        link_id, uplink = query.link, query.uplink_bps
         kind = media_type(request.headers.get("content-type"))
         # No Content-Type is a frame too: only frames come here, and a device saves 40 bytes
         if kind and kind not in FRAME_TYPES:

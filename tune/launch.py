@@ -206,7 +206,7 @@ class _Launcher:
             if cstore.manifest["step1"] is not None:
                 continue
             entries = step1_entries(cstore)
-            if step1_finished(entries, base, dataclasses.replace(config, **overrides)):
+            if step1_finished(entries, base, config.replace(**overrides)):
                 continue
             job = step1_job(key, cstore, base, entries, self.resources.threads, overrides)
             source = cstore if entries else store
@@ -240,7 +240,7 @@ class _Launcher:
         m = self.store.manifest
         return SeriesStore.create(directory, ArchSpec.from_dict(m["base_spec"]), m["data"],
                                   m["codec"],
-                                  config_dict(dataclasses.replace(self.config, **overrides)))
+                                  config_dict(self.config.replace(**overrides)))
 
     # ---- step 2 ----
     def step2(self) -> None:

@@ -20,7 +20,6 @@ the Tune config and is written to the trial's params.json):
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -95,16 +94,14 @@ class Step1Search:
         for divisor, budget in itertools.product(self.divisors or (config.step1_divisor,),
                                                  self.budgets or (config.step1_budget,)):
             overrides = {"step1_divisor": int(divisor), "step1_budget": float(budget)}
-            dataclasses.replace(config, **overrides)  # range checks
+            config.replace(**overrides)  # range checks
             out[f"step1-d{int(divisor)}-b{float(budget):g}"] = overrides
         return out
 
 
 def config_dict(config: PruneConfig) -> dict:
-    """`asdict` for the Tune boundary (JSON-able: the split tuple becomes a list)."""
-    d = dataclasses.asdict(config)
-    d["step2_splits"] = list(config.step2_splits)
-    return d
+    """The config as a dict for the Tune boundary (JSON-able: the split tuple becomes a list)."""
+    return config.model_dump(mode="json")
 
 
 def start_of(entry: dict) -> dict:

@@ -25,7 +25,7 @@ from ray import tune
 from torch import nn
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import PruneConfig
+from pipeline.config import PruneConfig, build_config
 from pipeline.data import DataInfo, splits_from_arrays
 from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
@@ -39,7 +39,7 @@ def _setup(trial_config: dict, data: dict,
            start_blobs: dict[str, bytes]) -> tuple[PruneConfig, dict, PruneContext]:
     job = trial_config["job"]
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
-    config = PruneConfig(**{**trial_config["prune"], **job["overrides"]})
+    config = build_config(PruneConfig, {**trial_config["prune"], **job["overrides"]})
     teacher = None
     if job.get("teacher"):
         teacher = _load_blob(start_blobs, job["teacher"])[0]

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +51,7 @@ def cached_base(config: TrainConfig) -> bool:
         _, meta = read_metadata(config.out)
     except CheckpointError:
         return False
-    return meta.get("train") == dataclasses.asdict(config)
+    return meta.get("train") == config.model_dump(mode="json")
 
 
 def train_stage(config: TrainConfig, progress: bool, log: Log) -> dict:
@@ -118,49 +118,110 @@ def _http(url: str, method: str = "GET", body: bytes | None = None, content_type
         raise RuntimeError(f"{method} {url} answered {err.code}: {err.read()[:300]!r}") from None
 
 
-def measure_bandwidths(url: str, images, labels, bandwidths_mbit: tuple[float, ...],
-                       requests: int, log: Log, progress: bool = True) -> list[dict]:
-    """Classify real test images over the emulated link at each bandwidth; one row per request."""
+# The lines of the latency picture: the paper's baselines and twostep, all measured through the
+# same serving path (forced choices through /v1/classify; twostep is the router's own choice).
+LINES = ("all on device", "raw input to edge", "best split, original", "best split, step 1", "twostep")
+
+
+def line_candidates(store: SeriesStore, edge_path: Path, device_path: Path,
+                    accuracy_floor: float) -> dict[str, list]:
+    """The candidates of each line: all on device, raw input, best split of the original and
+    of the step-1 model (Neurosurgeon-style: every split point, the input and the output
+    included, as (d) and (e) of `twostep bench`), and twostep (the whole series)."""
+    from pipeline.profiler import load_profile
+    from pipeline.selection import baseline_candidates, candidates_from_series
+
+    manifest = store.manifest
+    device, edge = load_profile(device_path), load_profile(edge_path)
+    every = candidates_from_series(manifest, device, edge)
+    base, step1 = manifest["base"], manifest["step1"]
+    return {
+        "all on device": [c for c in every if c.variant_id == base and c.split == "output"],
+        "raw input to edge": [c for c in every if c.variant_id == base and c.split == "input"],
+        "best split, original": [c for c in every if c.variant_id == base],
+        "best split, step 1": [c for c in every if c.variant_id == step1],
+        "twostep": [c for c in every + baseline_candidates(manifest, device, edge)
+                    if c.accuracy >= accuracy_floor],
+    }
+
+
+def best_of(candidates: list, bps: float):
+    """The cost model's best candidate at `bps` and its breakdown."""
+    from pipeline.cost import Link
+    from pipeline.selection import CandidateTable
+
+    decision = CandidateTable.from_candidates(candidates).select(Link(bps), accuracy_floor=0.0)
+    return decision.best, decision.breakdown
+
+
+def forced_choices(lines: dict[str, list], bandwidths_bps: tuple[float, ...]
+                   ) -> dict[float, dict[str, tuple[str, str]]]:
+    """Per bandwidth, the (variant, split) each baseline line runs (twostep: the router's own)."""
+    return {bps: {line: (best.variant_id, best.split)
+                  for line, candidates in lines.items() if line != "twostep" and candidates
+                  for best, _ in [best_of(candidates, bps)]}
+            for bps in bandwidths_bps}
+
+
+def measure_lines(url: str, images, labels, choices: dict[float, dict[str, tuple[str, str]]],
+                  requests: int, log: Log, progress: bool = True) -> list[dict]:
+    """Classify real test images over the emulated link at each bandwidth, for every line in
+    turn (one request of each per round, so drift hits all alike); one row per request."""
+    from urllib.parse import urlencode
+
     from tqdm.auto import tqdm
 
     rows = []
     shape = ",".join(str(d) for d in images.shape[1:])
-    for mbit in bandwidths_mbit:
-        _http(f"{url}/v1/link", "PUT", json.dumps({"bandwidth_bps": mbit * 1e6, "rtt_ms": 0}).encode(),
+    for bps, forced in choices.items():
+        mbit = bps / 1e6
+        _http(f"{url}/v1/link", "PUT", json.dumps({"bandwidth_bps": bps, "rtt_ms": 0}).encode(),
               "application/json")
-        # The first requests teach the router's estimator this link; they are warm-up.
+        lines = [*forced, "twostep"]
+        # The first rounds teach the router's estimator this link; they are warm-up.
         warmup = 4
         for i in tqdm(range(warmup + requests), desc=f"{mbit:g} Mbit/s", leave=False,
                       disable=not progress):
             image = images[i % len(images)]
-            # The device reports the uplink it measures, as `twostep device` does; without it the
-            # router would learn the rate only from frames, and none flow while it runs all on
-            # the device.
-            answer = _http(f"{url}/v1/classify?shape={shape}&uplink_bps={int(mbit * 1e6)}", "POST",
-                           image.numpy().tobytes(), "application/octet-stream")
-            if i < warmup:
-                continue
-            rows.append({
-                "bandwidth_mbit": mbit, "variant": answer["variant"], "split": answer["split"],
-                "strategy": answer["strategy"], "bytes_sent": answer["bytes_sent"],
-                "correct": answer["prediction"] == int(labels[i % len(labels)]),
-                "measured_ms": answer["timings_ms"]["total"], "planned_ms": answer["planned_ms"]["total"],
-                "link_ms": answer["timings_ms"].get("link", 0.0),
-            })
-        last = rows[-1]
-        log(f"   {mbit:g} Mbit/s: {last['variant']} @ {last['split']}, {last['bytes_sent']} B")
+            for line in lines:
+                # The device reports the uplink it measures, as `twostep device` does; without it
+                # the router would learn the rate only from frames, and none flow while it runs
+                # all on the device.
+                query = {"shape": shape, "uplink_bps": int(bps)}
+                if line in forced:
+                    query.update(variant=forced[line][0], split=forced[line][1])
+                answer = _http(f"{url}/v1/classify?{urlencode(query)}", "POST",
+                               image.numpy().tobytes(), "application/octet-stream")
+                if i < warmup:
+                    continue
+                rows.append({
+                    "bandwidth_mbit": mbit, "line": line, "variant": answer["variant"],
+                    "split": answer["split"], "strategy": answer["strategy"],
+                    "bytes_sent": answer["bytes_sent"],
+                    "correct": answer["prediction"] == int(labels[i % len(labels)]),
+                    "measured_ms": answer["timings_ms"]["total"],
+                    "planned_ms": answer["planned_ms"]["total"],
+                    "link_ms": answer["timings_ms"].get("link", 0.0),
+                })
+        last = [r for r in rows if r["line"] == "twostep"][-1]
+        log(f"   {mbit:g} Mbit/s: twostep chose {last['variant']} @ {last['split']}, "
+            f"{last['bytes_sent']} B")
     return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per bandwidth: the choice(s), bytes, accuracy on the requests, latency p50/p95."""
+    """Per bandwidth, twostep's requests: the choice(s), bytes, accuracy, latency p50/p95, and
+    the p50 of every baseline line measured beside it."""
     import numpy as np
 
     table = []
     for mbit in sorted({r["bandwidth_mbit"] for r in rows}):
-        group = [r for r in rows if r["bandwidth_mbit"] == mbit]
+        group = [r for r in rows if r["bandwidth_mbit"] == mbit and r["line"] == "twostep"]
         choices = sorted({f"{r['variant']}@{r['split']}" for r in group})
         measured = np.array([r["measured_ms"] for r in group])
+        lines = {line: float(np.percentile([r["measured_ms"] for r in rows
+                                            if r["bandwidth_mbit"] == mbit and r["line"] == line], 50))
+                 for line in LINES if any(r["bandwidth_mbit"] == mbit and r["line"] == line for r in rows)}
         table.append({
             "bandwidth_mbit": mbit, "choice": ", ".join(choices),
             "bytes_sent": float(np.mean([r["bytes_sent"] for r in group])),
@@ -169,14 +230,16 @@ def summarize(rows: list[dict]) -> list[dict]:
             "measured_p95_ms": float(np.percentile(measured, 95)),
             "planned_ms": float(np.mean([r["planned_ms"] for r in group])),
             "requests": len(group),
+            "lines_p50_ms": lines,
         })
     return table
 
 
 def markdown_table(summary: list[dict], manifest: dict) -> str:
+    """twostep's choices, then every line's measured p50 side by side."""
     variants = {v["id"]: v for v in manifest["variants"]}
     lines = ["| bandwidth | choice (variant @ split) | test acc of choice | bytes sent | "
-             "measured p50 / p95 ms | cost model ms |", "|---|---|---|---|---|---|"]
+             "measured p50 / p95 ms | cost model ms (no serving overhead) |", "|---|---|---|---|---|---|"]
     for row in summary:
         first = row["choice"].split(", ")[0].split("@")[0]
         accuracy = variants[first]["test_accuracy"] if first in variants else float("nan")
@@ -184,39 +247,26 @@ def markdown_table(summary: list[dict], manifest: dict) -> str:
                      f"{row['bytes_sent']:.0f} | "
                      f"{row['measured_p50_ms']:.1f} / {row['measured_p95_ms']:.1f} | "
                      f"{row['planned_ms']:.1f} |")
+    names = [name for name in LINES if any(name in row["lines_p50_ms"] for row in summary)]
+    lines += ["", "Measured p50 ms of every line, each request through the same serving path:", "",
+              "| bandwidth | " + " | ".join(names) + " | twostep vs best split, original |",
+              "|---|" + "---|" * (len(names) + 1)]
+    for row in summary:
+        p50 = row["lines_p50_ms"]
+        ratio = (f"{p50['best split, original'] / p50['twostep']:.2f}x"
+                 if "best split, original" in p50 and "twostep" in p50 else "-")
+        lines.append(f"| {row['bandwidth_mbit']:g} Mbit/s | "
+                     + " | ".join(f"{p50[n]:.1f}" if n in p50 else "-" for n in names)
+                     + f" | {ratio} |")
     return "\n".join(lines)
 
 
-def predicted_curves(store: SeriesStore, edge_path: Path, device_path: Path,
-                     accuracy_floor: float) -> dict[str, list[tuple[float, float]]]:
-    """Cost-model latency against bandwidth for: all on device, raw input, best split of the
-    original and of the step-1 model (Neurosurgeon-style: every split point, the input and the
-    output included, as (d) and (e) of `twostep bench`), and twostep (the whole series)."""
-    from pipeline.cost import Link
-    from pipeline.profiler import load_profile
-    from pipeline.selection import CandidateTable, baseline_candidates, candidates_from_series
-
-    manifest = store.manifest
-    device, edge = load_profile(device_path), load_profile(edge_path)
-    every = candidates_from_series(manifest, device, edge) + baseline_candidates(manifest, device, edge)
-    base, step1 = manifest["base"], manifest["step1"]
-    groups = {
-        "all on device": [c for c in every if c.variant_id == base and c.split == "output"],
-        "raw input to edge": [c for c in every if c.variant_id == base and c.split == "input"],
-        "best split, original": [c for c in every if c.variant_id == base],
-        "best split, step 1": [c for c in every if c.variant_id == step1],
-        "twostep": [c for c in every if c.accuracy >= accuracy_floor],
-    }
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for name, candidates in groups.items():
-        if not candidates:
-            continue
-        table = CandidateTable.from_candidates(candidates)
-        curves[name] = []
-        for bps in (1e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8):
-            decision = table.select(Link(bps), accuracy_floor=0.0)
-            curves[name].append((bps, decision.breakdown.total_ms))
-    return curves
+def predicted_curves(lines: dict[str, list]) -> dict[str, list[tuple[float, float]]]:
+    """Cost-model latency of each line against bandwidth (no serving overhead: for
+    results.json; the picture shows the measured lines)."""
+    return {line: [(bps, best_of(candidates, bps)[1].total_ms)
+                   for bps in (1e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8)]
+            for line, candidates in lines.items() if candidates}
 
 
 def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dict:
@@ -233,11 +283,13 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
     from twostep.ray_env import apply_ray_env
 
     apply_ray_env()
+    # Serve's own INFO lines (apps deployed, ready, shut down) are not the demo's story
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     out = Path(config.demo.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"train": dataclasses.asdict(config.train),
-                                     "prune": dataclasses.asdict(config.prune),
-                                     "demo": dataclasses.asdict(config.demo)})
+    write_json_atomic(out / "config.json", {"train": config.train.model_dump(mode="json"),
+                                     "prune": config.prune.model_dump(mode="json"),
+                                     "demo": config.demo.model_dump(mode="json")})
     stages = Stages(5, log)
     started_ray = False
     # Only a local session the demo starts is its own to shut down; on a cluster it joins (an
@@ -246,6 +298,10 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                     and config.demo.ray_address in (None, "", "local")
                     and not os.environ.get("RAY_ADDRESS"))
     served: dict = {}
+    if owns_cluster:
+        # The demo shuts its own Serve down when done: no in-flight request needs HAProxy's
+        # drain period (30 s by default) to finish, so the shutdown need not wait for it.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     try:
         stages.run("train the base model", lambda: train_stage(config.train, progress, log))
 
@@ -265,6 +321,8 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
         base = store.get(store.manifest["base"])
         floor = base["test_accuracy"] - config.demo.accuracy_drop
 
+        lines = line_candidates(store, edge_path, device_path, floor)
+
         def serve_and_measure():
             url, served["series"] = start_app(store.directory, floor, config.demo.slowdown,
                                               config.demo.port, owns_cluster)
@@ -272,24 +330,27 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
             test = load_splits(config.prune.dataset, config.prune.data_dir, config.prune.val_fraction,
                                test_subset=max(64, config.demo.requests_per_bandwidth + 4),
                                seed=config.prune.seed).test
-            return measure_bandwidths(url, test.images, test.labels, config.demo.bandwidths_mbit,
-                                      config.demo.requests_per_bandwidth, log, progress)
+            choices = forced_choices(lines, config.demo.bandwidths)
+            return measure_lines(url, test.images, test.labels, choices,
+                                 config.demo.requests_per_bandwidth, log, progress)
 
         rows = stages.run("serve on Ray Serve and send requests", serve_and_measure)
 
         def report():
             summary = summarize(rows)
-            curves = predicted_curves(store, edge_path, device_path, floor)
-            measured = [(r["bandwidth_mbit"] * 1e6, r["measured_p50_ms"]) for r in summary]
+            curves = predicted_curves(lines)
+            measured = {line: [(r["bandwidth_mbit"] * 1e6, r["lines_p50_ms"][line]) for r in summary
+                               if line in r["lines_p50_ms"]] for line in LINES}
             pictures = {
                 "split_sizes": str(plot_split_sizes(store.manifest, out / "split_sizes.png",
                                                     config.prune.step1_budget)),
                 "accuracy_vs_bytes": str(plot_accuracy_vs_bytes(store.manifest,
                                                                 out / "accuracy_vs_bytes.png")),
                 "latency_vs_bandwidth": str(plot_latency_vs_bandwidth(
-                    {**{f"{k} (model)": v for k, v in curves.items()}, "twostep (measured)": measured},
+                    {line: points for line, points in measured.items() if points},
                     out / "latency_vs_bandwidth.png",
-                    f"Device = {config.demo.slowdown:g}x edge; accuracy floor {floor:.3f}")),
+                    f"All lines measured through Ray Serve (p50); device = "
+                    f"{config.demo.slowdown:g}x edge; floor {floor:.3f}")),
             }
             table = markdown_table(summary, store.manifest)
             (out / "results.md").write_text(table + "\n")

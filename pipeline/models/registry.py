@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from torch import nn
 
+from pipeline.catalog import ARCHS
 from pipeline.models import vgg
 
-ARCHS = tuple(vgg.VGG_BLOCKS)
 MAX_WIDTH = 8192
 
 

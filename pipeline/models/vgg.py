@@ -9,13 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Number of conv layers per block; every block ends with a 2x2 max-pool.
-VGG_BLOCKS: dict[str, tuple[int, ...]] = {
-    "vgg11": (1, 1, 2, 2, 2),
-    "vgg13": (2, 2, 2, 2, 2),
-    "vgg16": (2, 2, 3, 3, 3),
-    "vgg19": (2, 2, 4, 4, 4),
-}
+from pipeline.catalog import VGG_BLOCKS
+
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 
 

@@ -4,9 +4,9 @@ import pytest
 
 from pipeline.profiler import derive_profile
 from serve.profiles import estimate_profile
+from twostep.bench.config import BenchConfig
 from twostep.bench.device_side import attribute_bytes, device_time
 from twostep.bench.report import deviations, strategy_rows, targets
-from twostep.bench.run import BenchConfig
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices, execution_for
 from twostep.cli import main
 
@@ -120,7 +120,7 @@ def test_a_router_slower_than_a_baseline_breaks_the_10_percent_target(tiny_store
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("bandwidths_mbit", (0.0,), "bandwidths"), ("slowdowns", (0.5,), "slowdowns"),
+    ("bandwidths", (0.0,), "bandwidths"), ("slowdowns", (0.5,), "slowdowns"),
     ("requests", 0, "requests"), ("link", "wifi", "link"), ("max_loss", 1.5, "max_loss"),
 ])
 def test_bad_bench_settings_are_named(field, value, message):
@@ -132,8 +132,10 @@ def test_cli_names_a_missing_series_and_a_bad_grid(tmp_path, capsys):
     assert main(["bench", "--series", str(tmp_path / "nope")]) == 2
     assert "is not a model series directory" in capsys.readouterr().err
     (tmp_path / "manifest.json").write_text("{}")
-    assert main(["bench", "--series", str(tmp_path), "--bandwidths", "1,fast"]) == 2
-    assert "--bandwidths" in capsys.readouterr().err
+    assert main(["bench", "--series", str(tmp_path), "--bandwidths", "1mbit,fast"]) == 2
+    assert "bandwidths[1]: cannot read bandwidth 'fast'" in capsys.readouterr().err
+    assert main(["bench", "--series", str(tmp_path), "--bandwidths", "1,100"]) == 2  # Mbit/s meant
+    assert "bandwidth '1' is 1 bit/s" in capsys.readouterr().err
 
 
 def test_link_bytes_run_from_one_request_to_the_next_less_the_filler():

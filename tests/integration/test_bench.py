@@ -8,7 +8,8 @@ import pytest
 from pipeline.base_model import train_base
 from pipeline.config import PruneConfig, TrainConfig
 from pipeline.prune_job import prune_series
-from twostep.bench.run import BenchConfig, run_bench
+from twostep.bench.config import BenchConfig
+from twostep.bench.run import run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def tiny_series(learnable_fashion_dir, tmp_path_factory):
 
 def test_bench_measures_every_strategy_on_the_serving_path(tiny_series, tmp_path):
     out = tmp_path / "bench"
-    config = BenchConfig(series=str(tiny_series.directory), out=str(out), bandwidths_mbit=(0.1, 100.0),
+    config = BenchConfig(series=str(tiny_series.directory), out=str(out), bandwidths=("100kbit", "100mbit"),
                          slowdowns=(1.0, 10.0), requests=3, calibration_requests=3, accuracy_images=50,
                          max_loss=0.2)
     logged = []

@@ -39,7 +39,7 @@ bytes_images = 8
 augment = false
 
 [demo]
-bandwidths_mbit = [0.1, 10.0]
+bandwidths = ["100kbit", "10mbit"]
 requests_per_bandwidth = 3
 accuracy_drop = 0.5
 """)
@@ -60,6 +60,17 @@ accuracy_drop = 0.5
     summary = {row["bandwidth_mbit"]: row for row in results["summary"]}
     assert set(summary) == {0.1, 10.0}
     assert all(row["requests"] == 3 and row["measured_p50_ms"] > 0 for row in summary.values())
+    # like with like: every line of the picture is measured, at every bandwidth, through the
+    # same serving path; a baseline runs the (variant, split) it names
+    from twostep.demo import LINES
+
+    assert all(set(row["lines_p50_ms"]) == set(LINES) for row in summary.values())
+    requests = results["requests"]
+    on_device = [r for r in requests if r["line"] == "all on device"]
+    assert on_device and all(r["split"] == "output" and r["bytes_sent"] == 0 for r in on_device)
+    raw = [r for r in requests if r["line"] == "raw input to edge"]
+    assert raw and all(r["split"] == "input" and r["variant"] == manifest["base"] for r in raw)
+    assert all(r["variant"] == manifest["step1"] for r in requests if r["line"] == "best split, step 1")
     # a slower link never makes the router send more bytes
     assert summary[0.1]["bytes_sent"] <= summary[10.0]["bytes_sent"]
     table = (out / "results.md").read_text()

@@ -128,7 +128,7 @@ def served(series, cluster):
     proc = subprocess.Popen(
         [TWOSTEP, "serve", str(series.directory), "--address", cluster["address"], "--port", str(port),
          "--proxy-location", "HeadOnly", "--router-replicas", "2", "--tail-replicas", "1",
-         "--set", "head_cpus=0", "--set", "ms_per_mmac=20"],
+         "--head-cpus", "0", "--ms-per-mmac", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster_env(),
         preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"

@@ -24,7 +24,7 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
     twostep = str(Path(sys.executable).with_name("twostep"))
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([twostep, "serve", str(tiny_store.directory), "--port", str(port),
-                             "--num-cpus", "2", "--tail-replicas", "1", "--set", "ms_per_mmac=20"],
+                             "--num-cpus", "2", "--tail-replicas", "1", "--ms-per-mmac", "20"],
                             stdout=log, stderr=subprocess.STDOUT, env=cluster_env(),
                             preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"

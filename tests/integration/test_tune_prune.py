@@ -7,7 +7,6 @@ and Tune restarts it from its checkpoint. The series that comes out equals the i
 A step-1 search runs separately.
 """
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,7 @@ def tune_run(ray_session, config, tmp_path_factory):
     from tune.launch import TrialsFailedError, launch_pruning
 
     root = tmp_path_factory.mktemp("tune-run")
-    config = dataclasses.replace(config, out=str(root / "series"))
+    config = config.replace(out=str(root / "series"))
     with pytest.raises(TrialsFailedError, match="step2-conv3_2"):
         launch_pruning(config, progress=False, log=_quiet, max_failures=0, inject_failure={
             "key": "step2-conv3_2", "after_iteration": 1, "marker": str(root / "died-1")})
@@ -80,7 +79,7 @@ def _run_log(store: SeriesStore) -> list[dict]:
 
 
 def test_fan_out_gives_the_in_process_series(tune_series, config, tmp_path):
-    reference = prune_series(dataclasses.replace(config, out=str(tmp_path / "in-process")),
+    reference = prune_series(config.replace(out=str(tmp_path / "in-process")),
                              progress=False, log=_quiet)
     ours = SeriesStore.open(tune_series.directory)
     assert ours.ids() == reference.ids()  # same variants, same (canonical) order
@@ -108,10 +107,10 @@ def test_fan_out_gives_the_in_process_series(tune_series, config, tmp_path):
 def test_fan_out_equals_in_process_runs_from_the_stored_step1_model(tune_series, config, tmp_path):
     """The in-process driver resumed per layer starts each ladder from the stored step-1 model,
     as the trials do: then the series agree weight for weight and accuracy for accuracy."""
-    reference_config = dataclasses.replace(config, out=str(tmp_path / "in-process"))
+    reference_config = config.replace(out=str(tmp_path / "in-process"))
     prune_series(reference_config, steps="1", progress=False, log=_quiet)
     for split in SPLITS:
-        reference = prune_series(dataclasses.replace(reference_config, step2_splits=(split,)),
+        reference = prune_series(reference_config.replace(step2_splits=(split,)),
                                  progress=False, log=_quiet)
     assert tune_series.ids() == reference.ids()
     for mine, theirs in zip(tune_series.variants, reference.variants, strict=True):
@@ -170,7 +169,7 @@ def test_step1_search_keeps_the_stated_best(ray_session, config, tmp_path):
     from tune.plan import Step1Search
 
     search = Step1Search(divisors=(4, 16), metric="macs")
-    store = launch_pruning(dataclasses.replace(config, out=str(tmp_path / "series"),
+    store = launch_pruning(config.replace(out=str(tmp_path / "series"),
                                                step1_max_iterations=1),
                            steps="1", search=search, progress=False, log=_quiet)
     result = store.manifest["step1_search"]

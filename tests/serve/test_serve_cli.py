@@ -4,13 +4,14 @@ import json
 import socket
 
 import numpy as np
+import pytest
 
 from twostep.cli import main
 
 
 def test_serve_check_prints_the_resolved_arguments(tiny_store, capsys):
-    code = main(["serve", str(tiny_store.directory), "--check", "--link-bandwidth", "1mbit",
-                 "--tail-replicas", "2", "--set", "probe_bytes=1000", "--set", "placement=local"])
+    code = main(["serve", str(tiny_store.directory), "--check", "--link-bandwidth-bps", "1mbit",
+                 "--tail-replicas", "2", "--probe-bytes", "1000", "--placement", "local"])
     assert code == 0
     args = json.loads(capsys.readouterr().out)
     assert args["link_bandwidth_bps"] == 1e6 and args["tail_replicas"] == 2
@@ -18,10 +19,17 @@ def test_serve_check_prints_the_resolved_arguments(tiny_store, capsys):
 
 
 def test_serve_refuses_bad_arguments(tiny_store, tmp_path, capsys):
-    for argv in (["--accuracy-floor", "2"], ["--set", "nonsense=1"], ["--set", "novalue"],
-                 ["--link-bandwidth", "fast"], ["--port", "0"], ["--tail-max-replicas", "0"]):
+    for argv, named in ((["--accuracy-floor", "2"], "accuracy_floor must be in [0.0, 1.0], got '2'"),
+                        (["--link-bandwidth-bps", "fast"], "cannot read bandwidth 'fast'"),
+                        (["--link-bandwidth-bps", "5"], "give a unit"),
+                        (["--accuracy-floor", "0.8", "--latency-budget-ms", "50"], "not both"),
+                        (["--port", "0"], "--port"), (["--tail-max-replicas", "0"], "tail_max_replicas"),
+                        (["--baselines", "--tail-batch-size", "8"], "tail_batch_size")):
         assert main(["serve", str(tiny_store.directory), "--check", *argv]) == 2, argv
-        assert "error" in capsys.readouterr().err
+        assert named in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as exit_info:  # a flag that is no AppArgs field
+        main(["serve", str(tiny_store.directory), "--check", "--nonsense", "1"])
+    assert exit_info.value.code == 2 and "--nonsense" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--check"]) == 2
     assert "no model series" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""HTTP request validation: query parameters, constraints, bodies, images (incl. bombs), raw pixels."""
+"""HTTP request validation: typed query parameters, constraints, bodies, images (incl. bombs), raw pixels."""
 
 import asyncio
 import io
@@ -8,18 +8,18 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from serve.inputs import (
-    HttpError,
-    check_params,
-    decode_pixels,
-    parse_bandwidth_param,
-    parse_constraint,
-    parse_int,
-    parse_link_id,
-    parse_number,
-    parse_variant_id,
-    read_body,
+from serve.inputs import HttpError, decode_pixels, read_body
+from serve.queries import (
+    ClassifyQuery,
+    HeadQuery,
+    LinkQuery,
+    NoQuery,
+    PlanQuery,
+    PlanTableQuery,
+    TailQuery,
+    describe_errors,
 )
 
 
@@ -44,39 +44,51 @@ def with_ihdr_size(data: bytes, width: int, height: int) -> bytes:
     return data[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
 
 
+def bad_query(model, **params) -> str:
+    """The one-line 400 message for `params` (FastAPI hands the same errors to the handler)."""
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(params)
+    message = describe_errors(info.value.errors())
+    assert message and "\n" not in message
+    return message
+
+
 def test_unknown_query_parameters_are_named():
-    check_params({"a": "1"}, {"a", "b"})
-    with pytest.raises(HttpError, match="accuracy_flor"):
-        check_params({"accuracy_flor": "0.9"}, {"accuracy_floor"})
+    assert ClassifyQuery.model_validate({"accuracy_floor": "0.9"}).accuracy_floor == 0.9
+    assert bad_query(ClassifyQuery, accuracy_flor="0.9").startswith(
+        "unknown query parameter(s) accuracy_flor")
+    assert "unknown query parameter(s) x" in bad_query(NoQuery, x="1")
 
 
 @pytest.mark.parametrize("text", ["abc", "nan", "inf", "-0.1", "1.5", ""])
-def test_numbers_out_of_range_are_400(text):
-    assert status(lambda: parse_number({"x": text}, "x", 0.0, 1.0)) == 400
+def test_numbers_out_of_range_are_refused(text):
+    assert "accuracy_floor" in bad_query(ClassifyQuery, accuracy_floor=text)
 
 
 def test_constraints():
-    assert parse_constraint({}, 0.9, None) == (0.9, None)
-    assert parse_constraint({"latency_budget_ms": "50"}, 0.9, None) == (None, 50.0)
-    assert parse_constraint({"accuracy_floor": "0.5"}, None, 20.0) == (0.5, None)
+    assert PlanQuery.model_validate({"latency_budget_ms": "50"}).latency_budget_ms == 50.0
     for bad in ({"accuracy_floor": "0.5", "latency_budget_ms": "9"}, {"latency_budget_ms": "0"},
-                {"latency_budget_ms": "-5"}, {"accuracy_floor": "2"}, {"latency_budget_ms": "1e99"}):
-        assert status(lambda bad=bad: parse_constraint(bad, 0.9, None)) == 400
+                {"latency_budget_ms": "-5"}, {"accuracy_floor": "2"}, {"latency_budget_ms": "1e99"},
+                {"latency_budget_ms": "nan"}):
+        assert bad_query(PlanQuery, **bad)
+    assert "not both" in bad_query(PlanQuery, accuracy_floor="0.5", latency_budget_ms="9")
+    assert "needs device_slowdown" in bad_query(PlanTableQuery, device_overhead_ms="2")
 
 
 def test_other_parameters():
-    assert parse_bandwidth_param({"b": "1mbit"}, "b") == 1e6
-    assert parse_bandwidth_param({}, "b") is None
-    assert status(lambda: parse_bandwidth_param({"b": "0"}, "b")) == 400
-    assert status(lambda: parse_bandwidth_param({"b": "fast"}, "b")) == 400
-    assert parse_link_id({}) == "default" and parse_link_id({"link": "phone-1"}) == "phone-1"
-    assert status(lambda: parse_link_id({"link": "a b"})) == 400
-    assert status(lambda: parse_link_id({"link": "x" * 65})) == 400
-    assert parse_variant_id("vgg11-base") == "vgg11-base"
-    assert status(lambda: parse_variant_id("../etc/passwd")) == 400
-    assert parse_int({}, "top", 1, 10, 5) == 5 and parse_int({"top": "3"}, "top", 1, 10, 5) == 3
-    assert status(lambda: parse_int({"top": "0"}, "top", 1, 10, 5)) == 400
-    assert status(lambda: parse_int({"top": "-1"}, "top", 1, 10, 5)) == 400
+    assert TailQuery.model_validate({"uplink_bps": "1mbit"}).uplink_bps == 1e6
+    assert TailQuery.model_validate({}).uplink_bps is None
+    assert "uplink_bps" in bad_query(TailQuery, uplink_bps="0")
+    assert "cannot read bandwidth 'fast'" in bad_query(TailQuery, uplink_bps="fast")
+    assert LinkQuery.model_validate({}).link == "default"
+    assert LinkQuery.model_validate({"link": "phone-1"}).link == "phone-1"
+    assert "link" in bad_query(LinkQuery, link="a b")
+    assert "link" in bad_query(LinkQuery, link="x" * 65)
+    assert "variant" in bad_query(ClassifyQuery, variant="../etc/passwd")
+    assert PlanQuery.model_validate({}).top == 5 and PlanQuery.model_validate({"top": "3"}).top == 3
+    assert "top" in bad_query(PlanQuery, top="0") and "top" in bad_query(PlanQuery, top="-1")
+    assert "format" in bad_query(HeadQuery, format="pickle")
+    assert "shape" in bad_query(ClassifyQuery, shape="1;32;32")
 
 
 async def _chunks(parts):

@@ -8,7 +8,6 @@ serving path's per-request bytes and time -> every grid point -> JSON, markdown,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import queue
 import subprocess
@@ -25,56 +24,13 @@ from pipeline.atomic import write_json_atomic
 from pipeline.selection import variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
+from twostep.bench.config import BenchConfig
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
 from twostep.ports import free_port
 
 Log = Callable[[str], None]
-LINK_MODES = ("auto", "shaped", "emulated")
 EDGE_PORT, SINK_PORT = 8000, 9009
 JOB_TIMEOUT_S = 3600.0  # one grid point at 0.1 Mbit/s with many requests takes minutes, not hours
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What `twostep bench` runs; every value is checked here, with the bad one named."""
-
-    series: str
-    out: str = "runs/bench"
-    bandwidths_mbit: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)
-    slowdowns: tuple[float, ...] = (1.0, 5.0, 10.0)
-    requests: int = 20
-    max_loss: float = 0.01
-    link: str = "auto"
-    jpeg_quality: int = 90
-    calibration_requests: int = 60
-    accuracy_images: int = 2000
-    startup_timeout_s: float = 300.0
-    ingress: str = "auto"
-    runtime: str = "onnxruntime"  # runs heads and tails on the device and the edge; is profiled
-    # The edge profile idles this long before each timed call: the benchmark's requests arrive
-    # with gaps (the link's token bucket refills), and a call after a gap is slower.
-    profile_idle_ms: float = 5.0
-
-    def __post_init__(self):
-        if not self.bandwidths_mbit or any(not 0 < b <= 1e6 for b in self.bandwidths_mbit):
-            raise ValueError(f"bandwidths must be in (0, 1e6] Mbit/s, got {self.bandwidths_mbit}")
-        if not self.slowdowns or any(not 1 <= s <= 1000 for s in self.slowdowns):
-            # The device is emulated by sleeping after real work: it cannot be faster than this CPU.
-            raise ValueError(f"device slowdowns must be in [1, 1000], got {self.slowdowns}")
-        if not 1 <= self.requests <= 10_000:
-            raise ValueError(f"requests per point must be in 1..10000, got {self.requests}")
-        if not 0 <= self.max_loss <= 1:
-            raise ValueError(f"max_loss must be a fraction in [0, 1], got {self.max_loss}")
-        if self.runtime not in ("torch", "onnxruntime"):
-            raise ValueError(f"runtime must be torch or onnxruntime, got {self.runtime!r}")
-        if self.link not in LINK_MODES:
-            raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {self.link!r}")
-        if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
-        if not 1 <= self.calibration_requests <= 1000:
-            raise ValueError(f"calibration_requests must be in 1..1000, got {self.calibration_requests}")
-        if not 1 <= self.accuracy_images <= 1_000_000:
-            raise ValueError(f"accuracy_images must be in 1..1000000, got {self.accuracy_images}")
 
 
 # ---- preparation (this process) ----
@@ -357,7 +313,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         link.close()
     log("== [5/5] results")
     document = {
-        "config": dataclasses.asdict(config), "series": str(store.directory),
+        "config": config.model_dump(mode="json"), "series": str(store.directory),
         "link": {"kind": link.kind, "description": link.description, **link.settings},
         "device": {"emulation": "each head / JPEG encoding takes slowdown x the device thread's "
                                 "CPU time for it (padded by sleeping; never less than its wall "

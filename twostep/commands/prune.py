@@ -7,27 +7,16 @@ import sys
 from pathlib import Path
 
 from pipeline.config import PruneConfig, make_config
-from pipeline.report import format_series_table
-
-FLAGS = {
-    "base": str, "out": str, "dataset": str, "data_dir": str, "train_subset": int,
-    "val_subset": int, "test_subset": int, "seed": int, "threads": int, "device": str, "batch_size": int,
-    "criterion": str, "mac_weight": float, "rank_batches": int, "finetune_lr": float, "step1_divisor": int,
-    "step1_finetune_epochs": float, "step1_recovery_epochs": float, "step1_budget": float,
-    "distill_weight": float, "distill_temperature": float, "step1_target_mac_reduction": float,
-    "step1_max_iterations": int, "step2_steps": int, "step2_finetune_epochs": float,
-    "codec_bits": int, "bytes_images": int,
-}
+from twostep.config_flags import add_config_flags, flag_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with PruneConfig keys, or its [prune] section "
-                        "(configs/demo.toml); flags override it")
+    parser.add_argument("--config", help="TOML file with the keys below, or its [prune] section "
+                        "(configs/demo.toml); flags override it. Keys: docs/config.md")
     parser.add_argument("--step", choices=("1", "2", "both"), default="both",
                         help="which step(s) to run (default both; 2 needs a finished step 1)")
-    for key, kind in FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=kind, dest=key)
-    parser.add_argument("--step2-splits", help="comma-separated split points (default: all)")
+    add_config_flags(parser.add_argument_group("pruning (PruneConfig; TOML keys use _)"),
+                     PruneConfig)
     parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                         help="run on Ray Tune: no value starts a local Ray session, "
                              "'auto' or HOST:PORT joins a cluster")
@@ -57,10 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
-    overrides = {key: getattr(args, key) for key in FLAGS}
-    if args.step2_splits:
-        overrides["step2_splits"] = [s.strip() for s in args.step2_splits.split(",") if s.strip()]
-    return make_config(PruneConfig, args.config, "prune", **overrides)
+    return make_config(PruneConfig, args.config, "prune",
+                       **flag_values(args, PruneConfig.model_fields))
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> tuple:
@@ -80,6 +67,8 @@ def _ray_flags_used(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.report import format_series_table
+
     config = config_from_args(args)
     if args.resume and not (Path(config.out) / "manifest.json").is_file():
         raise ValueError(f"--resume: no series at {config.out} to resume")

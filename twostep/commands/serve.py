@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
-from pipeline.cost import parse_bandwidth
+from twostep.config_flags import add_config_flags, flag_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,68 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
                         help="where Serve runs HTTP proxies (default EveryNode; HeadOnly when "
                              "several nodes share one machine and port)")
-    parser.add_argument("--router-replicas", type=int,
-                        help="Router replicas (default 1; they share per-link state)")
-    constraint = parser.add_mutually_exclusive_group()
-    constraint.add_argument("--accuracy-floor", type=float,
-                            help="default accuracy floor (default: best accuracy - 0.02)")
-    constraint.add_argument("--latency-budget-ms", type=float, help="default latency budget")
-    parser.add_argument("--edge-profile", help="edge profile (default <series>/profile.json, "
-                        "else estimated from MACs at start-up)")
-    parser.add_argument("--device-profile", help="device profile (default: derived with --slowdown)")
-    parser.add_argument("--slowdown", type=float, help="device = this many times the edge (default 5)")
-    parser.add_argument("--link-bandwidth", help="emulate the handoff link: 1mbit, 250kbit, 2e6")
-    parser.add_argument("--emulate-link", action="store_true",
-                        help="let clients set the emulated link at run time (PUT /v1/link); "
-                             "off by default: anyone reaching the server could slow it down")
-    parser.add_argument("--link-rtt-ms", type=float, help="emulated link round trip (default 0)")
-    parser.add_argument("--tail-replicas", type=int, help="fixed EdgeTail replicas (default: autoscale)")
-    parser.add_argument("--tail-max-replicas", type=int, help="autoscaling maximum (default 2)")
-    parser.add_argument("--runtime", choices=("onnxruntime", "torch"),
-                        help="what runs heads and tails: ONNX Runtime (the series' exported graphs, "
-                             "see `twostep export`) or eager PyTorch (default onnxruntime)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other build_app argument (serve/settings.py), JSON values; repeatable")
+    from serve.settings import AppArgs
+
+    add_config_flags(parser.add_argument_group("the application (serve/settings.py AppArgs: the "
+                                               "keys of a Serve config file's args)"),
+                     AppArgs, skip=("series_dir",))
     parser.add_argument("--check", action="store_true",
                         help="validate and print the resolved arguments, start nothing")
 
 
-def _parse_set(items: list[str]) -> dict:
-    extra = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    return extra
-
-
 def resolve_args(args: argparse.Namespace):
     """The validated `AppArgs` from the command line (ValueError naming a bad value)."""
-    from pydantic import ValidationError
-
+    from pipeline.config import build_config
     from serve.settings import AppArgs
 
-    values = _parse_set(args.set)
-    flags = {
-        "accuracy_floor": args.accuracy_floor, "latency_budget_ms": args.latency_budget_ms,
-        "edge_profile": args.edge_profile, "device_profile": args.device_profile,
-        "slowdown": args.slowdown, "link_rtt_ms": args.link_rtt_ms,
-        "tail_replicas": args.tail_replicas, "tail_max_replicas": args.tail_max_replicas,
-        "router_replicas": args.router_replicas, "emulate_link": args.emulate_link or None,
-        "runtime": args.runtime,
-        "link_bandwidth_bps": parse_bandwidth(args.link_bandwidth) if args.link_bandwidth else None,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values = flag_values(args, AppArgs.model_fields)
     values["series_dir"] = args.series if "://" in args.series else os.path.abspath(args.series)
-    try:
-        return AppArgs.model_validate(values)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in err.errors())
-        raise ValueError(problems) from None
+    return build_config(AppArgs, values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from serve.app import deploy
     from serve.startup import start_http
 
+    # this driver's own Ray and Serve lines at the app's level (INFO floods the terminal)
+    level = getattr(logging, app_args.log_level)
+    logging.getLogger("ray.serve").setLevel(level)
     # ray.init() joins RAY_ADDRESS when it is set (a KubeRay pod, a `ray job submit` driver)
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if joined:
-        ray.init(address=args.address or os.environ["RAY_ADDRESS"])
+        ray.init(address=args.address or os.environ["RAY_ADDRESS"], logging_level=level)
         print("twostep serve: ingress: the cluster's own (RAY_SERVE_ENABLE_HA_PROXY=1 on its nodes "
               "selects HAProxy)", flush=True)
     else:
@@ -117,13 +76,14 @@ def run(args: argparse.Namespace) -> int:
 
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=level)
     series = None
     try:
         # the reference stop_app unpublishes (deploy publishes the same one again, a no-op)
         series = publish_series(app_args.series_dir)
         # On a joined cluster Serve may be shared with other apps: one attempt, never a shutdown.
         host, port = start_http(args.host, args.port, attempts=1 if joined else 3,
+                                log_level=app_args.log_level,
                                 proxy_location=args.proxy_location)
         print(f"twostep serve: {app_args.series_dir} at http://{host}:{port}/v1/ "
               "(docs/serve.md; Ctrl-C stops)", flush=True)

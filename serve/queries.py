@@ -1,0 +1,138 @@
+"""The query parameters of every HTTP route, as typed models (FastAPI validates them).
+
+An unknown parameter (a typo such as `accuracy_flor`) or a bad value is refused with HTTP 400
+and one line naming it (`serve/router.py` and `serve/tail.py` install `validation_error`). No
+Ray and no web framework here, so the rules are unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from pipeline.cost import MAX_RTT_MS, parse_bandwidth
+
+LINK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+VARIANT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MAX_LATENCY_BUDGET_MS = 3_600_000.0
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return value
+
+
+# Bits per second from `2.5e6`, `250kbit` or `1mbit` (see `pipeline.cost.parse_bandwidth`).
+BitsPerSecond = Annotated[float, BeforeValidator(parse_bandwidth)]
+LinkId = Annotated[str, StringConstraints(pattern=LINK_ID.pattern)]
+VariantId = Annotated[str, StringConstraints(pattern=VARIANT_ID.pattern)]
+SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+Shape = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(,[0-9]{1,5}){0,3}$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+RttMs = Annotated[float, Field(ge=0.0, le=MAX_RTT_MS)]
+BudgetMs = Annotated[float, Field(gt=0.0, le=MAX_LATENCY_BUDGET_MS), BeforeValidator(float)]
+
+
+class QueryModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConstraintQuery(QueryModel):
+    """At most one of the two constraints; neither: the server's default."""
+
+    accuracy_floor: Fraction | None = Field(None, description="lowest test accuracy (fraction)")
+    latency_budget_ms: BudgetMs | None = Field(None, description="end-to-end latency limit")
+
+    @model_validator(mode="after")
+    def _one_constraint(self):
+        if self.accuracy_floor is not None and self.latency_budget_ms is not None:
+            raise ValueError("give accuracy_floor or latency_budget_ms, not both")
+        if self.latency_budget_ms is not None:
+            _finite(self.latency_budget_ms)
+        return self
+
+
+class DeviceSpeedQuery(ConstraintQuery):
+    """A device that says how fast it is: slowdown x the edge, plus a fixed ms per call."""
+
+    device_slowdown: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
+    device_overhead_ms: Annotated[float, Field(ge=0.0, le=3_600_000.0)] = 0.0
+    rtt_ms: RttMs | None = None
+
+    @model_validator(mode="after")
+    def _overhead_needs_slowdown(self):
+        if self.device_overhead_ms and self.device_slowdown is None:
+            raise ValueError("device_overhead_ms needs device_slowdown")
+        return self
+
+
+class PlanQuery(DeviceSpeedQuery):
+    """`GET /v1/plan`."""
+
+    bandwidth_bps: BitsPerSecond | None = None
+    top: Annotated[int, Field(ge=1, le=100)] = 5
+    link: LinkId = "default"
+
+
+class PlanTableQuery(DeviceSpeedQuery):
+    """`GET /v1/plan/table`."""
+
+
+class ClassifyQuery(ConstraintQuery):
+    """`POST /v1/classify`: a forced `variant`/`split`, else the router's choice."""
+
+    link: LinkId = "default"
+    uplink_bps: BitsPerSecond | None = None
+    variant: VariantId | None = None
+    split: SplitName | None = None
+    shape: Shape | None = None
+
+
+class TailQuery(QueryModel):
+    """`POST /v1/tail` (the variant may come in Serve's multiplexing header instead)."""
+
+    variant: VariantId | None = None
+    split: SplitName | None = None
+    link: LinkId = "default"
+    uplink_bps: BitsPerSecond | None = None
+
+
+class LinkQuery(QueryModel):
+    """`GET /v1/link`."""
+
+    link: LinkId = "default"
+
+
+class NoQuery(QueryModel):
+    """A route that takes no query parameters."""
+
+
+class HeadQuery(QueryModel):
+    """`GET /v1/variants/{id}/head`."""
+
+    split: SplitName | None = None
+    format: Literal["safetensors", "onnx"] = "safetensors"
+
+
+def describe_errors(errors: list[dict]) -> str:
+    """One line naming every bad or unknown query parameter (pydantic/FastAPI error dicts)."""
+    unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden")
+    parts = []
+    if unknown:
+        parts.append(f"unknown query parameter(s) {', '.join(unknown)}")
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            continue
+        # FastAPI prefixes the location with "query"; a model-level check has none left
+        loc = [str(p) for p in error["loc"] if p != "query"]
+        message = error["msg"].removeprefix("Value error, ")
+        shown = error.get("input")
+        if loc and not isinstance(shown, dict):
+            parts.append(f"{loc[-1]}: {message}, got {str(shown)[:80]!r}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)

@@ -1,0 +1,52 @@
+"""The settings of `twostep bench`: one typed model, the source of the verb's flags (importable
+without torch, so `twostep bench --help` starts fast)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pipeline.config import Bandwidth, CommaList, ConfigModel
+
+
+class BenchConfig(ConfigModel):
+    """What `twostep bench` runs (each field is also a flag of the verb)."""
+
+    series: str = Field("runs/demo/series", description="model series directory (made by "
+                        "`twostep demo` or `twostep prune`)")
+    out: str = Field("runs/bench", description="results directory")
+    bandwidths: CommaList(Bandwidth) = Field(
+        ("100kbit", "250kbit", "500kbit", "1mbit", "2mbit", "5mbit", "10mbit", "100mbit"),
+        min_length=1,
+        description="uplink rates of the grid: bit/s, or with a unit (250kbit, 1mbit); "
+                    "comma-separated on the command line")
+    # The device is emulated by sleeping after real work: it cannot be faster than this CPU.
+    slowdowns: CommaList(Annotated[float, Field(ge=1.0, le=1000.0)]) = Field(
+        (1.0, 5.0, 10.0), min_length=1,
+        description="device = this many times slower than the edge, each in [1, 1000]")
+    requests: int = Field(20, ge=1, le=10_000, description="requests per strategy and grid point")
+    max_loss: float = Field(0.01, ge=0.0, le=1.0, description="twostep's accuracy floor: the "
+                            "unpruned model's test accuracy minus this")
+    link: Literal["auto", "shaped", "emulated"] = Field(
+        "auto", description="shaped: network namespaces + tc (root); emulated: sleeps; auto: "
+                            "shaped where permitted")
+    jpeg_quality: int = Field(90, ge=1, le=95, description="JPEG quality of strategy (c)")
+    calibration_requests: int = Field(60, ge=1, le=1000, description="requests of the "
+                                      "serving-path calibration")
+    accuracy_images: int = Field(2000, ge=1, le=1_000_000, description="test images of the "
+                                 "JPEG accuracy check")
+    startup_timeout_s: float = Field(300.0, gt=0.0, le=3600.0, description="seconds the edge "
+                                     "and device processes may take to start")
+    ingress: Literal["auto", "haproxy", "proxy"] = Field(
+        "auto", description="the edge's HTTP ingress: HAProxy where available")
+    runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="what runs heads and tails on the device and the edge, and "
+                                   "what the edge profile times")
+    profile_idle_ms: float = Field(5.0, ge=0.0, le=10_000.0, description="the edge profile idles "
+                                   "this long before each timed call, as between the "
+                                   "benchmark's requests (a call after a gap is slower)")
+
+    @property
+    def bandwidths_mbit(self) -> tuple[float, ...]:
+        return tuple(bps / 1e6 for bps in self.bandwidths)
