@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 from ray.serve import Application
 
+from pipeline.profile_paths import device_profile_of
 from pipeline.profiler import load_profile
 from serve.head import DeviceHead
 from serve.link_board import kill_link_board
@@ -61,8 +62,7 @@ def _profile_docs(args: AppArgs) -> dict:
     docs = {}
     if args.edge_profile:
         docs["edge"] = load_profile(args.edge_profile)
-        edge = Path(args.edge_profile)
-        sibling = edge.with_name(f"{edge.name.removesuffix('.json')}.device.json")
+        sibling = device_profile_of(args.edge_profile)
         if not args.device_profile and sibling.is_file():
             docs["device"] = load_profile(sibling)
     if args.device_profile:

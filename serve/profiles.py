@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from pipeline.models.registry import ArchSpec
+from pipeline.profile_paths import device_profile_of, series_edge_profile
 from pipeline.profiler import (
     derive_profile,
     load_profile,
@@ -112,7 +113,7 @@ def resolve_profiles(
         if device_doc is not None:
             return Profiles(device_doc, inner.edge, f"{inner.source.split(';')[0]}; device profile (given)")
         return inner
-    edge_path = Path(edge_profile) if edge_profile else series_dir / "profile.json"
+    edge_path = Path(edge_profile) if edge_profile else series_edge_profile(series_dir)
     if edge_profile or edge_path.is_file():
         edge = load_profile(edge_path)
         edge_source = f"edge profile {edge_path}"
@@ -130,7 +131,7 @@ def resolve_profiles(
     if device_profile:
         return Profiles(load_profile(device_profile), edge, f"{edge_source}; device profile {device_profile}")
     if edge_path is not None:
-        sibling = edge_path.with_name(f"{edge_path.name.removesuffix('.json')}.device.json")
+        sibling = device_profile_of(edge_path)
         if sibling.is_file():
             return Profiles(load_profile(sibling), edge, f"{edge_source}; device profile {sibling}")
     device = derive_profile(edge, slowdown)

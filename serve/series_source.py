@@ -27,10 +27,10 @@ from pathlib import Path
 
 from pipeline.atomic import write_bytes_atomic
 from pipeline.checkpoint import file_sha256
+from pipeline.profile_paths import SERIES_PROFILES
 from pipeline.series import MANIFEST, SeriesError, SeriesStore, graph_files, parse_manifest
 
 NAMESPACE = "twostep"
-PROFILE_FILES = ("profile.json", "profile.device.json")
 CACHE_ENV = "TWOSTEP_CACHE_DIR"
 
 
@@ -55,7 +55,7 @@ def _uri_read(uri: str, relative: str) -> bytes | None:
 
 
 def _allowed(manifest: dict, relative: str) -> bool:
-    return relative in (MANIFEST, *PROFILE_FILES) or relative in {
+    return relative in (MANIFEST, *SERIES_PROFILES) or relative in {
         v["weights"] for v in manifest["variants"]} or relative in graph_files(manifest)
 
 
@@ -180,7 +180,7 @@ class SeriesMirror:
         directory = Path(cache or cache_root()) / wanted
         (directory / "weights").mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(directory / MANIFEST, data)
-        for name in PROFILE_FILES:
+        for name in SERIES_PROFILES:
             profile = self._read(name)
             if profile is not None:
                 write_bytes_atomic(directory / name, profile)

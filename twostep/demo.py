@@ -17,6 +17,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.base_model import train_base
 from pipeline.checkpoint import CheckpointError, read_metadata
 from pipeline.config import TrainConfig
+from pipeline.profile_paths import device_profile_of, series_edge_profile
 from pipeline.profiler import (
     derive_profile,
     save_profile,
@@ -79,7 +80,8 @@ def profile_stage(store: SeriesStore, slowdown: float, log: Log,
     from pipeline.profile_series import profile_series
 
     edge = profile_series(store, runtime, threads=1, warmup=3, repeats=10)
-    edge_path, device_path = store.directory / "profile.json", store.directory / "profile.device.json"
+    edge_path = series_edge_profile(store.directory)
+    device_path = device_profile_of(edge_path)
     save_profile(edge_path, edge)
     save_profile(device_path, derive_profile(edge, slowdown))
     log(f"   {len(edge['variants'])} variants profiled ({runtime}); device = {slowdown:g} x this machine")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.cost import Link, parse_bandwidth
+from pipeline.profile_paths import device_profile_of, series_edge_profile
 from pipeline.profiler import derive_profile, load_profile
 from pipeline.selection import (
     BYTE_STATS,
@@ -49,14 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _profiles(args: argparse.Namespace, root: Path) -> tuple[dict, dict, str]:
     """(device profile, edge profile, a line saying where they came from)."""
-    edge_path = Path(args.edge_profile) if args.edge_profile else root / "profile.json"
+    edge_path = Path(args.edge_profile) if args.edge_profile else series_edge_profile(root)
     edge = load_profile(edge_path)
     if args.device_profile and args.slowdown is not None:
         raise ValueError("give --device-profile or --slowdown, not both")
     if args.slowdown is not None:
         return derive_profile(edge, args.slowdown), edge, f"device = {args.slowdown:g} x edge"
-    stem = edge_path.name.removesuffix(".json")
-    device_path = Path(args.device_profile or edge_path.with_name(f"{stem}.device.json"))
+    device_path = Path(args.device_profile or device_profile_of(edge_path))
     if not args.device_profile and not device_path.is_file():
         raise ValueError(
             f"no device profile at {device_path}: pass --device-profile FILE or --slowdown X"

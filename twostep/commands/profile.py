@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.profile_paths import device_profile_of, series_edge_profile
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a checkpoint (.safetensors) or a series directory")
@@ -28,11 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slowdown", type=float,
         help="also write a device profile derived as this many times slower (<output>.device.json)",
     )
-
-
-def _device_path(output: Path) -> Path:
-    stem = output.name[: -len(".json")] if output.name.endswith(".json") else output.name
-    return output.with_name(f"{stem}.device.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         output = Path(args.output)
     elif series:
-        output = (path if path.is_dir() else path.parent) / "profile.json"
+        output = series_edge_profile(path if path.is_dir() else path.parent)
     else:
         output = path.with_name(f"{path.stem}.profile.json")
     if series:
@@ -96,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
               f"{entry['whole_ms']:.3f} ms (gap {gap:+.3f} ms)")
     print(f"wrote {output} ({args.runtime}, {args.threads} thread(s))")
     if args.slowdown is not None:
-        device_output = _device_path(output)
+        device_output = device_profile_of(output)
         save_profile(device_output, derive_profile(doc, args.slowdown))
         print(f"wrote {device_output} (device = {args.slowdown:g} x this machine)")
     return 0
