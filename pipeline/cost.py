@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -148,9 +147,3 @@ def jpeg_bytes(image: np.ndarray, quality: int = 90) -> int:
     return buffer.tell()
 
 
-def mean_jpeg_bytes(images: Iterable[np.ndarray], quality: int = 90) -> float:
-    """Mean JPEG size in bytes over `images` (each as for `jpeg_bytes`)."""
-    sizes = [jpeg_bytes(image, quality) for image in images]
-    if not sizes:
-        raise ValueError("mean_jpeg_bytes needs at least one image")
-    return float(np.mean(sizes))

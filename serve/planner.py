@@ -168,6 +168,3 @@ class Planner:
             return best_b.total_ms > latency_budget_ms * (1 - self.switch_margin)
         return prev_b.total_ms <= best_b.total_ms * (1 + self.switch_margin)
 
-    def forget(self, key: str) -> None:
-        self._current.pop(key, None)
-

@@ -11,7 +11,6 @@ from pipeline.cost import (
     Link,
     jpeg_bytes,
     latency_breakdown,
-    mean_jpeg_bytes,
     parse_bandwidth,
     raw_input_bytes,
 )
@@ -80,7 +79,6 @@ def test_jpeg_bytes_on_images():
     assert jpeg_bytes(noise, quality=30) < jpeg_bytes(noise, quality=95)
     grey = _smooth(channels=1)
     assert jpeg_bytes(grey) == jpeg_bytes(grey[:, :, 0])
-    assert mean_jpeg_bytes([grey, grey]) == jpeg_bytes(grey)
     assert raw_input_bytes(make_spec("vgg11", 0.0625, in_channels=1)) == 1024
     assert raw_input_bytes(make_spec("vgg16")) == 3072
 
@@ -93,5 +91,3 @@ def test_jpeg_bytes_rejects_bad_input():
     for quality in (0, 100, 9.5):
         with pytest.raises(ValueError, match="quality"):
             jpeg_bytes(_smooth(), quality=quality)
-    with pytest.raises(ValueError, match="at least one"):
-        mean_jpeg_bytes([])
