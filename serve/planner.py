@@ -19,6 +19,8 @@ from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.models.registry import ArchSpec
 from pipeline.profiler import derive_profile
 from pipeline.selection import (
+    JPEG_INPUT,
+    RAW_INPUT,
     Candidate,
     CandidateTable,
     Decision,
@@ -67,11 +69,11 @@ class Planner:
     ):
         if not 0 <= switch_margin < 1:
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin!r}")
-        self._manifest, self._edge_profile = manifest, edge_profile
+        self._manifest, self._edge_profile, self._device_profile = manifest, edge_profile, device_profile
         self._bytes_stat, self._baselines = bytes_stat, baselines
         candidates = self._candidates(device_profile)
         self.table = CandidateTable(candidates)
-        self._device_tables: OrderedDict[tuple[float, float], CandidateTable] = OrderedDict()
+        self._device_tables: OrderedDict[tuple, CandidateTable] = OrderedDict()
         self.switch_margin = switch_margin
         self.max_keys = max_keys
         self._current: OrderedDict[str, Candidate] = OrderedDict()
@@ -88,19 +90,25 @@ class Planner:
             candidates += baseline_candidates(self._manifest, device_profile, self._edge_profile)
         return candidates
 
-    def table_for(self, device_slowdown: float | None,
-                  device_overhead_ms: float = 0.0) -> CandidateTable:
+    def table_for(self, device_slowdown: float | None, device_overhead_ms: float = 0.0,
+                  frames_only: bool = False) -> CandidateTable:
         """The candidates with the configured device profile (None), or for a device that reports
         its speed: `device_slowdown` times the edge's own profile plus `device_overhead_ms` per
-        call that runs anything on it (the per-call cost a warm per-layer profile misses). A few
-        such tables are cached."""
+        call that runs anything on it (the per-call cost a warm per-layer profile misses).
+        `frames_only`: a device that runs heads and sends wire frames, never the image itself
+        (no raw-pixel or JPEG upload candidates). A few such tables are cached."""
         if device_slowdown is None:
             if device_overhead_ms:
                 raise ValueError("device_overhead_ms needs device_slowdown")
-            return self.table
-        key = (float(device_slowdown), float(device_overhead_ms))
+            if not frames_only:
+                return self.table
+        key = (None if device_slowdown is None else float(device_slowdown),
+               float(device_overhead_ms), frames_only)
         if key not in self._device_tables:
-            candidates = self._candidates(derive_profile(self._edge_profile, key[0]))
+            candidates = self._candidates(self._device_profile if key[0] is None
+                                          else derive_profile(self._edge_profile, key[0]))
+            if frames_only:
+                candidates = [c for c in candidates if c.strategy not in (RAW_INPUT, JPEG_INPUT)]
             if key[1]:
                 candidates = [dataclasses.replace(c, head_ms=c.head_ms + key[1]) if c.head_ms > 0 else c
                               for c in candidates]
@@ -129,10 +137,11 @@ class Planner:
 
     def plan(self, link: Link, accuracy_floor: float | None = None,
              latency_budget_ms: float | None = None, top_k: int = 5,
-             device_slowdown: float | None = None, device_overhead_ms: float = 0.0) -> Decision:
+             device_slowdown: float | None = None, device_overhead_ms: float = 0.0,
+             frames_only: bool = False) -> Decision:
         """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits); see
-        `table_for` for `device_slowdown` and `device_overhead_ms`."""
-        table = self.table_for(device_slowdown, device_overhead_ms)
+        `table_for` for `device_slowdown`, `device_overhead_ms` and `frames_only`."""
+        table = self.table_for(device_slowdown, device_overhead_ms, frames_only)
         return table.select(link, accuracy_floor, latency_budget_ms, top_k)
 
     def choose(self, key: str, link: Link, accuracy_floor: float | None = None,

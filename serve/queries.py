@@ -74,6 +74,8 @@ class PlanQuery(DeviceSpeedQuery):
     """`GET /v1/plan`."""
 
     bandwidth_bps: BitsPerSecond | None = None
+    frames_only: bool = Field(False, description="the device runs heads and sends wire frames, "
+                              "never the image: leave out raw-pixel and JPEG uploads")
     top: Annotated[int, Field(ge=1, le=100)] = 5
     link: LinkId = "default"
 

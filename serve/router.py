@@ -322,6 +322,7 @@ class Router:
             bandwidth, source = (await self.board.observe(query.link))["estimate_bps"], "estimate"
         link = Link(bandwidth, self._rtt_ms() if query.rtt_ms is None else query.rtt_ms)
         decision = self.planner.plan(link, floor, budget, query.top, device_slowdown=slowdown,
+                                     frames_only=query.frames_only,
                                      device_overhead_ms=overhead)
         ranked = ranked_rows(decision.ranked)
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,

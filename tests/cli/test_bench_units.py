@@ -194,3 +194,20 @@ def test_the_device_is_slowdown_times_its_cpu_time_never_faster_than_it_ran():
     time.sleep(0.05)
     wall, cpu = (time.perf_counter_ns() - start) / 1e6, (time.thread_time_ns() - cpu_start) / 1e6
     assert device_time(wall, cpu, slowdown=10) < 1.5 * wall
+
+
+def test_the_device_fit_follows_calls_that_do_not_grow_with_the_profile():
+    from twostep.bench.run import fit_device
+
+    line = fit_device({"a": 0.2, "b": 0.5, "c": 0.8}, {"a": 0.4, "b": 0.55, "c": 0.7})
+    assert line["device_factor"] == pytest.approx(0.5) and line["device_overhead_ms"] == pytest.approx(0.3)
+    flat = fit_device({"a": 0.2, "b": 0.5}, {"a": 0.7, "b": 0.6})  # larger profile, faster call
+    assert flat == {"device_factor": 0.0, "device_overhead_ms": pytest.approx(0.65)}
+    through_origin = fit_device({"a": 0.2, "b": 0.4}, {"a": 0.1, "b": 0.5})  # intercept < 0
+    assert through_origin["device_overhead_ms"] == 0.0 and through_origin["device_factor"] > 1
+
+
+def test_the_request_cost_on_the_device_is_not_slowed_down():
+    costs = LinkCosts(0, 0.0, device_factor=1.0, device_overhead_ms=0.3, device_request_ms=0.1)
+    assert costs.device_overhead(10.0) == pytest.approx(3.1)
+    assert costs.device_overhead(1.0) == pytest.approx(0.4)

@@ -139,3 +139,18 @@ def test_a_device_overhead_is_added_to_heads_that_run(planner):
         assert b.head_ms == (a.head_ms + 1.5 if a.head_ms > 0 else 0.0)
     with pytest.raises(ValueError, match="device_slowdown"):
         planner.table_for(None, 1.0)
+
+
+def test_a_device_that_sends_frames_is_never_planned_an_image_upload(planner):
+    from pipeline.selection import JPEG_INPUT, RAW_INPUT
+
+    fast_link = Link(1e9)  # a slow device and a fast link: uploading the input wins
+    everything = planner.plan(fast_link, accuracy_floor=0.0, top_k=100, device_slowdown=1000.0)
+    assert any(c.strategy == RAW_INPUT for c, _ in everything.ranked)
+    frames = planner.plan(fast_link, accuracy_floor=0.0, top_k=100, device_slowdown=1000.0,
+                          frames_only=True)
+    assert frames.ranked and all(c.strategy not in (RAW_INPUT, JPEG_INPUT) for c, _ in frames.ranked)
+    assert any(c.split == "output" for c, _ in frames.ranked)  # all on the device stays
+    # without a device speed too
+    assert all(c.strategy != RAW_INPUT for c, _ in planner.plan(
+        fast_link, accuracy_floor=0.0, top_k=100, frames_only=True).ranked)

@@ -148,16 +148,8 @@ class Device:
                      "edge_ms": 0.0, "edge_compute_ms": 0.0}
         start = time.perf_counter_ns()
         if execution.mode in ("device", "frame"):
-            head = self.client.fetch_head(execution.variant, execution.split)
-
-            def run_head():
-                out = head(np.ascontiguousarray(pixels))
-                if execution.mode == "device":
-                    return out
-                return encode_frame(out, self.codec, variant_tag(execution.variant))
-
             # Head and frame encoding are both the device's work, both slowed down.
-            output = self._device_work(run_head, slowdown, row)
+            output = self._device_work(self.head_work(execution, pixels), slowdown, row)
             if execution.mode == "device":
                 prediction = int(output[0].argmax())
             else:
@@ -194,11 +186,45 @@ class Device:
         row["correct"] = prediction == label
         return row
 
+    def head_work(self, execution: Execution, pixels: np.ndarray):
+        """The device's work for a device or frame execution: its head, then (frame) encoding."""
+        head = self.client.fetch_head(execution.variant, execution.split)
+
+        def run_head():
+            out = head(np.ascontiguousarray(pixels))
+            if execution.mode == "device":
+                return out
+            return encode_frame(out, self.codec, variant_tag(execution.variant))
+
+        return run_head
+
     # ---- jobs ----
     def _refill(self) -> None:
         """Let the token bucket (and the idle downlink's) fill up before the next request."""
         if self.udp is not None:
-            time.sleep(self.setup.burst_bytes * 8.0 / self.bandwidth_bps * 1.1 + 0.002)
+            time.sleep(refill_gap_ms(self.setup.burst_bytes, self.bandwidth_bps) / 1000.0)
+
+    def device_calls(self, executions: list[Execution], gaps_ms: list[float],
+                     requests: int) -> dict[str, dict[str, float]]:
+        """Median CPU ms of each execution's device work at speed 1, each call after an idle
+        wait of `gap` ms as in the grid (a call after a wait costs more: cold caches, a core
+        waking up), per gap: {gap: {execution key: ms}}."""
+        out = {}
+        for gap in gaps_ms:
+            times: dict[str, list[float]] = {e.key: [] for e in executions}
+            works = {e.key: self.head_work(e, self.images[0][None]) for e in executions}
+            for work in works.values():
+                work()  # warm-up
+            for i in range(requests):
+                pixels = self.images[i % len(self.images)][None]
+                for execution in executions:
+                    work = self.head_work(execution, pixels)
+                    time.sleep(gap / 1000.0)
+                    cpu_start = time.thread_time_ns()
+                    work()
+                    times[execution.key].append((time.thread_time_ns() - cpu_start) / 1e6)
+            out[repr(gap)] = {key: float(np.median(values)) for key, values in times.items()}
+        return out
 
     def measure(self, executions: dict[str, Execution], requests: int, slowdown: float,
                 first_index: int = 0, each_round=None) -> dict[str, dict]:
@@ -256,7 +282,11 @@ class Device:
         # a JPEG goes through /v1/classify: the Router's hops and the decode on the edge
         jpeg_fixed = float(np.median([r["send_ms"] - r["edge_model_ms"] for r in both["jpeg"]["rows"]])
                            ) if jpeg is not None else None
+        # what a request costs the device besides its (slowed) work: on-device runs send nothing
+        request_ms = float(np.median([r["total_ms"] - r["device_ms"] for i in range(len(whole))
+                                      for r in both[f"whole{i}"]["rows"]])) if whole else 0.0
         return {"overhead_bytes": overhead, "fixed_ms": float(np.median(fixed)),
+                "device_request_ms": request_ms,
                 "jpeg_fixed_ms": jpeg_fixed,
                 "floor_ms": float(np.median(floor)),
                 "overhead_source": source, "whole_device_ms": whole_ms, "rows": measured}
@@ -271,7 +301,7 @@ class Device:
         return self.client._json("GET", "/v1/plan", params={
             "bandwidth_bps": point["bandwidth_bps"], "rtt_ms": point["rtt_ms"],
             "device_slowdown": point["slowdown"], "device_overhead_ms": point.get("overhead_ms", 0.0),
-            "accuracy_floor": point["accuracy_floor"],
+            "accuracy_floor": point["accuracy_floor"], "frames_only": "true",
             "top": 1})["best"]
 
     def prefetch(self, job: dict) -> dict:
@@ -295,6 +325,11 @@ class Device:
         executions.setdefault(chosen.key, chosen)
         measured = self.measure(executions, int(job["requests"]), slowdown, int(job.get("first_index", 0)))
         return {"plan": best, "router_execution": chosen.key, "measured": measured}
+
+
+def refill_gap_ms(burst_bytes: float, bandwidth_bps: float) -> float:
+    """The idle wait before each request on the shaped link: the token bucket refills."""
+    return burst_bytes * 8000.0 / bandwidth_bps * 1.1 + 2.0
 
 
 def device_time(wall_ms: float, cpu_ms: float, slowdown: float) -> float:
@@ -349,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = device.calibrate(Execution(**job["execution"]),
                                           [Execution(**e) for e in job["whole"]], int(job["requests"]),
                                           Execution(**job["jpeg"]) if job.get("jpeg") else None)
+            elif job["kind"] == "device_calls":
+                result = device.device_calls([Execution(**e) for e in job["executions"]],
+                                             [float(g) for g in job["gaps_ms"]], int(job["requests"]))
             elif job["kind"] == "prefetch":
                 result = device.prefetch(job)
             elif job["kind"] == "point":

@@ -8,6 +8,7 @@ serving path's per-request bytes and time -> every grid point -> JSON, markdown,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import subprocess
@@ -21,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_json_atomic
-from pipeline.selection import variant_accuracy
+from pipeline.selection import candidates_from_series, variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
 from twostep.bench.config import BenchConfig
+from twostep.bench.device_side import refill_gap_ms
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
 from twostep.ports import free_port
 
@@ -273,7 +275,23 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         calibration.update(device_model(calibration["whole_device_ms"], edge_profile, (base_id, smallest)))
         costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
                           calibration["device_factor"], calibration["device_overhead_ms"],
-                          calibration["jpeg_fixed_ms"])
+                          calibration["jpeg_fixed_ms"], calibration["device_request_ms"])
+        # The device's calls at each bandwidth's idle gap (the link's refill before a request):
+        # a call after a wait costs more than the back-to-back calibration says.
+        gaps = {b: refill_gap_ms(link.shaped.burst_bytes, b * 1e6) if link.shaped else 0.0
+                for b in config.bandwidths_mbit}
+        fit_on = calibration_executions(manifest, store)
+        called = device.ask({"kind": "device_calls", "executions": [e.to_dict() for e in fit_on],
+                             "gaps_ms": sorted(set(gaps.values())),
+                             "requests": max(10, config.calibration_requests // 3)})
+        profiled = profiled_device_work(manifest, edge_profile, fit_on)
+        by_gap = {gap: fit_device(profiled, measured) for gap, measured in called.items()}
+        costs_at = {b: dataclasses.replace(costs, **by_gap[repr(gaps[b])]) for b in config.bandwidths_mbit}
+        calibration["device_at_gap"] = {gap: {**by_gap[gap], "measured": called[gap]} for gap in called}
+        for b in config.bandwidths_mbit:
+            fit = by_gap[repr(gaps[b])]
+            log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
+                f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms")
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
             f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
@@ -282,10 +300,10 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             f"(fitted on {base_id} and {smallest}), times the slowdown; a JPEG through /v1/classify "
             f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
-        choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs, b * 1e6, raw_bytes,
+        choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
                                             jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}
-        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs.device_slowdown(s),
-                        "overhead_ms": costs.device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
+        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs_at[b].device_slowdown(s),
+                        "overhead_ms": costs_at[b].device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
                         "accuracy_floor": floor} for b, s in grid]
         fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
             e.to_dict() for point in choices.values() for e, _ in point.values()]})
@@ -326,6 +344,43 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         "points": points, "wall_seconds": time.perf_counter() - started,
     }
     return write_report(document, store, out, log)
+
+
+def calibration_executions(manifest: dict, store: SeriesStore) -> list[Execution]:
+    """What the device's calls are fitted on: whole models across the series' MAC range (base,
+    step 1, the smallest and two between) and the input encoded as a frame."""
+    whole = [vid for vid in store.ids() if "output" in store.get(vid)["splits"]]
+    by_macs = sorted(whole, key=lambda vid: store.get(vid)["macs"])
+    picks = [manifest["base"], manifest["step1"] or manifest["base"], by_macs[0],
+             by_macs[len(by_macs) // 3], by_macs[2 * len(by_macs) // 3]]
+    unique = list(dict.fromkeys(picks))
+    return [Execution("device", vid, "output") for vid in unique] + [
+        Execution("frame", manifest["base"], "input")]
+
+
+def profiled_device_work(manifest: dict, edge_profile: dict,
+                         executions: list[Execution]) -> dict[str, float]:
+    """The edge profile's time for each execution's device work, as the cost model counts it
+    (head, plus encoding for a frame)."""
+    heads = {(c.variant_id, c.split): c.head_ms
+             for c in candidates_from_series(manifest, edge_profile, edge_profile)}
+    return {e.key: heads[(e.variant, e.split)] for e in executions}
+
+
+def fit_device(profiled: dict[str, float], measured: dict[str, float]) -> dict:
+    """`device_factor` and `device_overhead_ms` (both >= 0) of the least-squares line
+    measured = factor x profiled + overhead over the executions both name."""
+    keys = [k for k in profiled if k in measured]
+    x = np.array([profiled[k] for k in keys])
+    y = np.array([measured[k] for k in keys])
+    if len(keys) >= 2 and np.ptp(x) > 1e-6:
+        factor, overhead = np.polyfit(x, y, 1)
+        if factor >= 0 and overhead >= 0:
+            return {"device_factor": float(factor), "device_overhead_ms": float(overhead)}
+        if factor < 0:  # the calls do not grow with the profile here: a constant
+            return {"device_factor": 0.0, "device_overhead_ms": float(np.mean(y))}
+    # through the origin (a negative intercept would make small models free)
+    return {"device_factor": float(np.sum(x * y) / np.sum(x * x)), "device_overhead_ms": 0.0}
 
 
 def device_model(whole_ms: list[float], edge_profile: dict, variants: tuple[str, str]) -> dict:

@@ -69,6 +69,9 @@ class LinkCosts:
     # A JPEG goes through /v1/classify (Router -> head -> tail, decoded on the edge): its fixed
     # time, measured the same way (None: as `fixed_ms`).
     jpeg_fixed_ms: float | None = None
+    # The device's own per-request cost around its work (fetching the head from its cache,
+    # reading the answer): CPU it spends at any slowdown, not slowed down in the emulation.
+    device_request_ms: float = 0.0
 
     def rtt_ms(self, bandwidth_bps: float) -> float:
         """The cost model's per-request term at `bandwidth_bps` (its `Link.rtt_ms`)."""
@@ -82,8 +85,8 @@ class LinkCosts:
         return slowdown * self.device_factor
 
     def device_overhead(self, slowdown: float) -> float:
-        """The fixed time per device call at `slowdown`."""
-        return slowdown * self.device_overhead_ms
+        """The fixed time per device call at `slowdown`, plus the request's own cost on it."""
+        return slowdown * self.device_overhead_ms + self.device_request_ms
 
 
 def execution_for(variant: str, split: str, strategy: str = "split") -> Execution:
