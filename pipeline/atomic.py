@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import tempfile
 from pathlib import Path
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically, creating its directory; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # pid + thread: two writers of one path (processes, or a replica's threads) never share a
-    # temporary file
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    # a name no other writer has (processes, threads, or hosts sharing the directory)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes it 0600; a file here is 0644-ish
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

@@ -61,6 +61,10 @@ def CommaList(item: type) -> Any:  # noqa: N802 - reads as a type in annotations
     return Annotated[tuple[item, ...], BeforeValidator(_comma_list)]
 
 
+# Keys that changed, with what replaces them (said when an old file uses them).
+RENAMED_KEYS = {"bandwidths_mbit": "bandwidths (bit/s, or with a unit: [\"100kbit\", \"1mbit\"])"}
+
+
 class ConfigError(ValueError):
     """A bad config value or key; the message names it."""
 
@@ -109,7 +113,9 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(values) - known)
     prefix = f"{where}: " if where else ""
     if unknown:
-        raise ConfigError(f"{prefix}unknown config key(s) {unknown}; known keys are {sorted(known)}")
+        hints = "".join(f"; {key} is now {RENAMED_KEYS[key]}" for key in unknown if key in RENAMED_KEYS)
+        raise ConfigError(f"{prefix}unknown config key(s) {unknown}{hints}; known keys are "
+                          f"{sorted(known)}")
     try:
         return cls.model_validate(values)
     except ValidationError as err:

@@ -212,7 +212,9 @@ class DeviceClient:
         bandwidth = bandwidth_bps if bandwidth_bps is not None else self.uplink_bps
         return self._json("GET", "/v1/plan", params={
             "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
-            "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link})
+            "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link,
+            # this client runs heads and sends frames: never plan it an image upload
+            "frames_only": "true"})
 
     def plan_table(self, accuracy_floor: float | None = None,
                    latency_budget_ms: float | None = None) -> dict:
@@ -223,7 +225,7 @@ class DeviceClient:
         if cached is None or time.monotonic() - cached[0] > self.table_ttl_s:
             table = self._json("GET", "/v1/plan/table", params={
                 "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
-                "rtt_ms": self.rtt_ms})
+                "rtt_ms": self.rtt_ms, "frames_only": "true"})
             self._tables[key] = cached = (time.monotonic(), table)
         return cached[1]
 

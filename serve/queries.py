@@ -34,7 +34,7 @@ SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
 Shape = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(,[0-9]{1,5}){0,3}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 RttMs = Annotated[float, Field(ge=0.0, le=MAX_RTT_MS)]
-BudgetMs = Annotated[float, Field(gt=0.0, le=MAX_LATENCY_BUDGET_MS), BeforeValidator(float)]
+BudgetMs = Annotated[float, Field(gt=0.0, le=MAX_LATENCY_BUDGET_MS, allow_inf_nan=False)]
 
 
 class QueryModel(BaseModel):
@@ -82,6 +82,9 @@ class PlanQuery(DeviceSpeedQuery):
 
 class PlanTableQuery(DeviceSpeedQuery):
     """`GET /v1/plan/table`."""
+
+    frames_only: bool = Field(False, description="the device runs heads and sends wire frames, "
+                              "never the image: leave out raw-pixel and JPEG uploads")
 
 
 class ClassifyQuery(ConstraintQuery):

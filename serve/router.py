@@ -340,11 +340,11 @@ class Router:
 
         def best_at(link: Link) -> Candidate:
             return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
-                                     device_overhead_ms=overhead).best
+                                     device_overhead_ms=overhead, frames_only=query.frames_only).best
 
         # a table costs a few hundred plans: cache the recent ones, so that many devices with
         # the same constraint (or one asking again) cost nothing
-        key = (floor, budget, rtt, slowdown, overhead)
+        key = (floor, budget, rtt, slowdown, overhead, query.frames_only)
         rows = self._tables.pop(key, None)
         if rows is None:
             rows = build_plan_table(best_at, rtt)
@@ -353,7 +353,8 @@ class Router:
             self._tables.popitem(last=False)
         return {"accuracy_floor": floor, "latency_budget_ms": budget, "rtt_ms": rtt,
                 "device_slowdown": slowdown, "device_overhead_ms": overhead,
-                "switch_margin": self.args.switch_margin, "series": self.series.ref["manifest_sha256"],
+                "frames_only": query.frames_only, "switch_margin": self.args.switch_margin,
+                "series": self.series.ref["manifest_sha256"],
                 "rows": rows}
 
     @api.get("/v1/link")

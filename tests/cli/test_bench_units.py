@@ -196,13 +196,17 @@ def test_the_device_is_slowdown_times_its_cpu_time_never_faster_than_it_ran():
     assert device_time(wall, cpu, slowdown=10) < 1.5 * wall
 
 
-def test_the_device_fit_follows_calls_that_do_not_grow_with_the_profile():
+def test_the_device_fit_follows_calls_that_do_not_grow_with_the_profile(edge_profile):
     from twostep.bench.run import fit_device
 
     line = fit_device({"a": 0.2, "b": 0.5, "c": 0.8}, {"a": 0.4, "b": 0.55, "c": 0.7})
     assert line["device_factor"] == pytest.approx(0.5) and line["device_overhead_ms"] == pytest.approx(0.3)
     flat = fit_device({"a": 0.2, "b": 0.5}, {"a": 0.7, "b": 0.6})  # larger profile, faster call
-    assert flat == {"device_factor": 0.0, "device_overhead_ms": pytest.approx(0.65)}
+    assert 0 < flat["device_factor"] <= 1e-3  # stays a valid slowdown (0 would be refused)
+    assert flat["device_overhead_ms"] == pytest.approx(0.65, abs=1e-3)
+    from pipeline.profiler import derive_profile
+
+    assert derive_profile(edge_profile, LinkCosts(0, 0.0, **flat).device_slowdown(10.0))
     through_origin = fit_device({"a": 0.2, "b": 0.4}, {"a": 0.1, "b": 0.5})  # intercept < 0
     assert through_origin["device_overhead_ms"] == 0.0 and through_origin["device_factor"] > 1
 

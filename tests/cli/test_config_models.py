@@ -65,3 +65,10 @@ def test_errors_name_every_bad_key_in_one_line():
     message = str(info.value)
     assert "\n" not in message
     assert "width must be in (0.0, 16.0]" in message and "lr:" in message and "'tpu'" in message
+
+
+def test_a_renamed_key_says_what_replaces_it():
+    from twostep.demo_config import DemoSettings
+
+    with pytest.raises(ConfigError, match=r"bandwidths_mbit is now bandwidths \(bit/s"):
+        build_config(DemoSettings, {"bandwidths_mbit": [0.1, 1.0]})

@@ -73,6 +73,7 @@ def test_constraints():
         assert bad_query(PlanQuery, **bad)
     assert "not both" in bad_query(PlanQuery, accuracy_floor="0.5", latency_budget_ms="9")
     assert "needs device_slowdown" in bad_query(PlanTableQuery, device_overhead_ms="2")
+    assert PlanTableQuery.model_validate({"frames_only": "true"}).frames_only is True
 
 
 def test_other_parameters():

@@ -46,11 +46,13 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
         if not ray_address:
             from serve.ingress import apply_ingress
 
-            # HAProxy reaches local replicas on 127.0.0.1, so they (and it) bind every interface
-            # of the edge's network namespace: its veth and its loopback, nothing else.
-            chosen, line = apply_ingress(ingress, "0.0.0.0")
+            # HAProxy reaches local replicas on 127.0.0.1, so inside the edge's network namespace
+            # they (and it) bind every interface of it: its veth and its loopback, nothing else.
+            # On the emulated link there is no namespace: everything stays on 127.0.0.1.
+            in_namespace = host != "127.0.0.1"
+            chosen, line = apply_ingress(ingress, "0.0.0.0" if in_namespace else host)
             print(f"edge: {line}", file=sys.stderr, flush=True)
-            if chosen == "haproxy":
+            if chosen == "haproxy" and in_namespace:
                 host = "0.0.0.0"
         # "local": a new instance here, never one that RAY_ADDRESS or `ray start` points at.
         ray.init(address=ray_address or "local", num_cpus=None if ray_address else 2,

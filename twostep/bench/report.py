@@ -120,6 +120,18 @@ def deviations(rows: list[dict]) -> list[dict]:
     return notes
 
 
+def _device_lines(document: dict) -> str:
+    """The device's fitted line at each idle gap the grid uses."""
+    calibration = document["calibration"]
+    at_gap = calibration.get("device_at_gap")
+    if not at_gap:
+        return (f"{calibration.get('device_factor', 1.0):.2f} x profile + "
+                f"{calibration.get('device_overhead_ms', 0.0):.2f} ms")
+    return ", ".join(f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms "
+                     f"after {float(gap):.1f} ms idle"
+                     for gap, fit in sorted(at_gap.items(), key=lambda item: float(item[0])))
+
+
 def markdown(rows: list[dict], result: dict, document: dict) -> str:
     lines = [f"Link: {document['link']['description']}.",
              f"Device: {document['device']['emulation']}. Edge: {document['edge']}.",
@@ -131,9 +143,8 @@ def markdown(rows: list[dict], result: dict, document: dict) -> str:
                 f"{document['calibration']['floor_ms']:.1f} ms, so "
                 f"{document['calibration']['fixed_ms'] / document['calibration']['floor_ms']:.2f}x)"
                 if document['calibration'].get('floor_ms') else "")
-             + "; device call = slowdown x ("
-             f"{document['calibration'].get('device_factor', 1.0):.2f} x profile + "
-             f"{document['calibration'].get('device_overhead_ms', 0.0):.2f} ms) (calibrated).", ""]
+             + "; device call = slowdown x (factor x profile + overhead), calibrated at each "
+             "bandwidth's idle gap: " + _device_lines(document) + ".", ""]
     for slowdown in sorted({r["slowdown"] for r in rows}):
         lines += [f"### Device = {slowdown:g}x the edge: measured p50 / p95 ms (bytes on the link)", "",
                   "| Mbit/s | " + " | ".join(f"({k}) {v}" for k, v in STRATEGIES.items())

@@ -209,7 +209,7 @@ def open_link(mode: str, log: Log) -> Link:
 # ---- the run ----
 
 def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> dict:
-    """All stages; returns what `compare.report` needs (also written as bench.json)."""
+    """All stages; returns what `twostep.bench.report` needs (also written as bench.json)."""
     from tqdm.auto import tqdm
 
     from twostep.bench.report import write_report
@@ -296,8 +296,9 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
             f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
             f"{costs.fixed_ms / calibration['floor_ms']:.2f}x); "
-            f"device call = {costs.device_factor:.2f} x profile + {costs.device_overhead_ms:.2f} ms "
-            f"(fitted on {base_id} and {smallest}), times the slowdown; a JPEG through /v1/classify "
+            f"device call back to back = {costs.device_factor:.2f} x profile + "
+            f"{costs.device_overhead_ms:.2f} ms (on {base_id} and {smallest}; the predictions use "
+            f"the fits at each bandwidth's idle gap below); a JPEG through /v1/classify "
             f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
@@ -367,20 +368,28 @@ def profiled_device_work(manifest: dict, edge_profile: dict,
     return {e.key: heads[(e.variant, e.split)] for e in executions}
 
 
+# A slowdown must stay positive (the profile is scaled by it, the router refuses 0).
+MIN_DEVICE_FACTOR = 1e-3
+
+
 def fit_device(profiled: dict[str, float], measured: dict[str, float]) -> dict:
     """`device_factor` and `device_overhead_ms` (both >= 0) of the least-squares line
     measured = factor x profiled + overhead over the executions both name."""
     keys = [k for k in profiled if k in measured]
+    if not keys:
+        raise ValueError("no device calls to fit the device on")
     x = np.array([profiled[k] for k in keys])
     y = np.array([measured[k] for k in keys])
     if len(keys) >= 2 and np.ptp(x) > 1e-6:
         factor, overhead = np.polyfit(x, y, 1)
         if factor >= 0 and overhead >= 0:
             return {"device_factor": float(factor), "device_overhead_ms": float(overhead)}
-        if factor < 0:  # the calls do not grow with the profile here: a constant
-            return {"device_factor": 0.0, "device_overhead_ms": float(np.mean(y))}
+        if factor < 0:  # the calls do not grow with the profile here: (nearly) a constant
+            return {"device_factor": MIN_DEVICE_FACTOR,
+                    "device_overhead_ms": float(max(0.0, np.mean(y) - MIN_DEVICE_FACTOR * np.mean(x)))}
     # through the origin (a negative intercept would make small models free)
-    return {"device_factor": float(np.sum(x * y) / np.sum(x * x)), "device_overhead_ms": 0.0}
+    return {"device_factor": max(MIN_DEVICE_FACTOR, float(np.sum(x * y) / max(np.sum(x * x), 1e-12))),
+            "device_overhead_ms": 0.0}
 
 
 def device_model(whole_ms: list[float], edge_profile: dict, variants: tuple[str, str]) -> dict:

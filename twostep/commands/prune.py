@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(_ray_flags_used(args))} only apply with --ray")
     if args.ray is not None:
         from tune.launch import TrialsFailedError, launch_pruning
+        from twostep.ray_env import apply_ray_env
+
+        apply_ray_env()
         from tune.plan import Step1Search, TrialResources
         from tune.storage import StorageError
 
