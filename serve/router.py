@@ -51,6 +51,7 @@ from serve.queries import (
     PlanQuery,
     PlanTableQuery,
     describe_errors,
+    parse_query,
 )
 from serve.series_source import SeriesMirror
 from serve.settings import AppArgs
@@ -384,8 +385,10 @@ class Router:
     # The two inference routes answer with JSONResponse directly: FastAPI's generic encoding of
     # a returned dict costs a few hundred microseconds per request for nothing here.
     @api.post("/v1/classify")
-    async def classify(self, request: Request, query: Annotated[ClassifyQuery, Query()]) -> JSONResponse:
+    async def classify(self, request: Request) -> JSONResponse:
+        """`POST /v1/classify` (`ClassifyQuery`), body: an image or raw pixels."""
         start = time.perf_counter_ns()
+        query = parse_query(ClassifyQuery, request.query_params)
         floor, budget = self._constraint(query)
         link_id, uplink = query.link, query.uplink_bps
         forced = query.variant is not None or query.split is not None

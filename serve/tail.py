@@ -15,10 +15,9 @@ signal of `serve.autoscaling.WorkInFlightPolicy`.
 
 import asyncio
 import time
-from typing import Annotated
 
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -30,7 +29,7 @@ from serve.bandwidth import EstimatorConfig
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
 from serve.link_board import LinkBoardClient
-from serve.queries import VARIANT_ID, TailQuery, describe_errors
+from serve.queries import VARIANT_ID, TailQuery, describe_errors, parse_query
 from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
@@ -172,9 +171,11 @@ class EdgeTail:
         return result if "error" in result else {**result, "server_ms": _ms(start)}
 
     @tail_api.post("/")
-    async def http_finish(self, request: Request, query: Annotated[TailQuery, Query()]) -> JSONResponse:
-        """`POST /v1/tail?variant=V&split=S[&link=L&uplink_bps=B]`, body: the wire frame."""
+    async def http_finish(self, request: Request) -> JSONResponse:
+        """`POST /v1/tail?variant=V&split=S[&link=L&uplink_bps=B]` (`TailQuery`), body: the wire
+        frame."""
         start = time.perf_counter_ns()
+        query = parse_query(TailQuery, request.query_params)
         variant = query.variant or request.headers.get(MULTIPLEX_HEADER)
         if variant and not VARIANT_ID.match(variant):
             raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant[:80]!r}")

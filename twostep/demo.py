@@ -159,10 +159,14 @@ def best_of(candidates: list, bps: float):
 def forced_choices(lines: dict[str, list], bandwidths_bps: tuple[float, ...]
                    ) -> dict[float, dict[str, tuple[str, str]]]:
     """Per bandwidth, the (variant, split) each baseline line runs (twostep: the router's own)."""
-    return {bps: {line: (best.variant_id, best.split)
-                  for line, candidates in lines.items() if line != "twostep" and candidates
-                  for best, _ in [best_of(candidates, bps)]}
-            for bps in bandwidths_bps}
+    choices: dict[float, dict[str, tuple[str, str]]] = {}
+    for bps in bandwidths_bps:
+        choices[bps] = {}
+        for line, candidates in lines.items():
+            if line != "twostep" and candidates:
+                best, _ = best_of(candidates, bps)
+                choices[bps][line] = (best.variant_id, best.split)
+    return choices
 
 
 def measure_lines(url: str, images, labels, choices: dict[float, dict[str, tuple[str, str]]],

@@ -20,6 +20,7 @@ from serve.queries import (
     PlanTableQuery,
     TailQuery,
     describe_errors,
+    parse_query,
 )
 
 
@@ -74,6 +75,14 @@ def test_constraints():
     assert "not both" in bad_query(PlanQuery, accuracy_floor="0.5", latency_budget_ms="9")
     assert "needs device_slowdown" in bad_query(PlanTableQuery, device_overhead_ms="2")
     assert PlanTableQuery.model_validate({"frames_only": "true"}).frames_only is True
+
+
+def test_the_hot_routes_parse_with_the_same_models():
+    assert parse_query(TailQuery, {"split": "pool3", "link": "phone-1"}).link == "phone-1"
+    with pytest.raises(HttpError) as info:
+        parse_query(TailQuery, {"split": "pool3", "uplink": "1mbit"})
+    assert info.value.status == 400
+    assert info.value.message == bad_query(TailQuery, split="pool3", uplink="1mbit")
 
 
 def test_other_parameters():

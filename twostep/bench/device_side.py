@@ -205,11 +205,11 @@ class Device:
             time.sleep(refill_gap_ms(self.setup.burst_bytes, self.bandwidth_bps) / 1000.0)
 
     def device_calls(self, executions: list[Execution], gaps_ms: list[float],
-                     requests: int) -> dict[str, dict[str, float]]:
+                     requests: int) -> list[dict[str, float]]:
         """Median CPU ms of each execution's device work at speed 1, each call after an idle
         wait of `gap` ms as in the grid (a call after a wait costs more: cold caches, a core
-        waking up), per gap: {gap: {execution key: ms}}."""
-        out = {}
+        waking up): one {execution key: ms} per gap, in order."""
+        out = []
         for gap in gaps_ms:
             times: dict[str, list[float]] = {e.key: [] for e in executions}
             works = {e.key: self.head_work(e, self.images[0][None]) for e in executions}
@@ -223,7 +223,7 @@ class Device:
                     cpu_start = time.thread_time_ns()
                     work()
                     times[execution.key].append((time.thread_time_ns() - cpu_start) / 1e6)
-            out[repr(gap)] = {key: float(np.median(values)) for key, values in times.items()}
+            out.append({key: float(np.median(values)) for key, values in times.items()})
         return out
 
     def measure(self, executions: dict[str, Execution], requests: int, slowdown: float,

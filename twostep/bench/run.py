@@ -281,15 +281,16 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         gaps = {b: refill_gap_ms(link.shaped.burst_bytes, b * 1e6) if link.shaped else 0.0
                 for b in config.bandwidths_mbit}
         fit_on = calibration_executions(manifest, store)
+        distinct = sorted(set(gaps.values()))
         called = device.ask({"kind": "device_calls", "executions": [e.to_dict() for e in fit_on],
-                             "gaps_ms": sorted(set(gaps.values())),
-                             "requests": max(10, config.calibration_requests // 3)})
+                             "gaps_ms": distinct, "requests": max(10, config.calibration_requests // 3)})
         profiled = profiled_device_work(manifest, edge_profile, fit_on)
-        by_gap = {gap: fit_device(profiled, measured) for gap, measured in called.items()}
-        costs_at = {b: dataclasses.replace(costs, **by_gap[repr(gaps[b])]) for b in config.bandwidths_mbit}
-        calibration["device_at_gap"] = {gap: {**by_gap[gap], "measured": called[gap]} for gap in called}
+        by_gap = {gap: fit_device(profiled, measured) for gap, measured in zip(distinct, called, strict=True)}
+        costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in config.bandwidths_mbit}
+        calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": measured}
+                                        for gap, measured in zip(distinct, called, strict=True)}
         for b in config.bandwidths_mbit:
-            fit = by_gap[repr(gaps[b])]
+            fit = by_gap[gaps[b]]
             log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
                 f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms")
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
