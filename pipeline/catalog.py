@@ -18,4 +18,5 @@ VGG_BLOCKS: dict[str, tuple[int, ...]] = {
     "vgg16": (2, 2, 3, 3, 3),
     "vgg19": (2, 2, 4, 4, 4),
 }
-ARCHS = tuple(VGG_BLOCKS)
+# ResNet-18 and MobileNetV2 follow torchvision's definitions (pipeline/models/resnet.py, mobilenet.py).
+ARCHS = (*VGG_BLOCKS, "resnet18", "mobilenetv2")

@@ -19,7 +19,7 @@ from pipeline.config import PruneConfig
 from pipeline.data import DataInfo, Splits, load_splits, normalize
 from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec
-from pipeline.models.vgg import VGG
+from pipeline.models.staged import StagedNet
 from pipeline.series import SeriesError, SeriesStore, variant_id
 from pipeline.split import pruned_layer, split_points, total_macs
 from pipeline.split_bytes import measure_split_bytes
@@ -36,7 +36,7 @@ class PruneContext:
     config: PruneConfig
     splits: Splits
     byte_images: torch.Tensor
-    teacher: VGG | None = None  # the unpruned model, when fine-tuning distils from it
+    teacher: StagedNet | None = None  # the unpruned model, when fine-tuning distils from it
 
     @property
     def codec(self) -> CodecConfig:
@@ -44,7 +44,7 @@ class PruneContext:
 
 
 def load_context(config: PruneConfig, info: DataInfo | None = None, splits: Splits | None = None,
-                 teacher: VGG | None = None) -> PruneContext:
+                 teacher: StagedNet | None = None) -> PruneContext:
     """Load the data `config` names (with seeded subsets) and pick the byte-measurement images.
 
     Args:
@@ -88,7 +88,7 @@ def step2_layers(spec: ArchSpec, config: PruneConfig) -> dict[str, list[str]]:
 
 
 def describe_variant(
-    ctx: PruneContext, model: VGG, spec: ArchSpec, *, step: int, iteration: int,
+    ctx: PruneContext, model: StagedNet, spec: ArchSpec, *, step: int, iteration: int,
     val_accuracy: float, offered_splits: list[str], layer: str | None = None,
     extra: dict | None = None,
 ) -> dict:
@@ -107,7 +107,7 @@ def describe_variant(
     }
 
 
-def record_variant(store: SeriesStore, ctx: PruneContext, model: VGG, spec: ArchSpec,
+def record_variant(store: SeriesStore, ctx: PruneContext, model: StagedNet, spec: ArchSpec,
                    **fields) -> dict:
     """`describe_variant`, then add the variant (weights and entry) to the store."""
     return store.add_variant(model, spec, describe_variant(ctx, model, spec, **fields))
@@ -149,7 +149,7 @@ def validation_leak(train: dict | None, config: PruneConfig) -> str | None:
     return None
 
 
-def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneContext, VGG, ArchSpec]:
+def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneContext, StagedNet, ArchSpec]:
     """Load the base checkpoint and data, open/create the store, record the base variant."""
     base_model, base_spec, meta = load_checkpoint(config.base)
     leak = validation_leak(meta.get("train"), config)
@@ -171,7 +171,7 @@ def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneCo
 
 
 def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
-                log: Log = print) -> tuple[VGG, ArchSpec]:
+                log: Log = print) -> tuple[StagedNet, ArchSpec]:
     """Run (or resume) step 1; every accepted iteration is a variant; returns the kept model."""
     if store.manifest["step1"] is not None:
         model, spec, _ = store.load_model(store.manifest["step1"])
@@ -211,7 +211,7 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
 
 def prune_step2_layer(
     store: SeriesStore, ctx: PruneContext, layer: str, offered: list[str],
-    step1_model: VGG, step1_spec: ArchSpec, on_snapshot: Callable[[Snapshot], None] | None = None,
+    step1_model: StagedNet, step1_spec: ArchSpec, on_snapshot: Callable[[Snapshot], None] | None = None,
 ) -> list[dict]:
     """Run (or resume) the step-2 ladder of one layer; returns its variants' entries."""
     ladder = step2_ladder(step1_spec, layer, ctx.config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.models.registry import ArchSpec
-from pipeline.split import split_points
+from pipeline.split import pruned_layer, split_points
 
 
 def _accuracy(v: dict) -> float:
@@ -23,11 +23,12 @@ def series_rows(manifest: dict, max_loss: float = 0.01) -> list[dict]:
     if base is None:
         return []
     floor = _accuracy(base) - max_loss
+    spec = ArchSpec.from_dict(manifest["base_spec"])
     rows = []
-    for split in split_points(ArchSpec.from_dict(manifest["base_spec"]))[1:-1]:
+    for split in split_points(spec)[1:-1]:
         orig = base["splits"][split]
         row = {
-            "split": split, "orig_elements": orig["elements"],
+            "split": split, "group": pruned_layer(spec, split), "orig_elements": orig["elements"],
             "orig_float32_bytes": 4 * orig["elements"], "orig_bytes": orig["bytes_mean"],
         }
         if step1 is not None:
@@ -61,7 +62,7 @@ def format_series_table(manifest: dict, max_loss: float = 0.01) -> str:
                      f"{step1['macs'] / 1e6:.2f} M MACs ({base['macs'] / step1['macs']:.2f}x fewer)")
     lines.append(f"step 2: fewest bytes within {100 * max_loss:.1f} points of the original "
                  "(* = none within; most accurate shown)")
-    header = (f"{'split':<8}{'orig el':>9}{'orig f32 B':>11}{'orig B':>9}{'s1 el':>8}"
+    header = (f"{'split':<10}{'prunes':<9}{'orig el':>9}{'orig f32 B':>11}{'orig B':>9}{'s1 el':>8}"
               f"{'s1 B':>8}{'s2 el':>7}{'s2 B':>8}{'el red':>8}{'B red':>9}{'s2 acc':>8}")
     lines += [header, "-" * len(header)]
     for r in series_rows(manifest, max_loss):
@@ -72,6 +73,25 @@ def format_series_table(manifest: dict, max_loss: float = 0.01) -> str:
                   f"{r['byte_reduction_vs_float32']:>8.1f}x{r['s2_accuracy']:>7.4f}{mark}")
         else:
             s2 = f"{'-':>7}{'-':>8}{'-':>8}{'-':>9}{'-':>8}"
-        lines.append(f"{r['split']:<8}{r['orig_elements']:>9}{r['orig_float32_bytes']:>11}"
+        lines.append(f"{r['split']:<10}{r['group']:<9}{r['orig_elements']:>9}{r['orig_float32_bytes']:>11}"
                      f"{r['orig_bytes']:>9.0f}{s1}{s2}")
+    lines += coupling_notes(ArchSpec.from_dict(manifest["base_spec"]))
     return "\n".join(lines)
+
+
+def coupling_notes(spec: ArchSpec) -> list[str]:
+    """What step 2 cuts where a split's channels are shared by several convs (ResNet and
+    MobileNetV2 stages): one line per such group, naming the convs cut together."""
+    groups = dict.fromkeys(pruned_layer(spec, p) for p in split_points(spec)[1:-1])
+    notes = []
+    for group in groups:
+        members = spec.layout.members(group)
+        if len(members) < 2:
+            continue
+        through = "a depthwise conv" if any(c.depthwise for c in members) else "residual adds"
+        convs = ", ".join(c.path.removeprefix("stages.") for c in members)
+        notes.append(f"  {group}: {len(members)} convs share these channels through {through} and "
+                     f"are cut together ({convs})")
+    if notes:
+        notes.insert(0, "step 2 cuts coupled channel groups (every split of a stage shares one series):")
+    return notes

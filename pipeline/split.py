@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from pipeline.models.layout import conv_macs, conv_macs_per_channel
 from pipeline.models.registry import ArchSpec
-from pipeline.models.vgg import VGG, stage_names
+from pipeline.models.staged import StagedNet
 
 
 def split_points(spec: ArchSpec) -> list[str]:
     """All split points of `spec` in forward order, `input` first and `output` last."""
-    return ["input", *stage_names(spec.arch), "output"]
+    return ["input", *(stage.name for stage in spec.layout.stages)]
 
 
 def check_split(spec: ArchSpec, split: str) -> None:
@@ -29,17 +30,13 @@ def check_split(spec: ArchSpec, split: str) -> None:
 
 
 def pruned_layer(spec: ArchSpec, split: str) -> str | None:
-    """The conv whose filters set the size of the tensor at `split` (None for input/output).
-
-    A split after a pool is set by the last conv before that pool.
-    """
+    """The channel group whose width sets the size of the tensor at `split` (None for
+    input/output): a VGG conv (a pool passes on the last conv's), a ResNet stage's residual
+    stream, a MobileNetV2 stage's projected channels."""
     check_split(spec, split)
-    if split in ("input", "output"):
+    if split == "input":
         return None
-    if split.startswith("conv"):
-        return split
-    block = int(split[len("pool"):])
-    return [n for n in spec.conv_names if n.startswith(f"conv{block}_")][-1]
+    return spec.layout.stage(split).out_group
 
 
 @dataclass(frozen=True)
@@ -54,22 +51,19 @@ class StageCost:
 def stage_costs(spec: ArchSpec) -> list[StageCost]:
     """Per-stage output shape (without batch) and multiply-accumulates, analytically.
 
-    A 3x3 conv costs 9 * C_in * C_out * H * W MACs; the linear layer in * out; BN, ReLU and
-    pooling are counted as zero MACs.
+    A conv costs k * k * C_in * C_out * H_out * W_out MACs (C_in = 1 for a depthwise conv), the
+    linear layer in * out; BatchNorm, activations, residual adds and pooling count zero.
     """
+    widths = spec.width_of()
     costs = [StageCost("input", (spec.in_channels, spec.input_size, spec.input_size), 0)]
-    channels, side = spec.in_channels, spec.input_size
-    width = spec.width_of()
-    for name in stage_names(spec.arch):
-        if name.startswith("conv"):
-            macs = 9 * channels * width[name] * side * side
-            channels = width[name]
+    for stage in spec.layout.stages:
+        macs = sum(conv_macs(conv, widths, spec.in_channels) for conv in stage.convs)
+        if stage.linear is not None:
+            macs += widths[stage.linear.in_group] * stage.linear.side ** 2 * spec.num_classes
+            shape: tuple[int, ...] = (spec.num_classes,)
         else:
-            macs = 0
-            side //= 2
-        costs.append(StageCost(name, (channels, side, side), macs))
-    in_features = channels * side * side
-    costs.append(StageCost("output", (spec.num_classes,), in_features * spec.num_classes))
+            shape = (widths[stage.out_group], stage.side, stage.side)
+        costs.append(StageCost(stage.name, shape, macs))
     return costs
 
 
@@ -99,7 +93,7 @@ def total_macs(spec: ArchSpec) -> int:
     return sum(c.macs for c in stage_costs(spec))
 
 
-def split_model(model: VGG, split: str) -> tuple[nn.Sequential, nn.Sequential]:
+def split_model(model: StagedNet, split: str) -> tuple[nn.Sequential, nn.Sequential]:
     """(head, tail) sharing `model`'s modules; tail(head(x)) computes exactly model(x)."""
     stages = model.ordered_stages()
     names = ["input"] + [n for n, _ in stages]
@@ -112,21 +106,14 @@ def split_model(model: VGG, split: str) -> tuple[nn.Sequential, nn.Sequential]:
 
 
 def macs_per_filter(spec: ArchSpec) -> dict[str, int]:
-    """MACs saved by removing one filter of each conv layer: its own 3x3 kernel over its
-    output map, plus its slice of the next conv (or of the classifier)."""
-    costs = {c.name: c for c in stage_costs(spec)}
-    names = spec.conv_names
+    """MACs saved by removing one channel of each group: its share of every conv it is an
+    output or input channel of, and its columns of the classifier."""
     widths = spec.width_of()
+    layout = spec.layout
     saved = {}
-    for i, name in enumerate(names):
-        in_channels = widths[names[i - 1]] if i else spec.in_channels
-        side = costs[name].out_shape[1]
-        own = 9 * in_channels * side * side
-        if i + 1 < len(names):
-            nxt = costs[names[i + 1]]
-            downstream = 9 * widths[names[i + 1]] * nxt.out_shape[1] * nxt.out_shape[2]
-        else:
-            final_side = spec.input_size // 32
-            downstream = spec.num_classes * final_side * final_side
-        saved[name] = own + downstream
+    for group in spec.group_names:
+        macs = sum(conv_macs_per_channel(conv, widths, spec.in_channels, group) for conv in layout.convs())
+        if layout.linear.in_group == group:
+            macs += spec.num_classes * layout.linear.side ** 2
+        saved[group] = macs
     return saved

@@ -7,12 +7,12 @@ import torch
 
 from pipeline.codec import CodecConfig, encode_frame, variant_tag
 from pipeline.models.registry import ArchSpec
-from pipeline.models.vgg import VGG
+from pipeline.models.staged import StagedNet
 from pipeline.split import head_tail_macs, split_elements
 
 
 @torch.no_grad()
-def stage_outputs(model: VGG, x: torch.Tensor, splits: list[str]) -> dict[str, torch.Tensor]:
+def stage_outputs(model: StagedNet, x: torch.Tensor, splits: list[str]) -> dict[str, torch.Tensor]:
     """The tensors at the given split points for input batch `x` (one forward pass)."""
     model.eval()
     wanted = set(splits)
@@ -26,7 +26,7 @@ def stage_outputs(model: VGG, x: torch.Tensor, splits: list[str]) -> dict[str, t
 
 
 def measure_split_bytes(
-    model: VGG, spec: ArchSpec, images: torch.Tensor, splits: list[str], codec: CodecConfig,
+    model: StagedNet, spec: ArchSpec, images: torch.Tensor, splits: list[str], codec: CodecConfig,
     vid: str = "",
 ) -> dict[str, dict]:
     """Per split: head/tail MACs, elements, and the mean and p95 of whole-frame bytes (header

@@ -20,7 +20,7 @@ from pipeline.config import PruneConfig
 from pipeline.data import Splits
 from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec
-from pipeline.models.vgg import VGG
+from pipeline.models.staged import StagedNet
 from pipeline.schedule import step1_filters_per_iteration, step2_widths
 from pipeline.split import macs_per_filter, total_macs
 from pipeline.surgery import remove_filters
@@ -32,7 +32,7 @@ from pipeline.train import evaluate, make_optimizer, train_one_epoch
 class Snapshot:
     """A model at one iteration of a procedure, with what was measured on it."""
 
-    model: VGG
+    model: StagedNet
     spec: ArchSpec
     iteration: int
     val_accuracy: float
@@ -50,7 +50,7 @@ def derive_seed(seed: int, *names: str) -> int:
 
 
 def distillation_loss(
-    teacher: VGG, weight: float, temperature: float,
+    teacher: StagedNet, weight: float, temperature: float,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """(student logits, images, labels) -> (1 - w) CE + w T^2 KL(teacher || student) at T.
 
@@ -67,8 +67,8 @@ def distillation_loss(
 
 
 def finetune(
-    model: VGG, splits: Splits, config: PruneConfig, epochs: float, generator: torch.Generator,
-    teacher: VGG | None = None,
+    model: StagedNet, splits: Splits, config: PruneConfig, epochs: float, generator: torch.Generator,
+    teacher: StagedNet | None = None,
 ) -> None:
     """SGD (momentum, weight decay), cosine-decayed LR, for a possibly fractional number of epochs;
     distilling from `teacher` when `config.distill_weight` > 0."""
@@ -133,8 +133,8 @@ def step1_mac_limit(base_macs: int, config: PruneConfig) -> int | None:
 
 
 def step1_iteration(
-    model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
-    filters_per_iteration: int, iteration: int, teacher: VGG | None = None,
+    model: StagedNet, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
+    filters_per_iteration: int, iteration: int, teacher: StagedNet | None = None,
     mac_limit: int | None = None,
 ) -> Snapshot:
     """Rank all filters, remove the globally lowest (stopping at `mac_limit`, see
@@ -178,7 +178,7 @@ def step1_verdict(
 
 def judge_step1(
     snapshot: Snapshot, baseline_val: float, base_macs: int, splits: Splits, config: PruneConfig,
-    generator: torch.Generator, teacher: VGG | None = None,
+    generator: torch.Generator, teacher: StagedNet | None = None,
 ) -> Snapshot:
     """Set `accepted` and `stop_reason` of a step-1 iteration (see `step1_verdict`).
 
@@ -199,8 +199,8 @@ def judge_step1(
 
 
 def run_step1(
-    model: VGG, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
-    start_iteration: int = 0, base_spec: ArchSpec | None = None, teacher: VGG | None = None,
+    model: StagedNet, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
+    start_iteration: int = 0, base_spec: ArchSpec | None = None, teacher: StagedNet | None = None,
 ) -> Iterator[Snapshot]:
     """Yield every step-1 iteration (accepted or not) until the procedure stops.
 
@@ -227,8 +227,8 @@ def run_step1(
 # ---- step 2 -------------------------------------------------------------------------------
 
 def step2_iteration(
-    model: VGG, spec: ArchSpec, layer: str, target_width: int, splits: Splits,
-    config: PruneConfig, generator: torch.Generator, iteration: int, teacher: VGG | None = None,
+    model: StagedNet, spec: ArchSpec, layer: str, target_width: int, splits: Splits,
+    config: PruneConfig, generator: torch.Generator, iteration: int, teacher: StagedNet | None = None,
 ) -> Snapshot:
     """Prune only `layer` down to `target_width` filters (lowest ranked), fine-tune, evaluate."""
     model = model.to(resolve_device(config.device))
@@ -251,8 +251,8 @@ def step2_ladder(spec: ArchSpec, layer: str, config: PruneConfig) -> list[int]:
 
 
 def run_step2(
-    model: VGG, spec: ArchSpec, layer: str, splits: Splits, config: PruneConfig,
-    ladder: list[int] | None = None, done: int = 0, teacher: VGG | None = None,
+    model: StagedNet, spec: ArchSpec, layer: str, splits: Splits, config: PruneConfig,
+    ladder: list[int] | None = None, done: int = 0, teacher: StagedNet | None = None,
 ) -> Iterator[Snapshot]:
     """Yield one snapshot per width of the ladder; each is a variant of the series.
 

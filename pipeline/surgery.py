@@ -1,17 +1,23 @@
-"""Physical filter removal: one call removes any set of filters from any conv layers at once.
+"""Physical channel removal: one call removes any set of channels from any groups at once.
 
-Removing filter j of a conv layer removes output channel j of the conv, channel j of its
-BatchNorm (weight, bias, running mean and variance), input channel j of the next conv, or the
-matching input columns of the classifier. The new network is rebuilt from the new widths, so its
-spec always describes it. (Residual networks will need coupled channel groups; this module's
-interface - layer name to filter indices - stays the same.)
+For a VGG, removing filter j of a conv layer removes output channel j of the conv, channel j of
+its BatchNorm (weight, bias, running mean and variance), input channel j of the next conv, or the
+matching input columns of the classifier (done here directly). For ResNet and MobileNetV2 the
+channels of a coupled group (a residual stream, a block's expanded channels) are removed through
+Torch-Pruning's dependency graph, which follows them through every conv, BatchNorm, depthwise
+conv and residual add. Either way the new network is then rebuilt from the new widths and the
+pruned tensors are loaded into it, so its spec always describes it.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from pipeline.catalog import VGG_BLOCKS
 from pipeline.models.registry import ArchSpec, build
+from pipeline.models.staged import StagedNet
 from pipeline.models.vgg import VGG
 
 
@@ -26,19 +32,48 @@ def _keep_indices(width: int, removed: list[int], layer: str) -> torch.Tensor:
 
 
 def remove_filters(
-    model: VGG, spec: ArchSpec, removals: dict[str, list[int]]
-) -> tuple[VGG, ArchSpec]:
-    """A new model without the given filters; `model` itself is left untouched.
+    model: StagedNet, spec: ArchSpec, removals: dict[str, list[int]]
+) -> tuple[StagedNet, ArchSpec]:
+    """A new model without the given channels; `model` itself is left untouched.
 
     Args:
-        removals: conv layer name -> indices of its filters to remove.
+        removals: channel group name (a VGG conv layer) -> indices of its channels to remove.
     """
     widths = spec.width_of()
     unknown = set(removals) - set(widths)
     if unknown:
-        raise ValueError(f"unknown layers {sorted(unknown)}; conv layers are {list(widths)}")
+        raise ValueError(f"unknown channel groups {sorted(unknown)}; groups are {list(widths)}")
     keep = {n: _keep_indices(w, removals.get(n, []), n) for n, w in widths.items()}
     new_spec = spec.with_widths({n: len(k) for n, k in keep.items()})
+    if spec.arch not in VGG_BLOCKS:
+        return _remove_coupled(model, spec, new_spec, removals), new_spec
+    return _remove_vgg(model, spec, new_spec, keep), new_spec
+
+
+def _remove_coupled(model: StagedNet, spec: ArchSpec, new_spec: ArchSpec,
+                    removals: dict[str, list[int]]) -> StagedNet:
+    import torch_pruning as tp  # only pruning needs it: serving and the device never load it
+
+    device = next(model.parameters()).device
+    work = copy.deepcopy(model).eval()  # eval: tracing must not move BatchNorm statistics
+    example = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size, device=device)
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
+        for group, indices in removals.items():
+            if indices:
+                root = work.get_submodule(spec.layout.members(group)[0].path)
+                graph.get_pruning_group(root, tp.prune_conv_out_channels, sorted(indices)).prune()
+    new_model = build(new_spec).to(device)
+    try:
+        new_model.load_state_dict(work.state_dict())
+    except RuntimeError as err:  # the graph coupled other channels than the layout says
+        raise RuntimeError(f"{spec.arch}: the dependency graph's channel groups disagree with "
+                           f"the layout: {err}") from err
+    new_model.train(model.training)
+    return new_model
+
+
+def _remove_vgg(model: VGG, spec: ArchSpec, new_spec: ArchSpec, keep: dict[str, torch.Tensor]) -> VGG:
     device = next(model.parameters()).device
     new_model = build(new_spec).to(device)
     old_blocks, new_blocks = model.conv_blocks(), new_model.conv_blocks()
@@ -58,4 +93,4 @@ def remove_filters(
         new_model.classifier.linear.weight.copy_(model.classifier.linear.weight[:, columns])
         new_model.classifier.linear.bias.copy_(model.classifier.linear.bias)
     new_model.train(model.training)
-    return new_model, new_spec
+    return new_model

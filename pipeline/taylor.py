@@ -1,7 +1,10 @@
-"""Filter importance: first-order Taylor (Molchanov et al. 2017, as in the 2-step paper) or L1.
+"""Channel importance: first-order Taylor (Molchanov et al. 2017, as in the 2-step paper) or L1.
 
-Scores are measured at each conv block's output (after BN and ReLU), the tensor that removing a
-filter zeroes for the next layer. No surgery happens here.
+A channel of a group is scored by the first-order change of the loss when it is zeroed wherever
+the group carries it: activation x gradient at the output of every BatchNorm of the group (one
+per VGG conv; every block of a ResNet stage's residual stream; expansion and depthwise conv of
+a MobileNetV2 block), summed over those members. At a BatchNorm followed by a ReLU this equals
+the term after the ReLU. No surgery happens here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import torch
 from torch import nn
 
 from pipeline.data import DataInfo, ImageSet, iterate_batches
-from pipeline.models.vgg import VGG
+from pipeline.models.layout import Layout
+from pipeline.models.registry import arch_layout
+from pipeline.models.staged import StagedNet
 
 CRITERIA = ("taylor", "l1")
 
@@ -28,27 +33,37 @@ def normalize_per_layer(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def _layout(model: StagedNet) -> Layout:
+    return arch_layout(model.arch, model.input_size)
+
+
 @contextlib.contextmanager
 def _taylor_hooks(
-    model: VGG, layers: list[str], sums: dict[str, torch.Tensor]
+    model: StagedNet, groups: list[str], sums: dict[str, torch.Tensor]
 ) -> Iterator[None]:
-    """Accumulate mean(activation x gradient) per channel of each layer's output into `sums`."""
+    """Accumulate mean(activation x gradient) per channel of each group's BatchNorm outputs into
+    `sums`."""
     handles = []
 
-    def attach(name: str) -> Callable:
-        def forward_hook(_module, _inputs, output: torch.Tensor) -> None:
+    def attach(group: str) -> Callable:
+        def forward_hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
             def grad_hook(grad: torch.Tensor) -> None:
                 # (b, c, h, w) -> (c,): the Taylor term averaged over batch and space
                 term = (output.detach() * grad).mean(dim=(0, 2, 3))
-                sums[name] = sums.get(name, torch.zeros_like(term)) + term
+                sums[group] = sums.get(group, torch.zeros_like(term)) + term
 
             output.register_hook(grad_hook)
+            # torchvision's blocks add the shortcut and apply ReLU in place: they get a copy, so
+            # the activation read above stays the BatchNorm's own output
+            return output.clone()
 
         return forward_hook
 
+    layout = _layout(model)
     try:
-        for name in layers:
-            handles.append(model.stages[name].register_forward_hook(attach(name)))
+        for group in groups:
+            for conv in layout.members(group):
+                handles.append(model.get_submodule(conv.bn).register_forward_hook(attach(group)))
         yield
     finally:
         for handle in handles:
@@ -56,17 +71,17 @@ def _taylor_hooks(
 
 
 def taylor_scores(
-    model: VGG, data: ImageSet, info: DataInfo, generator: torch.Generator,
+    model: StagedNet, data: ImageSet, info: DataInfo, generator: torch.Generator,
     num_batches: int = 10, batch_size: int = 64, layers: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Raw (signed, accumulated) Taylor terms per filter of each conv layer.
+    """Raw (signed, accumulated) Taylor terms per channel of each group (`layers`: all groups).
 
     The model is in train mode for the backward passes (as during fine-tuning), but no weight is
     changed: gradients are cleared afterwards.
     """
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    layers = layers or list(model.conv_blocks())
+    layers = layers or list(_layout(model).groups)
     # Train-mode passes update BatchNorm running statistics; ranking must not change the model.
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     model.train()
@@ -85,19 +100,23 @@ def taylor_scores(
     return {name: sums[name].cpu() for name in layers}  # backward filled `sums` in reverse order
 
 
-def l1_scores(model: VGG, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """L1 norm of each filter's weights: a data-free baseline criterion."""
-    blocks = model.conv_blocks()
-    layers = layers or list(blocks)
-    return {n: blocks[n].conv.weight.detach().abs().sum(dim=(1, 2, 3)).cpu() for n in layers}
+def l1_scores(model: StagedNet, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """L1 norm of each channel's filter weights, summed over the convs of its group: a
+    data-free baseline criterion."""
+    layout = _layout(model)
+    scores = {}
+    for group in layers or layout.groups:
+        scores[group] = sum(model.get_submodule(conv.path).weight.detach().abs().sum(dim=(1, 2, 3)).cpu()
+                            for conv in layout.members(group))
+    return scores
 
 
 def rank_filters(
-    model: VGG, data: ImageSet, info: DataInfo, generator: torch.Generator,
+    model: StagedNet, data: ImageSet, info: DataInfo, generator: torch.Generator,
     criterion: str = "taylor", num_batches: int = 10, batch_size: int = 64,
     layers: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-layer importance of every filter, L2-normalised within each layer (higher = keep)."""
+    """Per-group importance of every channel, L2-normalised within each group (higher = keep)."""
     if criterion == "taylor":
         raw = taylor_scores(model, data, info, generator, num_batches, batch_size, layers)
     elif criterion == "l1":

@@ -195,7 +195,7 @@ def choose_step1(candidates: dict[str, dict], baseline_val: float, config: Prune
 def variant_order(spec: ArchSpec):
     """Sort key for the canonical manifest order: base, step 1 by iteration, step 2 by layer in
     network order then iteration (the order of the in-process run over all split points)."""
-    layer_index = {name: i for i, name in enumerate(spec.conv_names)}
+    layer_index = {name: i for i, name in enumerate(spec.group_names)}
 
     def key(entry: dict) -> tuple:
         return (entry["step"], layer_index.get(entry.get("layer"), -1), entry["iteration"])

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from pipeline.catalog import VGG_BLOCKS
+from pipeline.models.layout import Conv, Layout, Linear, Stage
+from pipeline.models.staged import StagedNet
 
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 
@@ -67,7 +69,7 @@ class Classifier(nn.Module):
         return self.linear(torch.flatten(x, 1))
 
 
-class VGG(nn.Module):
+class VGG(StagedNet):
     """A VGG whose conv widths are given one per layer, so pruned variants rebuild exactly.
 
     Args:
@@ -86,31 +88,34 @@ class VGG(nn.Module):
         num_classes: int = 10,
         input_size: int = 32,
     ):
-        super().__init__()
-        self.arch = arch
-        self.in_channels = in_channels
-        self.input_size = input_size
-        self.stages = nn.ModuleDict()
+        stages: dict[str, nn.Module] = {}
         channels = in_channels
         it = iter(widths)
         for name in stage_names(arch):
             if name.startswith("conv"):
                 width = next(it)
-                self.stages[name] = ConvBlock(channels, width)
+                stages[name] = ConvBlock(channels, width)
                 channels = width
             else:
-                self.stages[name] = nn.MaxPool2d(2, 2)
+                stages[name] = nn.MaxPool2d(2, 2)
         final_side = input_size // 32
-        self.classifier = Classifier(channels * final_side * final_side, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages.values():
-            x = stage(x)
-        return self.classifier(x)
-
-    def ordered_stages(self) -> list[tuple[str, nn.Module]]:
-        """(split point name, module producing it) for every stage after `input`."""
-        return [*self.stages.items(), ("output", self.classifier)]
+        classifier = Classifier(channels * final_side * final_side, num_classes)
+        super().__init__(arch, stages, classifier, in_channels, input_size)
 
     def conv_blocks(self) -> dict[str, ConvBlock]:
         return {n: m for n, m in self.stages.items() if isinstance(m, ConvBlock)}
+
+
+def layout(arch: str, input_size: int) -> Layout:
+    """Stages and channel groups: one group per conv (its filters), pools pass the last on."""
+    stages, side, previous = [], input_size, None
+    for name in stage_names(arch):
+        if name.startswith("conv"):
+            conv = Conv(f"stages.{name}.0", f"stages.{name}.1", previous, name, 3, 1, side)
+            stages.append(Stage(name, name, side, (conv,)))
+            previous = name
+        else:
+            side //= 2
+            stages.append(Stage(name, previous, side))
+    stages.append(Stage("output", None, 0, linear=Linear("classifier.linear", previous, side)))
+    return Layout(tuple(stages), tuple(conv_names(arch)))

@@ -98,7 +98,7 @@ def test_spec_json_round_trip_and_validation():
     assert ArchSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="width of conv1_1"):
         ArchSpec("vgg11", (0, 1, 1, 1, 1, 1, 1, 1))
-    with pytest.raises(ValueError, match="8 conv layers but 2 widths"):
+    with pytest.raises(ValueError, match="8 channel groups but 2 widths"):
         ArchSpec("vgg11", (1, 2))
     with pytest.raises(ValueError, match="unknown keys"):
         ArchSpec.from_dict({**spec.to_dict(), "evil": 1})

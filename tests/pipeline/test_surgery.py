@@ -68,5 +68,5 @@ def test_bad_removals_are_refused():
         remove_filters(model, spec, {"conv1_1": list(range(4))})
     with pytest.raises(ValueError, match="cannot remove indices"):
         remove_filters(model, spec, {"conv1_1": [9]})
-    with pytest.raises(ValueError, match="unknown layers"):
+    with pytest.raises(ValueError, match="unknown channel groups"):
         remove_filters(model, spec, {"conv9_1": [0]})

@@ -25,7 +25,7 @@ def test_taylor_scores_have_one_value_per_filter_and_unit_norm(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores = rank_filters(model, splits.train, splits.info, torch.Generator().manual_seed(0),
                           num_batches=2, batch_size=8)
-    assert list(scores) == spec.conv_names
+    assert list(scores) == spec.group_names
     for name, s in scores.items():
         assert s.shape == (spec.width_of()[name],)
         assert (s >= 0).all()

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_json_atomic
+from pipeline.models.registry import ArchSpec
 from pipeline.selection import candidates_from_series, variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
+from pipeline.split import split_points
 from twostep.bench.config import BenchConfig
 from twostep.bench.device_side import refill_gap_ms
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
@@ -265,7 +267,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
 
         log("== [4/5] calibrate the serving path, then every grid point")
         link.set_rate(1e9)
-        probe = Execution("frame", manifest["step1"] or manifest["base"], "pool5")
+        last_features = split_points(ArchSpec.from_dict(manifest["base_spec"]))[-2]  # pool5 of a VGG
+        probe = Execution("frame", manifest["step1"] or manifest["base"], last_features)
         base_id = manifest["base"]
         smallest = min(store.ids(), key=lambda vid: store.get(vid)["macs"])
         calibration = device.ask({
