@@ -200,7 +200,8 @@ class PruneConfig(ConfigModel):
     criterion: Literal["taylor", "l1"] = Field(
         "taylor", description="filter ranking: taylor (activation x gradient) or l1 (weight norm)")
     mac_weight: float = Field(0.0, ge=0.0, le=100.0,
-                              description="divide a filter's score by its MAC share to this power")
+                              description="subtract this x (a filter's MACs / the costliest filter's) "
+                                          "from its score, so compute goes first (0 = off)")
     rank_batches: int = Field(10, ge=1, le=100_000, description="batches averaged per ranking")
     finetune_lr: float = Field(0.01, gt=0.0, le=10.0,
                                description="fine-tuning learning rate (cosine-decayed to 0)")

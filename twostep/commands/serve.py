@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import time
 
 from twostep.config_flags import add_config_flags, flag_values
 
@@ -85,12 +86,43 @@ def run(args: argparse.Namespace) -> int:
         host, port = start_http(args.host, args.port, attempts=1 if joined else 3,
                                 log_level=app_args.log_level,
                                 proxy_location=args.proxy_location)
-        print(f"twostep serve: {app_args.series_dir} at http://{host}:{port}/v1/ "
-              "(docs/serve.md; Ctrl-C stops)", flush=True)
-        deploy(app_args, blocking=True)
+        print(f"twostep serve: deploying {app_args.series_dir} ...", flush=True)
+        deploy(app_args)
+        url = f"http://{host}:{port}/v1/"
+        if wait_until_routed(f"http://{_local(host)}:{port}/v1/health"):
+            print(f"twostep serve: {app_args.series_dir} ready at {url} (docs/serve.md; Ctrl-C stops)",
+                  flush=True)
+        else:
+            print(f"twostep serve: deployed, but {url}health does not answer yet; see the log above",
+                  flush=True)
+        while True:
+            time.sleep(3600)
     finally:
         stop_app(joined, series, app_args.app_name)
     return 0
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def wait_until_routed(url: str, timeout_s: float = 120.0) -> bool:
+    """Whether `url` answers 200 within `timeout_s`: Serve reports an app running before its
+    ingress routes to it (HAProxy took ~10 s more here), and a device started on the ready line
+    must not get 404s."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def stop_app(joined: bool, series: dict | None, app_name: str) -> None:
