@@ -15,6 +15,16 @@ from httputil import free_port, stoppable_by_sigint, wait_healthy
 pytestmark = pytest.mark.integration
 
 
+def wait_for_line(text: str, proc, output, timeout_s: float = 240.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while text not in output():
+        assert proc.poll() is None, f"twostep serve exited ({proc.returncode}): {output()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} line within {timeout_s} s: {output()[-3000:]}"
+        time.sleep(0.2)
+
+
 def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_path):
     from serve.client import DeviceClient
     from serve.runner import VariantRunner
@@ -29,6 +39,9 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
                             preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
+        wait_for_line("ready at", proc, (tmp_path / "serve.log").read_text)
+        # the ready line comes once the ingress routes: a device started on it gets no 404
+        assert requests.get(f"{url}/v1/variants", timeout=30).status_code == 200
         wait_healthy(f"{url}/v1/health", proc, output=(tmp_path / "serve.log").read_text)
         output = (tmp_path / "serve.log").read_text()
         assert "ingress: HAProxy" in output, output[-2000:]
