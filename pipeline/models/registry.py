@@ -14,6 +14,8 @@ from pipeline.models import mobilenet, resnet, vgg
 from pipeline.models.layout import Layout
 
 MAX_WIDTH = 8192
+# torchvision-based families: modules with layout(input_size), full_widths(width_mult), build(...)
+TORCHVISION_FAMILIES = {"resnet18": resnet, "mobilenetv2": mobilenet}
 
 
 def _check_arch(arch: str) -> None:
@@ -27,7 +29,7 @@ def arch_layout(arch: str, input_size: int = 32) -> Layout:
     _check_arch(arch)
     if arch in VGG_BLOCKS:
         return vgg.layout(arch, input_size)
-    return {"resnet18": resnet.layout, "mobilenetv2": mobilenet.layout}[arch](input_size)
+    return TORCHVISION_FAMILIES[arch].layout(input_size)
 
 
 def group_names(arch: str) -> tuple[str, ...]:
@@ -125,7 +127,7 @@ def make_spec(
     if arch in VGG_BLOCKS:
         widths = vgg.full_widths(arch, width_mult)
     else:
-        by_group = {"resnet18": resnet.full_widths, "mobilenetv2": mobilenet.full_widths}[arch](width_mult)
+        by_group = TORCHVISION_FAMILIES[arch].full_widths(width_mult)
         widths = [by_group[name] for name in group_names(arch)]
     return ArchSpec(arch, tuple(widths), in_channels, num_classes, input_size)
 
@@ -134,5 +136,5 @@ def build(spec: ArchSpec) -> nn.Module:
     """A freshly initialised network for `spec`."""
     if spec.arch in VGG_BLOCKS:
         return vgg.VGG(spec.arch, list(spec.widths), spec.in_channels, spec.num_classes, spec.input_size)
-    builder = {"resnet18": resnet.build, "mobilenetv2": mobilenet.build}[spec.arch]
-    return builder(spec.width_of(), spec.in_channels, spec.num_classes, spec.input_size)
+    return TORCHVISION_FAMILIES[spec.arch].build(spec.width_of(), spec.in_channels, spec.num_classes,
+                                                 spec.input_size)
