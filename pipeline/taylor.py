@@ -48,8 +48,9 @@ def _taylor_hooks(
     def attach(group: str) -> Callable:
         def forward_hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
             def grad_hook(grad: torch.Tensor) -> None:
-                # (b, c, h, w) -> (c,): the Taylor term averaged over batch and space
-                term = (output.detach() * grad).mean(dim=(0, 2, 3))
+                # (b, c, h, w) -> (c,): summed over space (a group's BatchNorms may run at
+                # different sides: MobileNetV2's expansion and strided depthwise conv), mean over batch
+                term = (output.detach() * grad).sum(dim=(2, 3)).mean(dim=0)
                 sums[group] = sums.get(group, torch.zeros_like(term)) + term
 
             output.register_hook(grad_hook)
