@@ -1,8 +1,9 @@
 """Split points of a model: head and tail modules, tensor shapes, analytic MAC counts.
 
 A split point names the tensor sent from device to edge: `input` (the raw image), the output of
-a conv+BN+ReLU (`conv3_2`) or of a pool (`pool3`), or `output` (everything on the device; only
-the logits leave it).
+a stage of the architecture's layout (a VGG conv+BN+ReLU `conv3_2` or pool `pool3`; a ResNet
+residual block `layer2_1`; a MobileNetV2 block `block6`; the `stem`, `last` and `pool` stages),
+or `output` (everything on the device; only the logits leave it).
 """
 
 from __future__ import annotations

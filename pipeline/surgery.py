@@ -24,10 +24,10 @@ from pipeline.models.vgg import VGG
 def _keep_indices(width: int, removed: list[int], layer: str) -> torch.Tensor:
     bad = [i for i in removed if not 0 <= i < width]
     if bad:
-        raise ValueError(f"{layer} has {width} filters; cannot remove indices {bad}")
+        raise ValueError(f"{layer} has {width} channels; cannot remove indices {bad}")
     keep = sorted(set(range(width)) - set(removed))
     if not keep:
-        raise ValueError(f"removing every filter of {layer} would disconnect the network")
+        raise ValueError(f"removing every channel of {layer} would disconnect the network")
     return torch.tensor(keep, dtype=torch.long)
 
 

@@ -11,8 +11,8 @@ seven stages (`stage1` ... `stage7`: a stage's residual adds couple its blocks' 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
-from torchvision.models import mobilenet_v2
 
 from pipeline.models.layout import Conv, Layout, Linear, Stage, out_side
 from pipeline.models.staged import StagedNet, resize
@@ -59,10 +59,14 @@ def layout(input_size: int) -> Layout:
     return Layout(tuple(stages), tuple(groups))
 
 
-def _staged(width_mult: float, num_classes: int, input_size: int) -> StagedNet:
-    """torchvision's MobileNetV2 at `width_mult`, its features cut into named stages."""
-    net = mobilenet_v2(num_classes=num_classes, width_mult=width_mult,
-                       inverted_residual_setting=[list(s) for s in SETTINGS])
+def _staged(width_mult: float, num_classes: int, in_channels: int, input_size: int) -> StagedNet:
+    """torchvision's MobileNetV2 at `width_mult`, its features cut into named stages, as a
+    skeleton without storage (`resize` gives every layer its tensors)."""
+    from torchvision.models import mobilenet_v2  # here: importing torchvision costs every CLI verb ~1 s
+
+    with torch.device("meta"):
+        net = mobilenet_v2(num_classes=num_classes, width_mult=width_mult,
+                           inverted_residual_setting=[list(s) for s in SETTINGS])
     features = list(net.features)
     stages: dict[str, nn.Module] = {"stem": features[0]}
     for number, block in enumerate(features[1:-1], start=1):
@@ -70,17 +74,18 @@ def _staged(width_mult: float, num_classes: int, input_size: int) -> StagedNet:
     stages["last"] = features[-1]
     stages["pool"] = nn.AdaptiveAvgPool2d(1)
     classifier = nn.Sequential(nn.Flatten(1), *net.classifier)
-    return StagedNet("mobilenetv2", stages, classifier, 3, input_size)
+    return StagedNet("mobilenetv2", stages, classifier, in_channels, input_size)
 
 
 def full_widths(width_mult: float) -> dict[str, int]:
     """Every group's width in torchvision's network at `width_mult` (its rounding to multiples
     of 8, and its last conv of at least 1280 channels)."""
-    net = _staged(width_mult, 10, 32)
+    net = _staged(width_mult, 10, 3, 32)
     return {conv.out_group: net.get_submodule(conv.path).out_channels for conv in layout(32).convs()}
 
 
 def build(widths: dict[str, int], in_channels: int, num_classes: int, input_size: int) -> StagedNet:
-    model = _staged(1.0, num_classes, input_size)
-    model.in_channels = in_channels
+    # the block structure (which blocks have a residual add) is width 1.0's at every width: at
+    # 0.25, torchvision's own network would add one to block1, whose stem and output both round to 8
+    model = _staged(1.0, num_classes, in_channels, input_size)
     return resize(model, layout(input_size), widths, in_channels, num_classes)

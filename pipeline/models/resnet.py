@@ -10,8 +10,8 @@ add into it, so their channels go together) and the inner channels of each block
 
 from __future__ import annotations
 
+import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from pipeline.models.layout import Conv, Layout, Linear, Stage, out_side
 from pipeline.models.staged import StagedNet, resize
@@ -55,9 +55,12 @@ def full_widths(width_mult: float) -> dict[str, int]:
 
 
 def build(widths: dict[str, int], in_channels: int, num_classes: int, input_size: int) -> StagedNet:
-    net = resnet18(num_classes=num_classes)
-    stages: dict[str, nn.Module] = {
-        "stem": nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), net.bn1, net.relu)}
+    from torchvision.models import resnet18  # here: importing torchvision costs every CLI verb ~1 s
+
+    with torch.device("meta"):  # a skeleton without storage: `resize` gives every layer its tensors
+        net = resnet18(num_classes=num_classes)
+        stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    stages: dict[str, nn.Module] = {"stem": nn.Sequential(stem, net.bn1, net.relu)}
     for index in range(1, len(STAGE_WIDTHS) + 1):
         for block, module in enumerate(getattr(net, f"layer{index}")):
             stages[f"layer{index}_{block}"] = module

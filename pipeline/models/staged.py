@@ -59,4 +59,7 @@ def resize(model: nn.Module, layout: Layout, widths: dict[str, int], in_channels
         replace_module(model, conv.bn, nn.BatchNorm2d(cout, old_bn.eps, old_bn.momentum))
     linear = layout.linear
     replace_module(model, linear.path, nn.Linear(widths[linear.in_group] * linear.side ** 2, num_classes))
+    left = [name for name, t in model.state_dict().items() if t.is_meta]
+    if left:
+        raise RuntimeError(f"{model.arch}: the layout does not cover {left[:3]}")
     return model

@@ -88,13 +88,10 @@ def run(args: argparse.Namespace) -> int:
                                 proxy_location=args.proxy_location)
         print(f"twostep serve: deploying {app_args.series_dir} ...", flush=True)
         deploy(app_args)
-        url = f"http://{host}:{port}/v1/"
-        if wait_until_routed(f"http://{_local(host)}:{port}/v1/health"):
-            print(f"twostep serve: {app_args.series_dir} ready at {url} (docs/serve.md; Ctrl-C stops)",
-                  flush=True)
-        else:
-            print(f"twostep serve: deployed, but {url}health does not answer yet; see the log above",
-                  flush=True)
+        url = f"http://{_url_host(host)}:{port}/v1/"
+        wait_until_routed(f"http://{_url_host(_local(host))}:{port}/v1/health", url)
+        print(f"twostep serve: {app_args.series_dir} ready at {url} (docs/serve.md; Ctrl-C stops)",
+              flush=True)
         while True:
             time.sleep(3600)
     finally:
@@ -106,23 +103,31 @@ def _local(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def wait_until_routed(url: str, timeout_s: float = 120.0) -> bool:
-    """Whether `url` answers 200 within `timeout_s`: Serve reports an app running before its
-    ingress routes to it (HAProxy took ~10 s more here), and a device started on the ready line
-    must not get 404s."""
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def wait_until_routed(health_url: str, url: str, patience_s: float = 60.0) -> None:
+    """Return once `health_url` answers 200: Serve reports an app running before its ingress
+    routes to it (HAProxy took ~10 s more here), and a device started on the ready line must not
+    get 404s. Says so once when that takes longer than `patience_s`; Ctrl-C stops the wait."""
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    told = False
+    while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(health_url, timeout=5) as response:
                 if response.status == 200:
-                    return True
+                    return
         except (urllib.error.URLError, OSError):
             pass
+        if not told and time.monotonic() - start > patience_s:
+            print(f"twostep serve: deployed, but {url}health has not answered for {patience_s:.0f} s; "
+                  "still waiting (see the log above)", flush=True)
+            told = True
         time.sleep(0.5)
-    return False
 
 
 def stop_app(joined: bool, series: dict | None, app_name: str) -> None:
