@@ -1,5 +1,7 @@
 """The typed config models are the one source of TOML keys, flags, validation and the docs."""
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import ConfigError, PruneConfig, TrainConfig, build_config, make_config
@@ -72,3 +74,19 @@ def test_a_renamed_key_says_what_replaces_it():
 
     with pytest.raises(ConfigError, match=r"bandwidths_mbit is now bandwidths \(bit/s"):
         build_config(DemoSettings, {"bandwidths_mbit": [0.1, 1.0]})
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("configs/*.toml")),
+                         ids=lambda p: p.name)
+def test_the_example_configs_are_valid_and_name_real_split_points(path):
+    from pipeline.config import read_toml
+    from pipeline.models import make_spec
+    from pipeline.split import split_points
+
+    sections = read_toml(path)
+    assert set(sections) <= {"train", "prune", "demo"}, path
+    train = make_config(TrainConfig, path, "train") if "train" in sections else TrainConfig()
+    if "prune" in sections:
+        prune = make_config(PruneConfig, path, "prune")
+        points = split_points(make_spec(train.arch, train.width))
+        assert set(prune.step2_splits) <= set(points[1:-1]), prune.step2_splits
