@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"twostep {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of the output left (`twostep series show DIR | head`): stop quietly, as
+        # Unix tools do; stdout then goes nowhere, so the interpreter's last flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (OSError, RuntimeError) as err:
         # a failure while running (a server that does not answer, a disk that refuses a
         # write), not a bad command line: exit 1, one line
