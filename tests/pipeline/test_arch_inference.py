@@ -4,6 +4,7 @@ and tails that ONNX Runtime runs to PyTorch's results."""
 import numpy as np
 import pytest
 import torch
+from modelutil import randomise_batchnorm
 
 from pipeline.data import DataInfo
 from pipeline.models import build, make_spec
@@ -19,15 +20,7 @@ PIXELS = np.random.default_rng(2).integers(0, 256, (4, 1, 32, 32), dtype=np.uint
 def _trained_looking(arch: str, width: float):
     torch.manual_seed(0)
     spec = make_spec(arch, width, in_channels=1)
-    model = build(spec)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval(), spec
+    return randomise_batchnorm(build(spec)).eval(), spec
 
 
 @pytest.mark.parametrize("arch,width", [("resnet18", 0.125), ("mobilenetv2", 0.25)])

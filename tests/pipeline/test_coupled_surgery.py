@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from modelutil import randomise_batchnorm
 
 from pipeline.models import build, make_spec
 from pipeline.split import split_points, total_macs
@@ -21,15 +22,7 @@ SPECS = {"resnet18": make_spec("resnet18", 0.125, in_channels=1),
 
 def _model(arch: str, seed: int):
     torch.manual_seed(seed)
-    model = build(SPECS[arch])
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
+    return randomise_batchnorm(build(SPECS[arch]))
 
 
 def _zeroed(model, spec, removals):

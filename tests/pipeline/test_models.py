@@ -13,7 +13,7 @@ from pipeline.split import (
 )
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg16"])
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "resnet18", "mobilenetv2"])
 def test_head_tail_compose_to_full_model_at_every_split(arch):
     torch.manual_seed(0)
     spec = make_spec(arch, 0.0625, in_channels=1)

@@ -1,19 +1,10 @@
 import pytest
 import torch
+from modelutil import randomise_batchnorm
 
 from pipeline.models import build, make_spec
 from pipeline.split import stage_costs, total_macs
 from pipeline.surgery import remove_filters
-
-
-def _randomise_bn(model):
-    for block in model.conv_blocks().values():
-        bn = block.bn
-        with torch.no_grad():
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
 
 
 @pytest.mark.parametrize("input_size", [32, 64])
@@ -21,7 +12,7 @@ def test_removing_filters_with_zero_outgoing_weights_changes_nothing(input_size)
     torch.manual_seed(0)
     spec = make_spec("vgg11", 0.125, in_channels=1, input_size=input_size)
     model = build(spec).eval()
-    _randomise_bn(model)
+    randomise_batchnorm(model)
     removals = {"conv1_1": [0, 3], "conv3_2": [1, 2, 5], "conv5_2": [0, 7]}
     with torch.no_grad():
         consumers = list(model.conv_blocks().values())
@@ -52,7 +43,7 @@ def test_running_statistics_are_sliced_not_reset():
     torch.manual_seed(1)
     spec = make_spec("vgg11", 0.125, in_channels=1)
     model = build(spec)
-    _randomise_bn(model)
+    randomise_batchnorm(model)
     pruned, _ = remove_filters(model, spec, {"conv2_1": [0, 2]})
     keep = [i for i in range(16) if i not in (0, 2)]
     old, new = model.stages["conv2_1"].bn, pruned.stages["conv2_1"].bn
