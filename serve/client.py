@@ -19,12 +19,13 @@ import http.client
 import json
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.codec import codec_config, encode_frame, variant_tag
+from pipeline.device_times import DeviceTimes, device_times_document
 from pipeline.onnx_session import normalizer
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
@@ -124,6 +125,9 @@ class DeviceClient:
         self.table_ttl_s = table_ttl_s
         self._tables: dict[tuple, tuple[float, dict]] = {}
         self._current: dict[tuple, tuple[str, str]] = {}
+        # this device's own measured time per (variant, split) head (time_heads): sent with
+        # every plan, in place of the edge's scaled profile for those heads
+        self.device_ms: DeviceTimes = {}
 
     # ---- HTTP ----
     def _request(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
@@ -207,23 +211,77 @@ class DeviceClient:
         return self.rtt_ms
 
     def plan(self, accuracy_floor: float | None = None, latency_budget_ms: float | None = None,
-             bandwidth_bps: float | None = None) -> dict:
-        """`GET /v1/plan` for this device's link (its reported uplink unless `bandwidth_bps`)."""
+             bandwidth_bps: float | None = None, top: int = 5) -> dict:
+        """`/v1/plan` for this device's link (its reported uplink unless `bandwidth_bps`) and its
+        measured head times (`time_heads`): the best `top` rows ranked."""
         bandwidth = bandwidth_bps if bandwidth_bps is not None else self.uplink_bps
-        return self._json("GET", "/v1/plan", params={
+        return self._planning("/v1/plan", {
             "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
-            "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link,
+            "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link, "top": top,
             # this client runs heads and sends frames: never plan it an image upload
             "frames_only": "true"})
 
+    def plan_timed(self, accuracy_floor: float | None = None, latency_budget_ms: float | None = None,
+                   bandwidth_bps: float | None = None, pixels: np.ndarray | None = None,
+                   shortlist: int = 8, calls: int = 10, idle_ms: float = 0.0, top: int = 5) -> dict:
+        """Plan as `plan`, after timing here the heads of the edge's best `shortlist` rows
+        (`time_heads`, on `pixels` or random ones) that were not timed yet: the plan then ranks
+        them by what they cost this device, not by the edge's profile scaled."""
+        if isinstance(shortlist, bool) or not isinstance(shortlist, int) or not 1 <= shortlist <= 100:
+            raise ValueError(f"shortlist must be an integer in [1, 100], got {shortlist!r}")
+        first = self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=shortlist)
+        heads = [(r["variant"], r["split"]) for r in first["ranked"]
+                 if r["device_ms"] > 0 and (r["variant"], r["split"]) not in self.device_ms]
+        if heads:
+            if pixels is None:
+                data = self.info()["data"]
+                shape = (1, int(data["in_channels"]), int(data["input_size"]), int(data["input_size"]))
+                pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+            self.time_heads(heads, pixels, calls, idle_ms)
+        return self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=top)
+
+    def _planning(self, path: str, params: dict) -> dict:
+        """GET `path`, or POST it with this device's measured head times when it has some."""
+        if not self.device_ms:
+            return self._json("GET", path, params=params)
+        body = json.dumps({"device_ms": device_times_document(self.device_ms)}).encode()
+        return self._json("POST", path, params=params, body=body, content_type="application/json")
+
+    def time_heads(self, heads: Iterable[tuple[str, str]], pixels: np.ndarray, calls: int = 10,
+                   idle_ms: float = 0.0) -> DeviceTimes:
+        """Time this device's work for each (variant, split): the head and the frame's encoding
+        (the whole model at `output`), median wall ms of `calls` calls, each after `idle_ms` of
+        idleness (as between this device's requests: a call after a wait costs more than a
+        back-to-back one). The times are kept (`device_ms`) and sent with every later plan."""
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+            raise ValueError(f"calls must be an integer >= 1, got {calls!r}")
+        if not 0 <= idle_ms <= 60_000:
+            raise ValueError(f"idle_ms must be in [0, 60000], got {idle_ms!r}")
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        measured: DeviceTimes = {}
+        for variant, split in dict.fromkeys(heads):
+            work = self.device_work(variant, split)
+            work(pixels)  # warm-up
+            times = []
+            for _ in range(calls):
+                time.sleep(idle_ms / 1000.0)
+                start = time.perf_counter_ns()
+                work(pixels)
+                times.append(_ms(start))
+            measured[(variant, split)] = float(np.median(times))
+        self.device_ms.update(measured)
+        self._tables.clear()  # planned without these times
+        return measured
+
     def plan_table(self, accuracy_floor: float | None = None,
                    latency_budget_ms: float | None = None) -> dict:
-        """The edge's plan table for this constraint (`GET /v1/plan/table`), cached until the
-        constraint changes or `table_ttl_s` passes."""
+        """The edge's plan table for this constraint and this device's measured head times
+        (`/v1/plan/table`), cached until the constraint changes, `table_ttl_s` passes or the
+        device times more heads."""
         key = (accuracy_floor, latency_budget_ms)
         cached = self._tables.get(key)
         if cached is None or time.monotonic() - cached[0] > self.table_ttl_s:
-            table = self._json("GET", "/v1/plan/table", params={
+            table = self._planning("/v1/plan/table", {
                 "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
                 "rtt_ms": self.rtt_ms, "frames_only": "true"})
             self._tables[key] = cached = (time.monotonic(), table)
@@ -303,6 +361,15 @@ class DeviceClient:
                 self._heads[key] = (_torch_head(data, self.variant(variant_id)["spec"],
                                                 self.info()["data"], split, self.threads), sha)
         return self._heads[key][0]
+
+    def device_work(self, variant_id: str, split: str) -> Callable[[np.ndarray], np.ndarray | bytes]:
+        """What this device does for one image at (variant, split): the head, then the frame's
+        encoding (the logits at `output`, which sends nothing)."""
+        head = self.fetch_head(variant_id, split)
+        if split == "output":
+            return head
+        codec, tag = codec_config(self.info()["codec"]), variant_tag(variant_id)
+        return lambda pixels: encode_frame(head(pixels), codec, tag)
 
     # ---- inference ----
     def pixels(self, image: bytes | np.ndarray, content_type: str = "image/png") -> np.ndarray:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipeline.cost import Breakdown, Link, latency_breakdown
+from pipeline.device_times import DeviceTimes, parse_device_times, with_device_times
 from pipeline.models.registry import ArchSpec
 from pipeline.profiler import derive_profile
 from pipeline.selection import (
@@ -91,19 +93,23 @@ class Planner:
         return candidates
 
     def table_for(self, device_slowdown: float | None, device_overhead_ms: float = 0.0,
-                  frames_only: bool = False) -> CandidateTable:
+                  frames_only: bool = False,
+                  device_ms: Mapping[tuple[str, str], float] | None = None) -> CandidateTable:
         """The candidates with the configured device profile (None), or for a device that reports
         its speed: `device_slowdown` times the edge's own profile plus `device_overhead_ms` per
         call that runs anything on it (the per-call cost a warm per-layer profile misses).
         `frames_only`: a device that runs heads and sends wire frames, never the image itself
-        (no raw-pixel or JPEG upload candidates). A few such tables are cached."""
+        (no raw-pixel or JPEG upload candidates). `device_ms`: the device's own measured time of
+        some heads, (variant, split) -> ms (`pipeline.device_times`), used as they are in place
+        of the profile's. A few such tables are cached."""
         if device_slowdown is None:
             if device_overhead_ms:
                 raise ValueError("device_overhead_ms needs device_slowdown")
-            if not frames_only:
+            if not frames_only and not device_ms:
                 return self.table
         key = (None if device_slowdown is None else float(device_slowdown),
-               float(device_overhead_ms), frames_only)
+               float(device_overhead_ms), frames_only,
+               frozenset(device_ms.items()) if device_ms else frozenset())
         if key not in self._device_tables:
             candidates = self._candidates(self._device_profile if key[0] is None
                                           else derive_profile(self._edge_profile, key[0]))
@@ -112,11 +118,21 @@ class Planner:
             if key[1]:
                 candidates = [dataclasses.replace(c, head_ms=c.head_ms + key[1]) if c.head_ms > 0 else c
                               for c in candidates]
+            if device_ms:
+                candidates = with_device_times(candidates, device_ms)
             self._device_tables[key] = CandidateTable(candidates)
             while len(self._device_tables) > MAX_DEVICE_TABLES:
                 self._device_tables.popitem(last=False)
         self._device_tables.move_to_end(key)
         return self._device_tables[key]
+
+    def device_times(self, document: object) -> DeviceTimes:
+        """A device's measured head times from JSON (`pipeline.device_times`), checked against
+        the variants and splits served here; ValueError naming the bad entry."""
+        offered: dict[str, set[str]] = {}
+        for vid, split in self._by_key:
+            offered.setdefault(vid, set()).add(split)
+        return parse_device_times(document, offered)
 
     def splits_of(self, variant_id: str) -> list[str]:
         """Split points a variant can be served at: those it offers, plus the baselines'."""
@@ -138,10 +154,11 @@ class Planner:
     def plan(self, link: Link, accuracy_floor: float | None = None,
              latency_budget_ms: float | None = None, top_k: int = 5,
              device_slowdown: float | None = None, device_overhead_ms: float = 0.0,
-             frames_only: bool = False) -> Decision:
+             frames_only: bool = False,
+             device_ms: Mapping[tuple[str, str], float] | None = None) -> Decision:
         """Stateless best choice (raises `NoFeasibleCandidate` when nothing fits); see
-        `table_for` for `device_slowdown`, `device_overhead_ms` and `frames_only`."""
-        table = self.table_for(device_slowdown, device_overhead_ms, frames_only)
+        `table_for` for `device_slowdown`, `device_overhead_ms`, `frames_only` and `device_ms`."""
+        table = self.table_for(device_slowdown, device_overhead_ms, frames_only, device_ms)
         return table.select(link, accuracy_floor, latency_budget_ms, top_k)
 
     def choose(self, key: str, link: Link, accuracy_floor: float | None = None,

@@ -62,6 +62,7 @@ api = FastAPI(title="twostep split inference", version="1",
               description="Bandwidth-aware split inference of a pruned model series. See docs/serve.md.")
 
 MAX_JSON_BYTES = 4096
+MAX_DEVICE_TIMES_BYTES = 256 * 1024  # ~4,000 (variant, split) times
 HEAD_CACHE = 32
 PLAN_TABLE_CACHE = 64
 
@@ -316,6 +317,16 @@ class Router:
 
     @api.get("/v1/plan")
     async def plan(self, query: Annotated[PlanQuery, Query()]) -> dict:
+        return await self._plan(query, None)
+
+    @api.post("/v1/plan")
+    async def plan_with_device_times(self, request: Request,
+                                     query: Annotated[PlanQuery, Query()]) -> dict:
+        """`GET /v1/plan`, with the device's own measured head times as the JSON body
+        `{"device_ms": {"VARIANT": {"SPLIT": ms}}}` (docs/serve.md)."""
+        return await self._plan(query, await self._device_times(request))
+
+    async def _plan(self, query: PlanQuery, device_ms: dict | None) -> dict:
         floor, budget = self._constraint(query)
         slowdown, overhead = query.device_slowdown, query.device_overhead_ms
         bandwidth, source = query.bandwidth_bps, "given"
@@ -324,10 +335,11 @@ class Router:
         link = Link(bandwidth, self._rtt_ms() if query.rtt_ms is None else query.rtt_ms)
         decision = self.planner.plan(link, floor, budget, query.top, device_slowdown=slowdown,
                                      frames_only=query.frames_only,
-                                     device_overhead_ms=overhead)
+                                     device_overhead_ms=overhead, device_ms=device_ms)
         ranked = ranked_rows(decision.ranked)
         return {"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms, "bandwidth_source": source,
                 "device_slowdown": slowdown, "device_overhead_ms": overhead,
+                "device_times": len(device_ms or ()),
                 "accuracy_floor": floor, "latency_budget_ms": budget, "best": ranked[0],
                 "ranked": ranked}
 
@@ -335,17 +347,42 @@ class Router:
     async def plan_table(self, query: Annotated[PlanTableQuery, Query()]) -> dict:
         """The best (variant, split) over all bandwidths for one constraint and device, as
         intervals: a device caches it and plans locally (serve/plan_table.py)."""
+        return await self._plan_table(query, None)
+
+    @api.post("/v1/plan/table")
+    async def plan_table_with_device_times(self, request: Request,
+                                           query: Annotated[PlanTableQuery, Query()]) -> dict:
+        """`GET /v1/plan/table` with the device's measured head times (as `POST /v1/plan`)."""
+        return await self._plan_table(query, await self._device_times(request))
+
+    async def _device_times(self, request: Request) -> dict:
+        body = await read_body(request.stream(), request.headers.get("content-length"),
+                               MAX_DEVICE_TIMES_BYTES)
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HttpError(400, f"body must be JSON: {err}") from None
+        if not isinstance(document, dict) or set(document) != {"device_ms"}:
+            raise HttpError(400, 'body must be {"device_ms": {"VARIANT": {"SPLIT": ms}}}')
+        try:
+            return self.planner.device_times(document["device_ms"])
+        except ValueError as err:
+            raise HttpError(400, str(err)) from None
+
+    async def _plan_table(self, query: PlanTableQuery, device_ms: dict | None) -> dict:
         floor, budget = self._constraint(query)
         slowdown, overhead = query.device_slowdown, query.device_overhead_ms
         rtt = self._rtt_ms() if query.rtt_ms is None else query.rtt_ms
 
         def best_at(link: Link) -> Candidate:
             return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
-                                     device_overhead_ms=overhead, frames_only=query.frames_only).best
+                                     device_overhead_ms=overhead, frames_only=query.frames_only,
+                                     device_ms=device_ms).best
 
         # a table costs a few hundred plans: cache the recent ones, so that many devices with
         # the same constraint (or one asking again) cost nothing
-        key = (floor, budget, rtt, slowdown, overhead, query.frames_only)
+        key = (floor, budget, rtt, slowdown, overhead, query.frames_only,
+               frozenset((device_ms or {}).items()))
         rows = self._tables.pop(key, None)
         if rows is None:
             rows = build_plan_table(best_at, rtt)
@@ -354,6 +391,7 @@ class Router:
             self._tables.popitem(last=False)
         return {"accuracy_floor": floor, "latency_budget_ms": budget, "rtt_ms": rtt,
                 "device_slowdown": slowdown, "device_overhead_ms": overhead,
+                "device_times": len(device_ms or ()),
                 "frames_only": query.frames_only, "switch_margin": self.args.switch_margin,
                 "series": self.series.ref["manifest_sha256"],
                 "rows": rows}

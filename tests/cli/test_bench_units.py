@@ -215,3 +215,30 @@ def test_the_request_cost_on_the_device_is_not_slowed_down():
     costs = LinkCosts(0, 0.0, device_factor=1.0, device_overhead_ms=0.3, device_request_ms=0.1)
     assert costs.device_overhead(10.0) == pytest.approx(3.1)
     assert costs.device_overhead(1.0) == pytest.approx(0.4)
+
+
+def test_the_device_times_the_executions_that_could_win_and_they_replace_the_line(tiny_store,
+                                                                                   edge_profile):
+    from twostep.bench.shortlist import device_times_at, shortlist
+
+    costs = LinkCosts(300, 5.0)
+    manifest = tiny_store.manifest
+    slow_link, fast_link = 1e4, 1e9
+    picked = shortlist(manifest, edge_profile, costs, slow_link, [1.0, 10.0], accuracy_floor=0.0)
+    keys = {e.key for e in picked}
+    assert len(keys) == len(picked) and all(e.mode in ("device", "frame") for e in picked)
+    # on a slow link the whole unpruned model on the device is among them ((a) and (d) pick it)
+    assert "device:vgg11-base@output" in keys
+    assert any(e.variant != manifest["base"] for e in picked)  # the router's pool: the series
+    # a floor nothing meets leaves (d) and (e)'s models only
+    strict = shortlist(manifest, edge_profile, costs, fast_link, [1.0], accuracy_floor=1.01)
+    assert {e.variant for e in strict} <= {manifest["base"], manifest["step1"]}
+
+    measured = {e.key: 2.0 for e in picked}
+    times = device_times_at(measured, picked, slowdown=10.0, request_ms=0.1)
+    assert times[("vgg11-base", "output")] == pytest.approx(20.1)
+    # with the device's own times, (a) is predicted at them, not at the line
+    timed = baseline_choices(manifest, edge_profile, 10.0, costs, slow_link, 1024, 600, 0.2, times)
+    assert timed["a"][1]["device_ms"] == pytest.approx(20.1)
+    plain = _choices(tiny_store, edge_profile, 10.0, slow_link, costs)
+    assert plain["a"][1]["device_ms"] != pytest.approx(20.1)

@@ -164,6 +164,20 @@ def test_plan_endpoint(http, served):
     slow_device = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "1gbit",
                                                              "device_slowdown": "1000"}).json()
     assert slow_device["device_slowdown"] == 1000 and slow_device["best"]["device_ms"] == 0
+    # A device that timed the plan's best head at 1000 s is planned something else; the time it
+    # gave is the plan's device time where it plans that head anyway.
+    params = {"bandwidth_bps": "1kbit", "frames_only": "true", "top": 100}
+    plain = http.get(f"{served.url}/v1/plan", params=params).json()
+    first = plain["best"]
+    times = {first["variant"]: {first["split"]: 1e6}}
+    timed = http.post(f"{served.url}/v1/plan", params=params, json={"device_ms": times}).json()
+    assert timed["device_times"] == 1 and plain["device_times"] == 0
+    assert (timed["best"]["variant"], timed["best"]["split"]) != (first["variant"], first["split"])
+    same = [r for r in timed["ranked"] if (r["variant"], r["split"]) == (first["variant"], first["split"])]
+    assert same and same[0]["device_ms"] == pytest.approx(1e6)
+    table = http.post(f"{served.url}/v1/plan/table", params={"frames_only": "true"},
+                      json={"device_ms": times}).json()
+    assert table["device_times"] == 1 and table["rows"]
 
 
 def _bad_png_bomb() -> bytes:
@@ -243,6 +257,14 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
         "plan bad top": ("GET", "/v1/plan", {"top": "0"}, None, {}, 400),
         "plan zero device slowdown": ("GET", "/v1/plan", {"device_slowdown": "0"}, None, {}, 400),
         "plan text device slowdown": ("GET", "/v1/plan", {"device_slowdown": "fast"}, None, {}, 400),
+        "plan times not json": ("POST", "/v1/plan", {}, b"{bad", {}, 400),
+        "plan times wrong key": ("POST", "/v1/plan", {}, b'{"times": {}}', {}, 400),
+        "plan times unknown variant": ("POST", "/v1/plan", {},
+                                       b'{"device_ms": {"nope": {"output": 1}}}', {}, 400),
+        "plan times bad split": ("POST", "/v1/plan/table", {},
+                                 b'{"device_ms": {"vgg11-base": {"x": 1}}}', {}, 400),
+        "plan times negative": ("POST", "/v1/plan", {},
+                                b'{"device_ms": {"vgg11-base": {"output": -1}}}', {}, 400),
         "link not json": ("PUT", "/v1/link", {}, b"{bad", {"Content-Type": "application/json"}, 400),
         "link negative": ("PUT", "/v1/link", {}, b'{"bandwidth_bps": -1}', {}, 400),
         "link unknown key": ("PUT", "/v1/link", {}, b'{"speed": 1}', {}, 400),
@@ -280,6 +302,12 @@ def test_device_client_round_trip(served):
         assert on_device.bytes_sent == 0 and on_device.prediction == int(quantised[0].argmax())
         estimate = client._json("GET", "/v1/link", params={"link": "phone-1"})["estimate"]
         assert estimate["samples"] >= 1  # the reported uplink reached the edge's estimator
+        # the device times the heads the edge short-lists and is planned with its own times
+        plan = client.plan_timed(accuracy_floor=0.0, bandwidth_bps=1e5, pixels=pixels,
+                                 shortlist=3, calls=2)
+        assert 1 <= len(client.device_ms) <= 3 and plan["device_times"] == len(client.device_ms)
+        assert all(ms > 0 for ms in client.device_ms.values())
+        assert client.plan_table(accuracy_floor=0.0)["device_times"] == len(client.device_ms)
 
 
 # A device with numpy, lz4, onnxruntime and pillow: importing torch, Ray or any other
@@ -314,6 +342,15 @@ def test_a_device_without_torch_classifies_a_real_fashion_mnist_image(served, tm
     np.testing.assert_allclose(result["logits"], expected, atol=1e-4, rtol=1e-4)
     assert result["prediction"] == int(expected.argmax()) and result["bytes_sent"] == len(frame)
     assert result["timings_ms"]["head"] > 0
+
+    planned = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "device", "plan", "--url", served.url, "--bandwidth",
+         "100kbit", "--time-heads", "2", "--calls", "2", "--idle-ms", "1", "--runtime",
+         "onnxruntime"], capture_output=True, text=True, timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    timed = [(v, s) for v, splits in plan["timed_heads_ms"].items() for s in splits]
+    assert 1 <= len(timed) <= 2 and plan["device_times"] == len(timed)
 
     fetched = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "device", "fetch", "vgg11-base", "input", "--url",

@@ -154,3 +154,27 @@ def test_a_device_that_sends_frames_is_never_planned_an_image_upload(planner):
     # without a device speed too
     assert all(c.strategy != RAW_INPUT for c, _ in planner.plan(
         fast_link, accuracy_floor=0.0, top_k=100, frames_only=True).ranked)
+
+
+def test_a_device_that_timed_its_heads_is_planned_by_its_own_times(planner):
+    link = Link(1e3)  # almost no uplink: the device runs everything itself
+    best = planner.plan(link, accuracy_floor=0.0, device_slowdown=1.0, frames_only=True).best
+    assert best.split == "output"
+    # that model timed 10 s on this device, another whole model 1 ms: the other one wins
+    other = next(v for v in planner.variants if v != best.variant_id
+                 and (v, "output") in {(c.variant_id, c.split) for c in planner.table.candidates})
+    times = planner.device_times({best.variant_id: {"output": 10_000.0}, other: {"output": 1.0}})
+    timed = planner.plan(link, accuracy_floor=0.0, device_slowdown=1.0, frames_only=True,
+                         device_ms=times)
+    assert (timed.best.variant_id, timed.best.split, timed.best.head_ms) == (other, "output", 1.0)
+    # the same times give the same cached table; other candidates keep the scaled profile
+    table = planner.table_for(1.0, 0.0, True, times)
+    assert planner.table_for(1.0, 0.0, True, dict(times)) is table
+    plain = planner.table_for(1.0, 0.0, True)
+    for a, b in zip(plain.candidates, table.candidates, strict=True):
+        if (a.variant_id, a.split) not in times:
+            assert a == b
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        planner.device_times({"nope": {"output": 1.0}})
+    with pytest.raises(ValueError, match="not served at"):
+        planner.device_times({"vgg11-s2-conv5_2-i1": {"conv1_1": 1.0}})

@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.codec import codec_config, encode_frame, variant_tag
-from pipeline.data import DataInfo
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
 from twostep.bench.strategies import Execution, execution_for
@@ -94,9 +92,7 @@ class Device:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if setup.prime_host else None
         self.filler = b"\0" * max(0, setup.burst_bytes - UDP_OVERHEAD)
         self.bandwidth_bps = 1e9
-        info = self.client.info()
-        self.data = DataInfo.from_dict(info["data"])
-        self.codec = codec_config(info["codec"])
+        self.client.info()
 
     # ---- one request ----
     def _post(self, target: str, body: bytes, content_type: str, variant: str | None = None) -> dict:
@@ -188,15 +184,9 @@ class Device:
 
     def head_work(self, execution: Execution, pixels: np.ndarray):
         """The device's work for a device or frame execution: its head, then (frame) encoding."""
-        head = self.client.fetch_head(execution.variant, execution.split)
-
-        def run_head():
-            out = head(np.ascontiguousarray(pixels))
-            if execution.mode == "device":
-                return out
-            return encode_frame(out, self.codec, variant_tag(execution.variant))
-
-        return run_head
+        work = self.client.device_work(execution.variant, execution.split)
+        pixels = np.ascontiguousarray(pixels)
+        return lambda: work(pixels)
 
     # ---- jobs ----
     def _refill(self) -> None:
@@ -297,12 +287,17 @@ class Device:
                    f"Content-Length: 100\r\n{MULTIPLEX_HEADER}: {execution.variant}\r\n\r\n")
 
     def plan(self, point: dict) -> dict:
-        """The router's best row for a grid point (`/v1/plan` with this device's speed)."""
-        return self.client._json("GET", "/v1/plan", params={
+        """The router's best row for a grid point (`/v1/plan` with this device's speed, and its
+        own times of the heads it timed, `device_ms`, where the point has them)."""
+        params = {
             "bandwidth_bps": point["bandwidth_bps"], "rtt_ms": point["rtt_ms"],
             "device_slowdown": point["slowdown"], "device_overhead_ms": point.get("overhead_ms", 0.0),
-            "accuracy_floor": point["accuracy_floor"], "frames_only": "true",
-            "top": 1})["best"]
+            "accuracy_floor": point["accuracy_floor"], "frames_only": "true", "top": 1}
+        if not point.get("device_ms"):
+            return self.client._json("GET", "/v1/plan", params=params)["best"]
+        body = json.dumps({"device_ms": point["device_ms"]}).encode()
+        return self.client._json("POST", "/v1/plan", params=params, body=body,
+                                 content_type="application/json")["best"]
 
     def prefetch(self, job: dict) -> dict:
         """Ask the router's plan of every grid point and download every head the grid needs,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_json_atomic
+from pipeline.device_times import device_times_document
 from pipeline.models.registry import ArchSpec
 from pipeline.selection import candidates_from_series, variant_accuracy
 from pipeline.series import SeriesStore
@@ -29,6 +30,7 @@ from pipeline.series_images import series_test_images
 from pipeline.split import split_points
 from twostep.bench.config import BenchConfig
 from twostep.bench.device_side import refill_gap_ms
+from twostep.bench.shortlist import device_times_at, shortlist
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
 from twostep.ports import free_port
 
@@ -285,17 +287,26 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                 for b in config.bandwidths_mbit}
         fit_on = calibration_executions(manifest, store)
         distinct = sorted(set(gaps.values()))
+        calls = max(10, config.calibration_requests // 3)
         called = device.ask({"kind": "device_calls", "executions": [e.to_dict() for e in fit_on],
-                             "gaps_ms": distinct, "requests": max(10, config.calibration_requests // 3)})
+                             "gaps_ms": distinct, "requests": calls})
         profiled = profiled_device_work(manifest, edge_profile, fit_on)
         by_gap = {gap: fit_device(profiled, measured) for gap, measured in zip(distinct, called, strict=True)}
         costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in config.bandwidths_mbit}
-        calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": measured}
-                                        for gap, measured in zip(distinct, called, strict=True)}
+        # The line cannot rank variants whose calls after a wait barely follow their MACs: the
+        # device also times, at each gap, every execution that could win there by the line.
+        timed, known = time_shortlists(device, manifest, edge_profile, costs_at, gaps, config, floor,
+                                       dict(zip(distinct, called, strict=True)), fit_on, calls)
+        calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": timed[gap]}
+                                        for gap in distinct}
         for b in config.bandwidths_mbit:
             fit = by_gap[gaps[b]]
             log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
-                f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms")
+                f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms; "
+                f"{len(timed[gaps[b]])} executions timed by the device itself")
+
+        def device_ms(mbit: float, slowdown: float) -> dict:
+            return device_times_at(timed[gaps[mbit]], known, slowdown, costs.device_request_ms)
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
             f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
             f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
@@ -306,10 +317,12 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
         grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
-                                            jpeg["bytes_mean"], jpeg["encode_ms"]) for b, s in grid}
+                                            jpeg["bytes_mean"], jpeg["encode_ms"], device_ms(b, s))
+                   for b, s in grid}
         plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs_at[b].device_slowdown(s),
                         "overhead_ms": costs_at[b].device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
-                        "accuracy_floor": floor} for b, s in grid]
+                        "accuracy_floor": floor, "device_ms": device_times_document(device_ms(b, s))}
+                       for b, s in grid]
         fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
             e.to_dict() for point in choices.values() for e, _ in point.values()]})
         log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
@@ -349,6 +362,30 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         "points": points, "wall_seconds": time.perf_counter() - started,
     }
     return write_report(document, store, out, log)
+
+
+def time_shortlists(device: Process, manifest: dict, edge_profile: dict, costs_at: dict[float, LinkCosts],
+                    gaps: dict[float, float], config: BenchConfig, floor: float,
+                    measured: dict[float, dict[str, float]], fit_on: list[Execution],
+                    calls: int) -> tuple[dict[float, dict[str, float]], list[Execution]]:
+    """The device's own speed-1 time at each gap of every execution a bandwidth with that gap
+    short-lists (`shortlist`), besides those already `measured` there: ({gap: {execution key:
+    ms}}, every execution timed)."""
+    wanted: dict[float, dict[str, Execution]] = {gap: {} for gap in measured}
+    for mbit in config.bandwidths_mbit:
+        for execution in shortlist(manifest, edge_profile, costs_at[mbit], mbit * 1e6,
+                                   config.slowdowns, floor):
+            wanted[gaps[mbit]].setdefault(execution.key, execution)
+    timed = {}
+    for gap, done in measured.items():
+        todo = [e.to_dict() for key, e in wanted[gap].items() if key not in done]
+        extra = device.ask({"kind": "device_calls", "executions": todo, "gaps_ms": [gap],
+                            "requests": calls})[0] if todo else {}
+        timed[gap] = {**done, **extra}
+    known = {e.key: e for e in fit_on}
+    for executions in wanted.values():
+        known.update(executions)
+    return timed, list(known.values())
 
 
 def calibration_executions(manifest: dict, store: SeriesStore) -> list[Execution]:

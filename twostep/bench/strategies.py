@@ -12,11 +12,13 @@ the same execution at a grid point; it is then measured once and shared.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from pipeline.cost import Link, latency_breakdown
+from pipeline.device_times import with_device_times
 from pipeline.profiler import derive_profile
-from pipeline.selection import CandidateTable, candidates_from_series
+from pipeline.selection import Candidate, CandidateTable, candidates_from_series
 
 STRATEGIES = {
     "a": "all on device",
@@ -101,6 +103,18 @@ def execution_for(variant: str, split: str, strategy: str = "split") -> Executio
     return Execution("frame", variant, split)
 
 
+def device_candidates(manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts,
+                      device_ms: Mapping[tuple[str, str], float] | None = None) -> list[Candidate]:
+    """Every (variant, split) of the series with the cost model's device time at `slowdown`: the
+    calibrated line on the edge profile, or the device's own measured time where `device_ms`
+    ((variant, split) -> ms, `pipeline.device_times`) has one."""
+    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
+    overhead = costs.device_overhead(slowdown)
+    candidates = [dataclasses.replace(c, head_ms=c.head_ms + overhead) if c.head_ms > 0 else c
+                  for c in candidates_from_series(manifest, device_profile, edge_profile)]
+    return with_device_times(candidates, device_ms) if device_ms else candidates
+
+
 def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:
     decision = table.select(link, accuracy_floor=0.0, top_k=1)
     best, b = decision.best, decision.breakdown
@@ -112,6 +126,7 @@ def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:
 def baseline_choices(
     manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts, bandwidth_bps: float,
     raw_bytes: float, jpeg_bytes: float, jpeg_encode_ms: float,
+    device_ms: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[str, tuple[Execution, dict]]:
     """Strategies (a)-(e) at one grid point: the execution and the cost model's prediction.
 
@@ -124,11 +139,11 @@ def baseline_choices(
         raw_bytes: the raw pixels' size (unused since (b) sends the coded input frame).
         jpeg_bytes: payload of (c) (mean JPEG size).
         jpeg_encode_ms: the edge-speed time to JPEG-encode one image (the device pays it x slowdown).
+        device_ms: the device's own measured time of some heads at this point (see
+            `device_candidates`).
     """
-    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
+    candidates = device_candidates(manifest, edge_profile, slowdown, costs, device_ms)
     overhead = costs.device_overhead(slowdown)
-    candidates = [dataclasses.replace(c, head_ms=c.head_ms + overhead) if c.head_ms > 0 else c
-                  for c in candidates_from_series(manifest, device_profile, edge_profile)]
     link = costs.link(bandwidth_bps)
     base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
 

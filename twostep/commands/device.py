@@ -1,7 +1,7 @@
 """`twostep device`: act as a device: run a variant's head here and let the edge finish.
 
     twostep device classify IMAGE... --url http://127.0.0.1:8000 [--variant V --split S]
-    twostep device plan --url URL [--bandwidth 1mbit] [--accuracy-floor F]
+    twostep device plan --url URL [--bandwidth 1mbit] [--accuracy-floor F] [--time-heads 8]
     twostep device fetch VARIANT SPLIT --url URL -o head.safetensors [--format onnx]
 
 Needs neither torch nor Ray with `--runtime onnxruntime` (the default where onnxruntime is
@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     plan = actions.add_parser("plan", parents=[common], help="ask the edge for a plan")
     plan.add_argument("--bandwidth", help="link rate to plan for (default: the edge's estimate)")
+    plan.add_argument("--time-heads", type=int, default=0, metavar="N",
+                      help="time the heads of the edge's best N rows here first and plan with "
+                           "this device's own times for them (default 0: the edge's profile, scaled)")
+    plan.add_argument("--calls", type=int, default=10, help="timed calls per head (--time-heads)")
+    plan.add_argument("--idle-ms", type=float, default=0.0,
+                      help="idle time before each timed call, as between this device's requests")
 
     fetch = actions.add_parser("fetch", parents=[common], help="download and verify head weights")
     fetch.add_argument("variant")
@@ -75,6 +81,7 @@ def _print_result(name: str, result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.device_times import device_times_document
     from serve.client import DeviceClient, DeviceError
 
     if args.accuracy_floor is not None and not 0 <= args.accuracy_floor <= 1:
@@ -87,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "plan":
             bandwidth = parse_bandwidth(args.bandwidth) if args.bandwidth else None
-            print(json.dumps(client.plan(args.accuracy_floor, args.latency_budget_ms, bandwidth), indent=1))
+            if args.time_heads:
+                answer = client.plan_timed(args.accuracy_floor, args.latency_budget_ms, bandwidth,
+                                           shortlist=args.time_heads, calls=args.calls,
+                                           idle_ms=args.idle_ms)
+                answer["timed_heads_ms"] = device_times_document(client.device_ms)
+            else:
+                answer = client.plan(args.accuracy_floor, args.latency_budget_ms, bandwidth)
+            print(json.dumps(answer, indent=1))
         elif args.action == "fetch":
             data, sha = client.download_head(args.variant, args.split, fmt=args.format)
             Path(args.output).write_bytes(data)

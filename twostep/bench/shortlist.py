@@ -1,0 +1,52 @@
+"""Which heads the bench's device times itself at each idle gap, and those times as the planner
+takes them.
+
+A line through a few whole models cannot rank the variants after an idle wait (their per-call
+time then barely follows their MACs, docs/bench.md), so the device also times the executions
+that could win somewhere: at every slowdown of a bandwidth, the best few of the whole series
+(what the router may choose) and of the unpruned and step-1 models ((d) and (e)), by the line.
+The router and the predictions then use the device's own time for those, the line elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pipeline.device_times import DeviceTimes
+from pipeline.selection import JPEG_INPUT, RAW_INPUT, CandidateTable
+from twostep.bench.strategies import Execution, LinkCosts, device_candidates, execution_for
+
+SERIES_TOP, MODEL_TOP = 6, 3
+
+
+def shortlist(manifest: dict, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
+              slowdowns: Iterable[float], accuracy_floor: float) -> list[Execution]:
+    """The device executions worth timing at this bandwidth (mode `device` or `frame`)."""
+    link = costs.link(bandwidth_bps)
+    base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
+    picked: dict[str, Execution] = {}
+    for slowdown in slowdowns:
+        candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs)
+                      if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
+        pools = [([c for c in candidates if c.accuracy >= accuracy_floor], SERIES_TOP),
+                 ([c for c in candidates if c.variant_id == base], MODEL_TOP),
+                 ([c for c in candidates if c.variant_id == step1], MODEL_TOP)]
+        for pool, top in pools:
+            if not pool:
+                continue
+            ranked = CandidateTable(pool).select(link, accuracy_floor=0.0, top_k=top).ranked
+            for candidate, _ in ranked:
+                execution = execution_for(candidate.variant_id, candidate.split, candidate.strategy)
+                picked.setdefault(execution.key, execution)
+    return list(picked.values())
+
+
+def device_times_at(measured: Mapping[str, float], executions: Iterable[Execution],
+                    slowdown: float, request_ms: float) -> DeviceTimes:
+    """(variant, split) -> the device's time at `slowdown` for each execution timed at speed 1
+    (`measured`: execution key -> CPU ms): slowdown x that + the request's own unslowed cost."""
+    times: DeviceTimes = {}
+    for execution in executions:
+        if execution.key in measured and execution.mode in ("device", "frame"):
+            times[(execution.variant, execution.split)] = slowdown * measured[execution.key] + request_ms
+    return times
