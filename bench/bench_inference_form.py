@@ -1,9 +1,15 @@
-"""Whole-model forward time, batch 1, one thread: each variant as trained vs its inference form
-(BatchNorm folded, `pipeline.models.inference`), and each variant's speed-up over the base.
+"""Whole-model call time, batch 1, one thread, and each variant's speed-up over the base next to
+its MAC reduction: how much of a pruned model's MAC saving a device call actually sees.
 
-Run: `python bench/bench_inference_form.py SERIES_DIR [--variants ID ...] [--rounds 7]`.
-Prints the MAC reduction next to the time reduction, i.e. how much of a pruned model's MAC
-saving a batch-1 CPU call actually sees.
+Run: `python bench/bench_inference_form.py SERIES_DIR [--runtime torch|onnxruntime]
+[--variants ID ...] [--rounds 7] [--calls 50] [--idle-ms 0]`.
+
+With `--runtime torch` (the default) each variant runs as trained and in its inference form
+(BatchNorm folded, `pipeline.models.inference`); with `--runtime onnxruntime` as the device runs
+it: the ONNX graph of the whole model from uint8 pixels to logits (`pipeline.onnx_graphs`, split
+`output`), ONNX Runtime with every graph optimisation. `--idle-ms` waits that long before every
+call (the serving path's idle gap between requests) instead of calling back to back. Prints the
+issue-14 target for the series' step-1 model: time reduction >= 0.7 x MAC reduction.
 """
 
 from __future__ import annotations
@@ -12,54 +18,92 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
+from pipeline.data import DataInfo
 from pipeline.models.inference import inference_form
 from pipeline.series import SeriesStore
 from pipeline.split import total_macs
 
+TARGET = 0.7  # issue 14: the step-1 model's time reduction >= 0.7 x its MAC reduction
 
-def _ms_per_call(model: torch.nn.Module, x: torch.Tensor, calls: int) -> float:
-    start = time.perf_counter()
+
+def _ms_per_call(call, x, calls: int, idle_ms: float) -> float:
+    if idle_ms <= 0:
+        start = time.perf_counter()
+        for _ in range(calls):
+            call(x)
+        return (time.perf_counter() - start) / calls * 1e3
+    times = []
     for _ in range(calls):
-        model(x)
-    return (time.perf_counter() - start) / calls * 1e3
+        time.sleep(idle_ms / 1e3)
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _calls(store: SeriesStore, vid: str, runtime: str) -> dict[str, tuple]:
+    """form -> (call, input) of one variant for `runtime`."""
+    model, spec, _ = store.load_model(vid)
+    shape = (1, spec.in_channels, spec.input_size, spec.input_size)
+    if runtime == "torch":
+        x = torch.randn(*shape)
+        return {"as trained": (model.eval(), x), "inference form": (inference_form(model), x)}
+    from pipeline.onnx_graphs import head_graph
+    from pipeline.onnx_session import GraphRunner
+
+    graph = head_graph(model, shape[1:], DataInfo.from_dict(store.manifest["data"]), "output")
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    return {"onnxruntime": (GraphRunner(graph, threads=1), pixels)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("series")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
     parser.add_argument("--variants", nargs="*", help="default: the base and every step-1 variant")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is kept")
-    parser.add_argument("--calls", type=int, default=100, help="calls per round")
+    parser.add_argument("--calls", type=int, default=50, help="calls per round")
+    parser.add_argument("--idle-ms", type=float, default=0.0, help="idle before each call (0: back to back)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = SeriesStore.open(args.series)
-    base = store.manifest["base"]
+    base, step1 = store.manifest["base"], store.manifest["step1"]
     ids = args.variants or [base] + [v["id"] for v in store.variants if v["step"] == 1]
-    models, macs = {}, {}
+    calls, macs = {}, {}
     for vid in ids:
-        model, spec, _ = store.load_model(vid)
-        x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size)
-        models[(vid, "as trained")] = model.eval()
-        models[(vid, "inference form")] = inference_form(model)
-        macs[vid] = total_macs(spec)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in models}
+        for form, pair in _calls(store, vid, args.runtime).items():
+            calls[(vid, form)] = pair
+        macs[vid] = total_macs(store.load_model(vid)[1])
+    forms = list(dict.fromkeys(form for _, form in calls))
+    last = forms[-1]  # the form a device runs: folded (torch) or the graph (onnxruntime)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     with torch.inference_mode():
-        for model in models.values():
-            _ms_per_call(model, x, 20)
+        for call, x in calls.values():
+            _ms_per_call(call, x, 10, 0.0)
         for _ in range(args.rounds):  # interleaved, so drifting load hits every model alike
-            for key, model in models.items():
-                times[key].append(_ms_per_call(model, x, args.calls))
+            for key, (call, x) in calls.items():
+                times[key].append(_ms_per_call(call, x, args.calls, args.idle_ms))
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"batch 1, 1 thread, median of {args.rounds} rounds x {args.calls} calls")
-    print(f"{'variant':24} {'MACs':>8} {'MAC red':>8} {'as trained':>11} {'inference':>10} "
-          f"{'fold gain':>9} {'time red':>9}")
+    idle = "back to back" if args.idle_ms <= 0 else f"{args.idle_ms:g} ms idle before each"
+    print(f"{args.runtime}, batch 1, 1 thread, median of {args.rounds} rounds x {args.calls} calls ({idle})")
+    print(f"{'variant':26} {'MACs':>9} {'MAC red':>8} " + " ".join(f"{f:>15}" for f in forms)
+          + f" {'time red':>9} {'time/MAC red':>12}")
     for vid in ids:
-        trained, folded = median[(vid, "as trained")], median[(vid, "inference form")]
-        print(f"{vid:24} {macs[vid] / 1e6:7.2f}M {macs[base] / macs[vid]:7.2f}x {trained:9.3f}ms "
-              f"{folded:8.3f}ms {trained / folded:8.2f}x "
-              f"{median[(base, 'inference form')] / folded:8.2f}x")
+        mac_red = macs[base] / macs[vid]
+        time_red = median[(base, last)] / median[(vid, last)]
+        print(f"{vid:26} {macs[vid] / 1e6:8.2f}M {mac_red:7.2f}x "
+              + " ".join(f"{median[(vid, f)]:13.3f}ms" for f in forms)
+              + f" {time_red:8.2f}x {time_red / mac_red:11.2f}")
+    if step1 in ids and step1 != base:
+        mac_red = macs[base] / macs[step1]
+        time_red = median[(base, last)] / median[(step1, last)]
+        verdict = "met" if time_red >= TARGET * mac_red else "NOT met"
+        print(f"target: step-1 time reduction >= {TARGET} x MAC reduction: {time_red:.2f}x vs "
+              f"{TARGET} x {mac_red:.2f}x = {TARGET * mac_red:.2f}x: {verdict} "
+              f"({time_red / mac_red:.2f} of the MAC reduction)")
 
 
 if __name__ == "__main__":

@@ -242,3 +242,20 @@ def test_the_device_times_the_executions_that_could_win_and_they_replace_the_lin
     assert timed["a"][1]["device_ms"] == pytest.approx(20.1)
     plain = _choices(tiny_store, edge_profile, 10.0, slow_link, costs)
     assert plain["a"][1]["device_ms"] != pytest.approx(20.1)
+
+
+def test_the_step1_call_reduction_is_judged_against_its_mac_reduction():
+    from twostep.bench.report import call_reduction
+
+    manifest = {"variants": [{"id": "base", "macs": 600}, {"id": "s1", "macs": 100}]}
+
+    def document(base_ms, step1_ms):
+        return {"base": "base", "step1": "s1", "calibration": {"device_at_gap": {
+            "2.1": {"measured": {"device:base@output": base_ms, "device:s1@output": step1_ms}},
+            "135.0": {"measured": {"device:base@output": 9.0, "device:s1@output": 3.0}}}}}
+
+    met = call_reduction(document(6.0, 1.2), manifest)  # 5x faster for 6x fewer MACs
+    assert met["met"] and met["mac_reduction"] == 6.0 and met["target"] == pytest.approx(4.2)
+    assert [p["gap_ms"] for p in met["at_gaps"]] == [2.1, 135.0]  # judged at the shortest gap
+    assert not call_reduction(document(6.0, 2.0), manifest)["met"]  # 3x: under 0.7 x 6
+    assert call_reduction({**document(6.0, 1.2), "step1": None}, manifest) is None
