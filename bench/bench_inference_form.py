@@ -24,7 +24,6 @@ import torch
 from pipeline.data import DataInfo
 from pipeline.models.inference import inference_form
 from pipeline.series import SeriesStore
-from pipeline.split import total_macs
 
 TARGET = 0.7  # issue 14: the step-1 model's time reduction >= 0.7 x its MAC reduction
 
@@ -76,7 +75,7 @@ def main() -> None:
     for vid in ids:
         for form, pair in _calls(store, vid, args.runtime).items():
             calls[(vid, form)] = pair
-        macs[vid] = total_macs(store.load_model(vid)[1])
+        macs[vid] = store.get(vid)["macs"]
     forms = list(dict.fromkeys(form for _, form in calls))
     last = forms[-1]  # the form a device runs: folded (torch) or the graph (onnxruntime)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}

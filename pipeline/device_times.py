@@ -44,14 +44,25 @@ def parse_device_times(document: object, offered: Mapping[str, Iterable[str]]) -
             if split not in valid:
                 raise ValueError(f"device_ms[{variant!r}] names split {split!r}, which that "
                                  f"variant is not served at; its splits are {', '.join(sorted(valid))}")
-            if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms) \
-                    or not 0 <= ms <= MAX_DEVICE_MS:
+            value = _milliseconds(ms)
+            if value is None:
                 raise ValueError(f"device_ms[{variant!r}][{split!r}] must be a number of ms in "
-                                 f"[0, {MAX_DEVICE_MS:g}], got {ms!r}")
-            times[(variant, split)] = float(ms)
+                                 f"[0, {MAX_DEVICE_MS:g}], got {str(ms)[:40]!r}")
+            times[(variant, split)] = value
             if len(times) > MAX_DEVICE_TIMES:
                 raise ValueError(f"device_ms has more than {MAX_DEVICE_TIMES} entries")
     return times
+
+
+def _milliseconds(value: object) -> float | None:
+    """`value` as ms in [0, MAX_DEVICE_MS], or None (not a number, or out of range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        return None
+    return ms if math.isfinite(ms) and 0 <= ms <= MAX_DEVICE_MS else None
 
 
 def device_times_document(times: Mapping[tuple[str, str], float]) -> dict[str, dict[str, float]]:

@@ -72,6 +72,7 @@ class DeviceError(RuntimeError):
     def __init__(self, status: int, message: str, retryable: bool = False):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
+        self.message = message
         self.retryable = retryable
 
 
@@ -223,29 +224,41 @@ class DeviceClient:
 
     def plan_timed(self, accuracy_floor: float | None = None, latency_budget_ms: float | None = None,
                    bandwidth_bps: float | None = None, pixels: np.ndarray | None = None,
-                   shortlist: int = 8, calls: int = 10, idle_ms: float = 0.0, top: int = 5) -> dict:
-        """Plan as `plan`, after timing here the heads of the edge's best `shortlist` rows
-        (`time_heads`, on `pixels` or random ones) that were not timed yet: the plan then ranks
-        them by what they cost this device, not by the edge's profile scaled."""
+                   shortlist: int = 8, calls: int = 10, idle_ms: float = 0.0, top: int = 5,
+                   rounds: int = 4) -> dict:
+        """Plan as `plan`, after timing here (`time_heads`, on `pixels` or random ones) the heads
+        of the edge's best `shortlist` rows not timed yet, and again while the best row is one
+        it has not timed (at most `rounds` times): the plan then ranks them by what they cost
+        this device, not by the edge's profile."""
         if isinstance(shortlist, bool) or not isinstance(shortlist, int) or not 1 <= shortlist <= 100:
             raise ValueError(f"shortlist must be an integer in [1, 100], got {shortlist!r}")
-        first = self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=shortlist)
-        heads = [(r["variant"], r["split"]) for r in first["ranked"]
-                 if r["device_ms"] > 0 and (r["variant"], r["split"]) not in self.device_ms]
-        if heads:
-            if pixels is None:
-                data = self.info()["data"]
-                shape = (1, int(data["in_channels"]), int(data["input_size"]), int(data["input_size"]))
-                pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        if pixels is None:
+            data = self.info()["data"]
+            shape = (1, int(data["in_channels"]), int(data["input_size"]), int(data["input_size"]))
+            pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        for _ in range(rounds):
+            ranked = self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=shortlist)["ranked"]
+            heads = [(r["variant"], r["split"]) for r in ranked
+                     if r["device_ms"] > 0 and (r["variant"], r["split"]) not in self.device_ms]
+            if not heads:
+                break
             self.time_heads(heads, pixels, calls, idle_ms)
         return self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=top)
 
     def _planning(self, path: str, params: dict) -> dict:
         """GET `path`, or POST it with this device's measured head times when it has some."""
-        if not self.device_ms:
-            return self._json("GET", path, params=params)
-        body = json.dumps({"device_ms": device_times_document(self.device_ms)}).encode()
-        return self._json("POST", path, params=params, body=body, content_type="application/json")
+        if self.device_ms:
+            body = json.dumps({"device_ms": device_times_document(self.device_ms)}).encode()
+            try:
+                return self._json("POST", path, params=params, body=body,
+                                  content_type="application/json")
+            except DeviceError as err:
+                if err.status != 400 or not err.message.startswith("device_ms"):
+                    raise
+                # the edge serves another series now: these times name heads it no longer has
+                self.device_ms = {}
+                self._info = None
+        return self._json("GET", path, params=params)
 
     def time_heads(self, heads: Iterable[tuple[str, str]], pixels: np.ndarray, calls: int = 10,
                    idle_ms: float = 0.0) -> DeviceTimes:

@@ -76,6 +76,7 @@ class Planner:
         candidates = self._candidates(device_profile)
         self.table = CandidateTable(candidates)
         self._device_tables: OrderedDict[tuple, CandidateTable] = OrderedDict()
+        self._timed_tables: OrderedDict[tuple, CandidateTable] = OrderedDict()
         self.switch_margin = switch_margin
         self.max_keys = max_keys
         self._current: OrderedDict[str, Candidate] = OrderedDict()
@@ -108,8 +109,18 @@ class Planner:
             if not frames_only and not device_ms:
                 return self.table
         key = (None if device_slowdown is None else float(device_slowdown),
-               float(device_overhead_ms), frames_only,
-               frozenset(device_ms.items()) if device_ms else frozenset())
+               float(device_overhead_ms), frames_only)
+        if device_ms:
+            # a device's own times: cached apart, so that devices with times do not push the
+            # shared per-speed tables out
+            timed_key = (key, frozenset(device_ms.items()))
+            if timed_key not in self._timed_tables:
+                plain = self.table_for(device_slowdown, device_overhead_ms, frames_only)
+                self._timed_tables[timed_key] = CandidateTable(with_device_times(plain.candidates, device_ms))
+                while len(self._timed_tables) > MAX_DEVICE_TABLES:
+                    self._timed_tables.popitem(last=False)
+            self._timed_tables.move_to_end(timed_key)
+            return self._timed_tables[timed_key]
         if key not in self._device_tables:
             candidates = self._candidates(self._device_profile if key[0] is None
                                           else derive_profile(self._edge_profile, key[0]))
@@ -118,8 +129,6 @@ class Planner:
             if key[1]:
                 candidates = [dataclasses.replace(c, head_ms=c.head_ms + key[1]) if c.head_ms > 0 else c
                               for c in candidates]
-            if device_ms:
-                candidates = with_device_times(candidates, device_ms)
             self._device_tables[key] = CandidateTable(candidates)
             while len(self._device_tables) > MAX_DEVICE_TABLES:
                 self._device_tables.popitem(last=False)

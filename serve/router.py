@@ -360,7 +360,7 @@ class Router:
                                MAX_DEVICE_TIMES_BYTES)
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON, UTF-8, huge integers, deep nesting
             raise HttpError(400, f"body must be JSON: {err}") from None
         if not isinstance(document, dict) or set(document) != {"device_ms"}:
             raise HttpError(400, 'body must be {"device_ms": {"VARIANT": {"SPLIT": ms}}}')
@@ -374,10 +374,10 @@ class Router:
         slowdown, overhead = query.device_slowdown, query.device_overhead_ms
         rtt = self._rtt_ms() if query.rtt_ms is None else query.rtt_ms
 
+        table = self.planner.table_for(slowdown, overhead, query.frames_only, device_ms)
+
         def best_at(link: Link) -> Candidate:
-            return self.planner.plan(link, floor, budget, 1, device_slowdown=slowdown,
-                                     device_overhead_ms=overhead, frames_only=query.frames_only,
-                                     device_ms=device_ms).best
+            return table.select(link, floor, budget, 1).best
 
         # a table costs a few hundred plans: cache the recent ones, so that many devices with
         # the same constraint (or one asking again) cost nothing
@@ -409,7 +409,7 @@ class Router:
         body = await read_body(request.stream(), request.headers.get("content-length"), MAX_JSON_BYTES)
         try:
             settings = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON, UTF-8, huge integers, deep nesting
             raise HttpError(400, f"body must be JSON: {err}") from None
         if not isinstance(settings, dict) or not set(settings) <= {"bandwidth_bps", "rtt_ms"}:
             raise HttpError(400, 'body must be {"bandwidth_bps": number or null, "rtt_ms": number}')

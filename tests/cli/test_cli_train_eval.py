@@ -87,6 +87,9 @@ def test_runtime_failures_exit_1_with_one_line_usage_errors_2(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("twostep device: failed:") and str(port) in err[0]
     assert main(["device", "plan", "--url", "ftp://x", "--bandwidth", "1mbit"]) == 2
+    capsys.readouterr()
+    assert main(["device", "plan", "--url", f"http://127.0.0.1:{port}", "--idle-ms", "5"]) == 2
+    assert "--time-heads" in capsys.readouterr().err
 
 
 def test_train_and_prune_read_their_section_of_a_sectioned_file(tmp_path, capsys):

@@ -44,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--time-heads", type=int, default=0, metavar="N",
                       help="time the heads of the edge's best N rows here first and plan with "
                            "this device's own times for them (default 0: the edge's profile, scaled)")
-    plan.add_argument("--calls", type=int, default=10, help="timed calls per head (--time-heads)")
-    plan.add_argument("--idle-ms", type=float, default=0.0,
-                      help="idle time before each timed call, as between this device's requests")
+    plan.add_argument("--calls", type=int, help="timed calls per head (with --time-heads; default 10)")
+    plan.add_argument("--idle-ms", type=float,
+                      help="idle time before each timed call, as between this device's requests "
+                           "(with --time-heads; default 0)")
 
     fetch = actions.add_parser("fetch", parents=[common], help="download and verify head weights")
     fetch.add_argument("variant")
@@ -94,10 +95,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "plan":
             bandwidth = parse_bandwidth(args.bandwidth) if args.bandwidth else None
+            if not args.time_heads and (args.calls is not None or args.idle_ms is not None):
+                raise ValueError("--calls and --idle-ms time heads: give --time-heads N too")
             if args.time_heads:
                 answer = client.plan_timed(args.accuracy_floor, args.latency_budget_ms, bandwidth,
-                                           shortlist=args.time_heads, calls=args.calls,
-                                           idle_ms=args.idle_ms)
+                                           shortlist=args.time_heads,
+                                           calls=10 if args.calls is None else args.calls,
+                                           idle_ms=0.0 if args.idle_ms is None else args.idle_ms)
                 answer["timed_heads_ms"] = device_times_document(client.device_ms)
             else:
                 answer = client.plan(args.accuracy_floor, args.latency_budget_ms, bandwidth)
