@@ -196,9 +196,11 @@ class Device:
 
     def device_calls(self, executions: list[Execution], gaps_ms: list[float],
                      requests: int) -> list[dict[str, float]]:
-        """Median CPU ms of each execution's device work at speed 1, each call after an idle
-        wait of `gap` ms as in the grid (a call after a wait costs more: cold caches, a core
-        waking up): one {execution key: ms} per gap, in order."""
+        """Median CPU ms of each execution's device work at speed 1, each call as in the grid:
+        after a request to the edge (Serve's no-op: the HTTP work of the previous request, which
+        leaves the caches to the network code; without it a 0.1 ms frame encoding timed at a
+        third of what it costs in a request) and an idle wait of `gap` ms (a call after a wait
+        costs more: cold caches, a core waking up): one {execution key: ms} per gap, in order."""
         out = []
         for gap in gaps_ms:
             times: dict[str, list[float]] = {e.key: [] for e in executions}
@@ -209,6 +211,7 @@ class Device:
                 pixels = self.images[i % len(self.images)][None]
                 for execution in executions:
                     work = self.head_work(execution, pixels)
+                    self._post("/noop/", b"x" * 60, "application/octet-stream")
                     time.sleep(gap / 1000.0)
                     cpu_start = time.thread_time_ns()
                     work()
