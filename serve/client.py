@@ -245,13 +245,15 @@ class DeviceClient:
             self.time_heads(heads, pixels, calls, idle_ms)
         return self.plan(accuracy_floor, latency_budget_ms, bandwidth_bps, top=top)
 
-    def _planning(self, path: str, params: dict) -> dict:
-        """GET `path`, or POST it with this device's measured head times when it has some."""
+    def _planning(self, path: str, params: dict, times: dict | None = None) -> dict:
+        """GET `path`, or POST it with head times: `times` (their JSON form) when given, else
+        this device's measured ones when it has some."""
+        if times:
+            return self._json("POST", path, params=params, content_type="application/json",
+                              body=json.dumps({"device_ms": times}).encode())
         if self.device_ms:
-            body = json.dumps({"device_ms": device_times_document(self.device_ms)}).encode()
             try:
-                return self._json("POST", path, params=params, body=body,
-                                  content_type="application/json")
+                return self._planning(path, params, device_times_document(self.device_ms))
             except DeviceError as err:
                 if err.status != 400 or not err.message.startswith("device_ms"):
                     raise

@@ -10,6 +10,7 @@ bytes with an explicit shape. No pickle, no eval: JSON and raw bytes only.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import warnings
@@ -49,6 +50,16 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, ma
     if not body:
         raise HttpError(400, "empty body")
     return body
+
+
+async def read_json(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int) -> object:
+    """The request body parsed as JSON (`read_body`'s limits); 400 for anything that is not JSON:
+    bad syntax or UTF-8, integers too long to convert, nesting deeper than the parser's stack."""
+    body = await read_body(chunks, content_length, max_bytes)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise HttpError(400, f"body must be JSON: {err}") from None
 
 
 def media_type(content_type: str | None) -> str:

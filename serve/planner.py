@@ -83,6 +83,9 @@ class Planner:
         # Unique: a raw-input (all-on-device) baseline exists only where the variant does not
         # offer `input` (`output`) itself.
         self._by_key = {(c.variant_id, c.split): c for c in candidates}
+        self._offered: dict[str, set[str]] = {}  # variant -> the splits it is served at
+        for vid, split in self._by_key:
+            self._offered.setdefault(vid, set()).add(split)
         self.variants = {v["id"]: v for v in manifest["variants"]}
         self.best_accuracy = max(c.accuracy for c in candidates)
 
@@ -138,10 +141,7 @@ class Planner:
     def device_times(self, document: object) -> DeviceTimes:
         """A device's measured head times from JSON (`pipeline.device_times`), checked against
         the variants and splits served here; ValueError naming the bad entry."""
-        offered: dict[str, set[str]] = {}
-        for vid, split in self._by_key:
-            offered.setdefault(vid, set()).add(split)
-        return parse_device_times(document, offered)
+        return parse_device_times(document, self._offered)
 
     def splits_of(self, variant_id: str) -> list[str]:
         """Split points a variant can be served at: those it offers, plus the baselines'."""

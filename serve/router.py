@@ -11,7 +11,6 @@ docs/serve.md; every bad request gets a 4xx JSON `{"error": ...}` and the replic
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -35,7 +34,7 @@ from pipeline.data import DataInfo, normalize
 from pipeline.onnx_graphs import head_graph
 from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
 from serve.head import replica_health
-from serve.inputs import HttpError, decode_pixels, read_body
+from serve.inputs import HttpError, decode_pixels, read_body, read_json
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
 from serve.link_board import LinkBoardClient
 from serve.plan_table import plan_table as build_plan_table
@@ -356,12 +355,8 @@ class Router:
         return await self._plan_table(query, await self._device_times(request))
 
     async def _device_times(self, request: Request) -> dict:
-        body = await read_body(request.stream(), request.headers.get("content-length"),
-                               MAX_DEVICE_TIMES_BYTES)
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError) as err:  # bad JSON, UTF-8, huge integers, deep nesting
-            raise HttpError(400, f"body must be JSON: {err}") from None
+        document = await read_json(request.stream(), request.headers.get("content-length"),
+                                   MAX_DEVICE_TIMES_BYTES)
         if not isinstance(document, dict) or set(document) != {"device_ms"}:
             raise HttpError(400, 'body must be {"device_ms": {"VARIANT": {"SPLIT": ms}}}')
         try:
@@ -406,11 +401,8 @@ class Router:
         if not self.args.emulate_link:
             raise HttpError(403, "link emulation is off on this server: start it with "
                                  "--emulate-link (twostep serve) or emulate_link: true")
-        body = await read_body(request.stream(), request.headers.get("content-length"), MAX_JSON_BYTES)
-        try:
-            settings = json.loads(body)
-        except (ValueError, RecursionError) as err:  # bad JSON, UTF-8, huge integers, deep nesting
-            raise HttpError(400, f"body must be JSON: {err}") from None
+        settings = await read_json(request.stream(), request.headers.get("content-length"),
+                                   MAX_JSON_BYTES)
         if not isinstance(settings, dict) or not set(settings) <= {"bandwidth_bps", "rtt_ms"}:
             raise HttpError(400, 'body must be {"bandwidth_bps": number or null, "rtt_ms": number}')
         try:

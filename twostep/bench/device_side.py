@@ -296,11 +296,7 @@ class Device:
             "bandwidth_bps": point["bandwidth_bps"], "rtt_ms": point["rtt_ms"],
             "device_slowdown": point["slowdown"], "device_overhead_ms": point.get("overhead_ms", 0.0),
             "accuracy_floor": point["accuracy_floor"], "frames_only": "true", "top": 1}
-        if not point.get("device_ms"):
-            return self.client._json("GET", "/v1/plan", params=params)["best"]
-        body = json.dumps({"device_ms": point["device_ms"]}).encode()
-        return self.client._json("POST", "/v1/plan", params=params, body=body,
-                                 content_type="application/json")["best"]
+        return self.client._planning("/v1/plan", params, point.get("device_ms"))["best"]
 
     def prefetch(self, job: dict) -> dict:
         """Ask the router's plan of every grid point and download every head the grid needs,
