@@ -26,6 +26,9 @@ from twostep.ports import free_port
 from twostep.ray_env import apply_ray_env
 
 START_TIMEOUT_S = 90.0
+PROBE_TIMEOUT_S = 20.0
+START_ATTEMPTS = 3  # a port picked free can be taken before Ray binds it
+LOG_TAIL_LINES = 20
 
 
 def ray_executable() -> str:
@@ -58,6 +61,17 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
+class NodeExited(RuntimeError):
+    """A Ray node process ended while the cluster was starting."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"(no log: {err})"
+
+
 class TwoNodeCluster:
     """`with TwoNodeCluster(hidden_dir) as cluster:` ... `cluster.address` is HOST:PORT."""
 
@@ -75,12 +89,14 @@ class TwoNodeCluster:
         self.env = {**cluster_env(), **(env or {})}
 
     def _ports(self) -> list[str]:
+        # Every port Ray would otherwise take at a fixed default (the client server's 10001) or
+        # pick itself is chosen free here, so a second Ray on this machine cannot collide.
         return ["--dashboard-agent-listen-port", str(free_port()),
                 "--metrics-export-port", str(free_port()),
                 "--runtime-env-agent-port", str(free_port())]
 
     def _start(self, argv: list[str], name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in __exit__
+        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in _stop_nodes
         self._logs.append(log)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 start_new_session=True)
@@ -89,17 +105,36 @@ class TwoNodeCluster:
 
     def __enter__(self) -> TwoNodeCluster:
         try:
-            self._start_nodes()
+            self._start_with_retries()
         except BaseException:
             self.__exit__(None, None, None)  # no half-started cluster left behind
             raise
         return self
+
+    def _start_with_retries(self) -> None:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_nodes()
+                return
+            except NodeExited as err:
+                if attempt == START_ATTEMPTS:
+                    raise
+                print(f"{err}\nstarting the cluster again on fresh ports", file=sys.stderr)
+                self._stop_nodes()
+                self._fresh_session()
+
+    def _fresh_session(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
 
     def _start_nodes(self) -> None:
         ray = ray_executable()
         self._start([ray, "start", "--head", "--block", "--port", str(self.port),
                      "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
                      "--resources", '{"device": 1}', "--include-dashboard", "false",
+                     "--ray-client-server-port", str(free_port()),
                      "--disable-usage-stats", "--temp-dir", self.temp_dir, *self._ports()], "head")
         self._wait_nodes(1)
         worker = " ".join([ray, "start", "--block", "--address", self.address,
@@ -116,11 +151,17 @@ class TwoNodeCluster:
                   "logging_level=logging.ERROR); print(sum(1 for n in ray.nodes() if n['Alive']))")
         last = ""
         while time.monotonic() < deadline:
-            for proc in self._procs:
+            for proc, log in zip(self._procs, self._logs, strict=True):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"a Ray node exited ({proc.returncode}); logs in {self.log_dir}")
-            result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                    env=self.env, timeout=60)
+                    log.flush()
+                    raise NodeExited(f"a Ray node exited ({proc.returncode}); the end of {log.name}:\n"
+                                     f"{log_tail(Path(log.name))}")
+            try:
+                result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                        text=True, env=self.env, timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # a head whose GCS failed hangs ray.init; look again
+                last = f"ray.init did not answer in {PROBE_TIMEOUT_S:g} s"
+                continue
             last = result.stdout.strip().splitlines()[-1:] or result.stderr[-300:]
             if result.returncode == 0 and result.stdout.strip().endswith(str(count)):
                 return
@@ -128,6 +169,10 @@ class TwoNodeCluster:
         raise RuntimeError(f"the cluster did not reach {count} node(s) in {START_TIMEOUT_S:g} s: {last}")
 
     def __exit__(self, *exc) -> None:
+        self._stop_nodes()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _stop_nodes(self) -> None:
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -139,4 +184,4 @@ class TwoNodeCluster:
                 proc.wait(timeout=10)
         for log in self._logs:
             log.close()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self._procs, self._logs = [], []

@@ -10,8 +10,10 @@ then stopping it beside another Serve application, which keeps running. Skipped,
 where mount namespaces are not permitted.
 """
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +28,14 @@ from twostep.local_cluster import TwoNodeCluster, cluster_env, permitted
 
 pytestmark = pytest.mark.integration
 
+RAY_CLIENT_DEFAULT_PORT = 10001
+NODES_ALIVE = "2 nodes alive"
+COUNT_NODES = """
+import logging, sys
+import ray
+ray.init(address=sys.argv[1], logging_level=logging.ERROR)
+print(sum(1 for n in ray.nodes() if n["Alive"]), "nodes alive")
+"""
 SPLIT = "pool1"  # step 2 prunes conv1_1, which sets the tensor size at pool1
 TWOSTEP = str(Path(sys.executable).with_name("twostep"))
 OTHER_APP = """
@@ -74,9 +84,30 @@ def cluster(tmp_path_factory):
                            lr=0.05, augment=False, threads=1, out=str(driver / "base.safetensors")),
                progress=False, log=None)
     cache = root / "cache"  # replicas' series cache, fresh for this run
-    with TwoNodeCluster(driver, worker_cpus=2, log_dir=str(root),
-                        env={"TWOSTEP_CACHE_DIR": str(cache)}) as running:
-        yield {"address": running.address, "driver": driver, "shared": shared}
+    starting = TwoNodeCluster(driver, worker_cpus=2, log_dir=str(root),
+                              env={"TWOSTEP_CACHE_DIR": str(cache)})
+    # Taken before Ray binds them: the head port picked for the first attempt, and Ray's fixed
+    # default for its client server (a second Ray on the machine holds it; once a CI failure).
+    with _held(starting.port) as held_head, _held(RAY_CLIENT_DEFAULT_PORT), starting as running:
+        yield {"address": running.address, "driver": driver, "shared": shared,
+               "taken_head_port": held_head}
+
+
+@contextlib.contextmanager
+def _held(port: int):
+    """Listen on 127.0.0.1:port while the block runs (if something else holds it, so much the better)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            pass
+        yield port
+
+
+def test_the_cluster_starts_around_ports_already_taken(cluster):
+    assert not cluster["address"].endswith(f":{cluster['taken_head_port']}")
+    assert NODES_ALIVE in _run([sys.executable, "-c", COUNT_NODES, cluster["address"]]).stdout
 
 
 def _prune_argv(cluster, out: Path, *extra: str) -> list[str]:
