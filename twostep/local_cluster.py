@@ -29,6 +29,9 @@ START_TIMEOUT_S = 90.0
 PROBE_TIMEOUT_S = 20.0
 START_ATTEMPTS = 3  # a port picked free can be taken before Ray binds it
 LOG_TAIL_LINES = 20
+# `python -c ALIVE_NODES_SCRIPT ADDRESS` prints how many nodes of the cluster at ADDRESS are alive.
+ALIVE_NODES_SCRIPT = ("import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR); "
+                      "print(sum(1 for n in ray.nodes() if n['Alive']))")
 
 
 def ray_executable() -> str:
@@ -79,11 +82,9 @@ class TwoNodeCluster:
                  env: dict[str, str] | None = None):
         self.hidden_dir = Path(hidden_dir).resolve()
         self.worker_cpus = worker_cpus
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        # Ray's socket paths must stay short: a temp dir of its own directly under /tmp.
-        self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
-        self.log_dir = Path(log_dir or self.temp_dir)
+        self._log_dir = log_dir  # None: the logs go in each session's temp dir
+        self.temp_dir = ""
+        self._fresh_session()
         self._procs: list[subprocess.Popen] = []
         self._logs: list = []
         self.env = {**cluster_env(), **(env or {})}
@@ -124,8 +125,11 @@ class TwoNodeCluster:
                 self._fresh_session()
 
     def _fresh_session(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        # Ray's socket paths must stay short: a temp dir of its own directly under /tmp.
         self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
+        self.log_dir = Path(self._log_dir or self.temp_dir)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
 
@@ -147,8 +151,6 @@ class TwoNodeCluster:
 
     def _wait_nodes(self, count: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        script = (f"import ray, logging; ray.init(address='{self.address}', "
-                  "logging_level=logging.ERROR); print(sum(1 for n in ray.nodes() if n['Alive']))")
         last = ""
         while time.monotonic() < deadline:
             for proc, log in zip(self._procs, self._logs, strict=True):
@@ -157,7 +159,8 @@ class TwoNodeCluster:
                     raise NodeExited(f"a Ray node exited ({proc.returncode}); the end of {log.name}:\n"
                                      f"{log_tail(Path(log.name))}")
             try:
-                result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                result = subprocess.run([sys.executable, "-c", ALIVE_NODES_SCRIPT, self.address],
+                                        capture_output=True,
                                         text=True, env=self.env, timeout=PROBE_TIMEOUT_S)
             except subprocess.TimeoutExpired:  # a head whose GCS failed hangs ray.init; look again
                 last = f"ray.init did not answer in {PROBE_TIMEOUT_S:g} s"
