@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from twostep.ports import free_port
+from twostep.ports import free_port, is_free
 from twostep.ray_env import apply_ray_env
 
 START_TIMEOUT_S = 90.0
@@ -66,6 +66,10 @@ def cluster_env() -> dict[str, str]:
 
 class NodeExited(RuntimeError):
     """A Ray node process ended while the cluster was starting."""
+
+
+class PortTaken(RuntimeError):
+    """A port picked free for the head was taken before the head started."""
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -117,7 +121,7 @@ class TwoNodeCluster:
             try:
                 self._start_nodes()
                 return
-            except NodeExited as err:
+            except (PortTaken, NodeExited) as err:
                 if attempt == START_ATTEMPTS:
                     raise
                 print(f"{err}\nstarting the cluster again on fresh ports", file=sys.stderr)
@@ -131,14 +135,20 @@ class TwoNodeCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="tsn", dir="/tmp")
         self.log_dir = Path(self._log_dir or self.temp_dir)
         self.port = free_port()
+        self.client_server_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
 
     def _start_nodes(self) -> None:
+        # A head whose port is taken fails only after Ray's own timeouts (26-60 s, measured):
+        # looking first costs nothing; the race left after the look is caught as NodeExited.
+        for port in (self.port, self.client_server_port):
+            if not is_free(port):
+                raise PortTaken(f"port {port}, picked free for the head, is taken now")
         ray = ray_executable()
         self._start([ray, "start", "--head", "--block", "--port", str(self.port),
                      "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
                      "--resources", '{"device": 1}', "--include-dashboard", "false",
-                     "--ray-client-server-port", str(free_port()),
+                     "--ray-client-server-port", str(self.client_server_port),
                      "--disable-usage-stats", "--temp-dir", self.temp_dir, *self._ports()], "head")
         self._wait_nodes(1)
         worker = " ".join([ray, "start", "--block", "--address", self.address,

@@ -1,4 +1,4 @@
-"""A free TCP port on 127.0.0.1 (for servers the tools start on this machine)."""
+"""Free TCP ports on 127.0.0.1 (for servers the tools start on this machine)."""
 
 import socket
 
@@ -8,3 +8,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def is_free(port: int) -> bool:
+    """Whether a server could bind 127.0.0.1:port now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

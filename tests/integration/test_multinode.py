@@ -79,8 +79,9 @@ def cluster(tmp_path_factory):
     cache = root / "cache"  # replicas' series cache, fresh for this run
     starting = TwoNodeCluster(driver, worker_cpus=2, log_dir=str(root),
                               env={"TWOSTEP_CACHE_DIR": str(cache)})
-    # Taken before Ray binds them: the head port picked for the first attempt, and Ray's fixed
-    # default for its client server (a second Ray on the machine holds it; once a CI failure).
+    # Taken before Ray binds them: the head port picked for the first attempt (the cluster must
+    # notice and start on fresh ports), and Ray's fixed default for its client server (a second
+    # Ray on the machine holds it; once a CI failure).
     with _held(starting.port) as held_head, _held(RAY_CLIENT_DEFAULT_PORT), starting as running:
         yield {"address": running.address, "driver": driver, "shared": shared,
                "taken_head_port": held_head}
