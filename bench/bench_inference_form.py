@@ -2,7 +2,7 @@
 its MAC reduction: how much of a pruned model's MAC saving a device call actually sees.
 
 Run: `python bench/bench_inference_form.py SERIES_DIR [--runtime torch|onnxruntime]
-[--variants ID ...] [--rounds 7] [--calls 50] [--idle-ms 0]`.
+[--variants ID ...] [--rounds 7] [--calls 50] [--idle-ms 0] [--align N]`.
 
 With `--runtime torch` (the default) each variant runs as trained and in its inference form
 (BatchNorm folded, `pipeline.models.inference`); with `--runtime onnxruntime` as the device runs
@@ -10,6 +10,10 @@ it: the ONNX graph of the whole model from uint8 pixels to logits (`pipeline.onn
 `output`), ONNX Runtime with every graph optimisation. `--idle-ms` waits that long before every
 call (the serving path's idle gap between requests) instead of calling back to back. Prints the
 issue-14 target for the series' step-1 model: time reduction >= 0.7 x MAC reduction.
+
+`--align N` adds, for every pruned variant, a model of the same architecture with each width
+rounded up to a multiple of N (at most the base's width), random weights: what a runtime's
+blocked kernels (channels in multiples of 8 or 16) make of the odd widths pruning leaves.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import numpy as np
 import torch
 
 from pipeline.data import DataInfo
+from pipeline.models import ArchSpec, build
 from pipeline.models.inference import inference_form
 from pipeline.series import SeriesStore
+from pipeline.split import total_macs
 
 TARGET = 0.7  # issue 14: the step-1 model's time reduction >= 0.7 x its MAC reduction
 
@@ -43,9 +49,16 @@ def _ms_per_call(call, x, calls: int, idle_ms: float) -> float:
     return statistics.median(times) * 1e3
 
 
-def _calls(store: SeriesStore, vid: str, runtime: str) -> dict[str, tuple]:
-    """form -> (call, input) of one variant for `runtime`."""
-    model, spec, _ = store.load_model(vid)
+def aligned(spec: ArchSpec, base: ArchSpec, multiple: int) -> ArchSpec:
+    """`spec` with every width rounded up to a multiple of `multiple`, at most the base's width."""
+    widths = [min(b, -(-w // multiple) * multiple) for w, b in zip(spec.widths, base.widths, strict=True)]
+    return ArchSpec(spec.arch, tuple(widths), spec.in_channels, spec.num_classes, spec.input_size)
+
+
+def _calls(store: SeriesStore, vid: str, runtime: str, model=None, spec=None) -> dict[str, tuple]:
+    """form -> (call, input) of one variant (or of `model`, `spec`) for `runtime`."""
+    if model is None:
+        model, spec, _ = store.load_model(vid)
     shape = (1, spec.in_channels, spec.input_size, spec.input_size)
     if runtime == "torch":
         x = torch.randn(*shape)
@@ -66,16 +79,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is kept")
     parser.add_argument("--calls", type=int, default=50, help="calls per round")
     parser.add_argument("--idle-ms", type=float, default=0.0, help="idle before each call (0: back to back)")
+    parser.add_argument("--align", type=int, default=0, metavar="N",
+                        help="also time each pruned variant with its widths rounded up to a multiple of N")
     args = parser.parse_args()
+    if args.align < 0:
+        parser.error(f"--align must be >= 1 (0: off), got {args.align}")
     torch.set_num_threads(1)
     store = SeriesStore.open(args.series)
     base, step1 = store.manifest["base"], store.manifest["step1"]
-    ids = args.variants or [base] + [v["id"] for v in store.variants if v["step"] == 1]
+    ids = list(args.variants or [base] + [v["id"] for v in store.variants if v["step"] == 1])
     calls, macs = {}, {}
     for vid in ids:
         for form, pair in _calls(store, vid, args.runtime).items():
             calls[(vid, form)] = pair
         macs[vid] = store.get(vid)["macs"]
+    if args.align:
+        base_spec = store.load_model(base)[1]
+        for vid in [v for v in ids if v != base]:
+            spec = aligned(store.load_model(vid)[1], base_spec, args.align)
+            row = f"{vid} x{args.align}"
+            for form, pair in _calls(store, row, args.runtime, build(spec).eval(), spec).items():
+                calls[(row, form)] = pair
+            macs[row] = total_macs(spec)
+            ids.append(row)
     forms = list(dict.fromkeys(form for _, form in calls))
     last = forms[-1]  # the form a device runs: folded (torch) or the graph (onnxruntime)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
