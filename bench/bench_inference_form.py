@@ -51,14 +51,12 @@ def _ms_per_call(call, x, calls: int, idle_ms: float) -> float:
 
 def aligned(spec: ArchSpec, base: ArchSpec, multiple: int) -> ArchSpec:
     """`spec` with every width rounded up to a multiple of `multiple`, at most the base's width."""
-    widths = [min(b, -(-w // multiple) * multiple) for w, b in zip(spec.widths, base.widths, strict=True)]
-    return ArchSpec(spec.arch, tuple(widths), spec.in_channels, spec.num_classes, spec.input_size)
+    return spec.with_widths([min(b, -(-w // multiple) * multiple)
+                             for w, b in zip(spec.widths, base.widths, strict=True)])
 
 
-def _calls(store: SeriesStore, vid: str, runtime: str, model=None, spec=None) -> dict[str, tuple]:
-    """form -> (call, input) of one variant (or of `model`, `spec`) for `runtime`."""
-    if model is None:
-        model, spec, _ = store.load_model(vid)
+def _calls(store: SeriesStore, model: torch.nn.Module, spec: ArchSpec, runtime: str) -> dict[str, tuple]:
+    """form -> (call, input) of one model for `runtime`."""
     shape = (1, spec.in_channels, spec.input_size, spec.input_size)
     if runtime == "torch":
         x = torch.randn(*shape)
@@ -88,17 +86,18 @@ def main() -> None:
     store = SeriesStore.open(args.series)
     base, step1 = store.manifest["base"], store.manifest["step1"]
     ids = list(args.variants or [base] + [v["id"] for v in store.variants if v["step"] == 1])
-    calls, macs = {}, {}
+    calls, macs, specs = {}, {}, {}
     for vid in ids:
-        for form, pair in _calls(store, vid, args.runtime).items():
+        model, specs[vid], _ = store.load_model(vid)
+        for form, pair in _calls(store, model, specs[vid], args.runtime).items():
             calls[(vid, form)] = pair
         macs[vid] = store.get(vid)["macs"]
     if args.align:
-        base_spec = store.load_model(base)[1]
+        base_spec = specs[base] if base in specs else store.load_model(base)[1]
         for vid in [v for v in ids if v != base]:
-            spec = aligned(store.load_model(vid)[1], base_spec, args.align)
+            spec = aligned(specs[vid], base_spec, args.align)
             row = f"{vid} x{args.align}"
-            for form, pair in _calls(store, row, args.runtime, build(spec).eval(), spec).items():
+            for form, pair in _calls(store, build(spec).eval(), spec, args.runtime).items():
                 calls[(row, form)] = pair
             macs[row] = total_macs(spec)
             ids.append(row)
