@@ -223,11 +223,22 @@ class PruneConfig(ConfigModel):
     step1_target_mac_reduction: float = Field(0.0, ge=0.0, le=1e6, description="stop step 1 at "
                                               "this MAC reduction (0 = no target; else above 1)")
     step1_max_iterations: int = Field(40, ge=0, le=100_000, description="step-1 iterations at most")
+    step1_round_to: int = Field(8, ge=1, le=1024, description="step 1 leaves every channel group "
+                                "it cuts at a multiple of this (blocked kernels of device "
+                                "runtimes run odd widths padded; a group at or below it keeps "
+                                "its width; 1 = any width)")
+    step1_time_calls: bool = Field(True, description="at the end of step 1, time every step-1 "
+                                   "model's ONNX Runtime call against the base's (batch 1, one "
+                                   "thread, an idle gap before each call); `twostep series show` "
+                                   "reports it")
     step2_splits: CommaList(str) = Field((), description="split points for step 2, comma-separated "
                                          "on the command line (empty = all)")
     step2_steps: int = Field(16, ge=1, le=1000, description="log-spaced widths of the layer before a split")
     step2_finetune_epochs: float = Field(0.5, ge=0.0, le=1000.0,
                                          description="fine-tuning epochs per step-2 iteration")
+    step2_round_to: int = Field(1, ge=1, le=1024, description="step-2 widths above this are "
+                                "multiples of it; below it the ladder goes on to min_width "
+                                "(1 = any width: the bytes at a split count more than the time)")
     codec_bits: int = Field(8, ge=4, le=8, description="bits per value of the coded feature map")
     codec_per_channel: bool = Field(False, description="quantise each channel with its own range")
     bytes_images: int = Field(200, ge=1, le=100_000, description="test images whose coded frames "

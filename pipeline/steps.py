@@ -99,20 +99,22 @@ def finetune(
 
 def removals_within(
     scores: dict[str, torch.Tensor], spec: ArchSpec, count: int, min_width: int,
-    mac_limit: int | None = None,
+    mac_limit: int | None = None, round_to: int = 1,
 ) -> dict[str, list[int]]:
     """The `count` lowest-scored filters, or, when fewer of them already bring the model down to
     `mac_limit` MACs, the fewest that do: the iteration that reaches a MAC target stops there
-    instead of overshooting it by a whole iteration's worth of filters."""
+    instead of overshooting it by a whole iteration's worth of filters. With `round_to` > 1 the
+    filters leave in aligned blocks (`pipeline.taylor.lowest_blocks`), so the clipped iteration
+    too leaves every group it cuts at a multiple of `round_to`."""
     widths = spec.width_of()
 
     def macs_without(removals: dict[str, list[int]]) -> int:
         return total_macs(spec.with_widths({n: w - len(removals.get(n, ())) for n, w in widths.items()}))
 
     def macs_after(k: int) -> int:
-        return macs_without(lowest_filters(scores, k, min_width))
+        return macs_without(lowest_filters(scores, k, min_width, round_to))
 
-    whole = lowest_filters(scores, count, min_width)
+    whole = lowest_filters(scores, count, min_width, round_to)
     if mac_limit is None or count <= 1 or macs_without(whole) > mac_limit:
         return whole
     low, high = 1, count  # removing more filters never adds MACs: bisect for the fewest
@@ -122,7 +124,7 @@ def removals_within(
             high = middle
         else:
             low = middle + 1
-    return lowest_filters(scores, low, min_width)
+    return lowest_filters(scores, low, min_width, round_to)
 
 
 def step1_mac_limit(base_macs: int, config: PruneConfig) -> int | None:
@@ -138,12 +140,13 @@ def step1_iteration(
     mac_limit: int | None = None,
 ) -> Snapshot:
     """Rank all filters, remove the globally lowest (stopping at `mac_limit`, see
-    `removals_within`), fine-tune, evaluate on validation."""
+    `removals_within`; in blocks of `config.step1_round_to`), fine-tune, evaluate on validation."""
     model = model.to(resolve_device(config.device))
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
     scores = penalize_macs(scores, macs_per_filter(spec), config.mac_weight)
-    removals = removals_within(scores, spec, filters_per_iteration, config.min_width, mac_limit)
+    removals = removals_within(scores, spec, filters_per_iteration, config.min_width, mac_limit,
+                               config.step1_round_to)
     if not removals:
         return Snapshot(model, spec, iteration, float("nan"), total_macs(spec), accepted=False,
                         stop_reason="every layer is at its minimum width")
@@ -246,8 +249,10 @@ def step2_iteration(
 
 
 def step2_ladder(spec: ArchSpec, layer: str, config: PruneConfig) -> list[int]:
-    """The widths step 2 visits for `layer`, from the step-1 width downwards."""
-    return step2_widths(spec.width_of()[layer], config.step2_steps, config.min_width)
+    """The widths step 2 visits for `layer`, from the step-1 width downwards (multiples of
+    `config.step2_round_to` down to it, see `step2_widths`)."""
+    return step2_widths(spec.width_of()[layer], config.step2_steps, config.min_width,
+                        config.step2_round_to)
 
 
 def run_step2(

@@ -10,6 +10,7 @@ the term after the ReLU. No surgery happens here.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from collections.abc import Callable, Iterator
 
 import torch
@@ -142,13 +143,18 @@ def penalize_macs(
 
 
 def lowest_filters(
-    scores: dict[str, torch.Tensor], count: int, min_width: int = 1
+    scores: dict[str, torch.Tensor], count: int, min_width: int = 1, round_to: int = 1,
 ) -> dict[str, list[int]]:
     """The `count` globally lowest-scored filters, never leaving a layer below `min_width`.
+
+    With `round_to` > 1 (hardware-aligned pruning) filters leave a group in blocks that keep its
+    width a multiple of `round_to`: see `lowest_blocks`.
 
     Returns:
         layer -> sorted filter indices to remove (layers with nothing removed are omitted).
     """
+    if round_to > 1:
+        return lowest_blocks(scores, count, min_width, round_to)
     entries = sorted(
         (float(score), name, index)
         for name, s in scores.items()
@@ -163,4 +169,58 @@ def lowest_filters(
             chosen.setdefault(name, []).append(index)
             removable[name] -= 1
             count -= 1
+    return {name: sorted(indices) for name, indices in chosen.items()}
+
+
+def aligned_floor(min_width: int, round_to: int) -> int:
+    """The narrowest width a rounded cut may leave: the smallest multiple of `round_to` that is
+    at least `min_width` (and at least `round_to`: a group never goes to zero)."""
+    return round_to * max(1, -(-min_width // round_to))
+
+
+def group_blocks(scores: torch.Tensor, min_width: int, round_to: int) -> list[tuple[float, list[int]]]:
+    """The blocks in which a group of width w = len(scores) may lose channels, in the order it
+    loses them: first its w mod `round_to` lowest channels (so that it becomes a multiple), then
+    `round_to` at a time, lowest first, while it stays at or above `aligned_floor`. Each block
+    is (mean score of its channels, their indices). A group at or below the floor has none: it
+    keeps its width, even when that is not a multiple."""
+    width = len(scores)
+    floor = aligned_floor(min_width, round_to)
+    order = sorted(range(width), key=lambda i: (float(scores[i]), i))
+    blocks, start = [], width % round_to
+    if start and width - start >= floor:
+        blocks.append(order[:start])
+    elif start:
+        return []  # narrower than the floor once aligned: left as it is
+    while width - start - round_to >= floor:
+        blocks.append(order[start:start + round_to])
+        start += round_to
+    return [(float(scores[block].mean()), block) for block in blocks]
+
+
+def lowest_blocks(
+    scores: dict[str, torch.Tensor], count: int, min_width: int = 1, round_to: int = 8,
+) -> dict[str, list[int]]:
+    """At least `count` low-scored filters removed in aligned blocks (`group_blocks`): every
+    group it cuts is left at a multiple of `round_to`, at or above `aligned_floor`.
+
+    Blocks are taken globally by their mean score (the first-order loss per channel removed),
+    each group's in order, until `count` filters are chosen; the last block may overshoot
+    `count` by less than `round_to`. Choosing more never un-chooses a block (`removals_within`
+    bisects on `count`).
+    """
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    pending = {name: group_blocks(s, min_width, round_to) for name, s in scores.items()}
+    heap = [(blocks[0][0], name, 0) for name, blocks in pending.items() if blocks]
+    heapq.heapify(heap)
+    chosen: dict[str, list[int]] = {}
+    removed = 0
+    while heap and removed < count:
+        _, name, k = heapq.heappop(heap)
+        block = pending[name][k][1]
+        chosen.setdefault(name, []).extend(block)
+        removed += len(block)
+        if k + 1 < len(pending[name]):
+            heapq.heappush(heap, (pending[name][k + 1][0], name, k + 1))
     return {name: sorted(indices) for name, indices in chosen.items()}

@@ -58,7 +58,7 @@ def test_real_step1_and_step2_iterations_on_a_tiny_model(fashion_dir):
     splits = load_splits("fashion-mnist", fashion_dir, 0.2)
     config = PruneConfig(rank_batches=1, batch_size=16, step1_finetune_epochs=0.2,
                          step2_finetune_epochs=0.2, step1_budget=1.0, step1_max_iterations=2,
-                         step2_steps=3)
+                         step2_steps=3, step1_round_to=1)  # exact counts (rounded: test_round_to)
     snaps = list(run_step1(model, spec, splits, config, baseline_val=0.1))
     assert len(snaps) == 2 and all(s.accepted for s in snaps)
     per_iteration = -(-sum(spec.widths) // 16)
