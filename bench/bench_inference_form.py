@@ -22,7 +22,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from pipeline.data import DataInfo
@@ -61,12 +60,9 @@ def _calls(store: SeriesStore, model: torch.nn.Module, spec: ArchSpec, runtime: 
     if runtime == "torch":
         x = torch.randn(*shape)
         return {"as trained": (model.eval(), x), "inference form": (inference_form(model), x)}
-    from pipeline.onnx_graphs import head_graph
-    from pipeline.onnx_session import GraphRunner
+    from pipeline.call_time import onnx_model_call
 
-    graph = head_graph(model, shape[1:], DataInfo.from_dict(store.manifest["data"]), "output")
-    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    return {"onnxruntime": (GraphRunner(graph, threads=1), pixels)}
+    return {"onnxruntime": onnx_model_call(model, spec, DataInfo.from_dict(store.manifest["data"]))}
 
 
 def main() -> None:

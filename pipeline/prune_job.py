@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import call_time
 from pipeline.checkpoint import load_checkpoint
 from pipeline.codec import CodecConfig
 from pipeline.config import PruneConfig
@@ -113,21 +114,31 @@ def record_variant(store: SeriesStore, ctx: PruneContext, model: StagedNet, spec
     return store.add_variant(model, spec, describe_variant(ctx, model, spec, **fields))
 
 
+# Keys added to PruneConfig after series were made, with the value that series were made with
+# where that is not the new default (a series without step1_round_to was cut at any width).
+LEGACY_VALUES = {"step1_round_to": 1}
+# Keys that change nothing once step 1 is finished (a finished series resumes under any value).
+STEP1_ONLY = {"step1_round_to", "step1_time_calls"}
+
+
 def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInfo) -> SeriesStore:
     """Open the series at `config.out` to resume it, or create it; a series made with another
     config is refused rather than mixed."""
     config_dict = config.model_dump(mode="json")
     if (Path(config.out) / "manifest.json").exists():
         store = SeriesStore.open(config.out)
-        # Keys added to PruneConfig after a series was made read as their defaults.
-        defaults = PruneConfig().model_dump(mode="json")
+        # Keys added to PruneConfig after a series was made read as what it was made with.
+        defaults = {**PruneConfig().model_dump(mode="json"), **LEGACY_VALUES}
         previous = {**defaults, **store.manifest.get("config", {})}
-        previous = {k: v for k, v in previous.items() if k != "step2_splits"}
-        current = {k: v for k, v in config_dict.items() if k != "step2_splits"}
+        ignored = {"step2_splits"} | (STEP1_ONLY if store.manifest.get("step1") else set())
+        previous = {k: v for k, v in previous.items() if k not in ignored}
+        current = {k: v for k, v in config_dict.items() if k not in ignored}
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current[k])
+            hint = "".join(f"; it was made with {k} = {previous[k]!r} (--{k.replace('_', '-')} "
+                           f"{previous[k]!r} resumes it)" for k in changed if k in LEGACY_VALUES)
             raise SeriesError(f"{config.out} holds a series made with other settings "
-                              f"({', '.join(changed)}); choose another output directory")
+                              f"({', '.join(changed)}){hint}; choose another output directory")
         return store
     codec = {"bits": config.codec_bits, "per_channel": config.codec_per_channel, "compress": True}
     return SeriesStore.create(config.out, base_spec, info.to_dict(), codec, config_dict)
@@ -209,6 +220,21 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
     return model, spec
 
 
+def time_step1_calls(store: SeriesStore, config: PruneConfig, log: Log = print) -> dict | None:
+    """At the end of step 1 (`config.step1_time_calls`): time the base and every step-1 model on
+    ONNX Runtime as a device calls them (`pipeline.call_time`) and record it in the manifest,
+    unless it already holds those figures for exactly these variants (a resumed run)."""
+    step1 = [v["id"] for v in store.variants if v["step"] == 1]
+    recorded = store.manifest.get(call_time.FIELD) or {}
+    if not config.step1_time_calls or not step1 or sorted(recorded.get("variants", {})) == sorted(step1):
+        return None
+    document = call_time.step1_call_times(store)
+    store.set_field(call_time.FIELD, document)
+    if log is not None:
+        log("\n".join(call_time.format_call_times(store.manifest)))
+    return document
+
+
 def prune_step2_layer(
     store: SeriesStore, ctx: PruneContext, layer: str, offered: list[str],
     step1_model: StagedNet, step1_spec: ArchSpec, on_snapshot: Callable[[Snapshot], None] | None = None,
@@ -239,6 +265,7 @@ def prune_series(config: PruneConfig, steps: str = "both", progress: bool = True
     if steps == "2" and store.manifest["step1"] is None:
         raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
     step1_model, step1_spec = prune_step1(store, ctx, progress, log)
+    time_step1_calls(store, config, log)
     if steps == "1":
         return store
     layers = step2_layers(step1_spec, config)

@@ -34,7 +34,7 @@ from ray import tune
 from pipeline.config import PruneConfig
 from pipeline.data import splits_to_arrays
 from pipeline.models.registry import ArchSpec
-from pipeline.prune_job import Log, prepare, step2_layers
+from pipeline.prune_job import Log, prepare, step2_layers, time_step1_calls
 from pipeline.series import SeriesError, SeriesStore
 from tune.callbacks import LiveTable, SeriesCollector
 from tune.collect import VariantSink, append_run_log, copy_variants, sort_variants
@@ -338,6 +338,7 @@ def launch_pruning(
                 launcher.search_step1(search)
             else:
                 launcher.step1()
+        time_step1_calls(store, config, log)
         if steps != "1":
             launcher.step2()
         sort_variants(store, variant_order(base_spec))

@@ -142,3 +142,16 @@ def test_config_dict_round_trips_through_the_tune_boundary():
     d = config_dict(config)
     assert d["step2_splits"] == ["conv1_1", "pool2"]
     assert PruneConfig(**d) == config
+
+
+def test_round_to_crosses_the_tune_boundary_and_rounds_the_step2_jobs_ladders(store, spec):
+    from pipeline.config import build_config
+
+    config = PruneConfig(step1_round_to=4, step2_round_to=8, step2_steps=3)
+    trial = build_config(PruneConfig, {**config_dict(config), **{}})  # what a trial rebuilds
+    assert (trial.step1_round_to, trial.step2_round_to) == (4, 8)
+    wide = spec.with_widths({"conv5_2": 30})
+    step1 = store.add_variant(build(wide), wide, {**store.get(store.manifest["base"]),
+                                                  "id": "vgg11-s1-i1", "step": 1, "iteration": 1})
+    (job,) = step2_jobs(store, step1, {"conv5_2": ["conv5_2", "pool5"]}, config, threads=1)
+    assert job["ladder"] == step2_ladder(wide, "conv5_2", config) == [8, 3, 1]  # 10 -> 8; 3 below 8

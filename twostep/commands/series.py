@@ -1,10 +1,12 @@
-"""`twostep series show DIR`: print a model series as the paper's table."""
+"""`twostep series show DIR`: print a model series as the paper's table; `twostep series time
+DIR`: time its step-1 models' device calls against the base's (time per MAC)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from pipeline import call_time
 from pipeline.report import format_series_table, series_rows
 from pipeline.series import SeriesStore
 
@@ -17,9 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="accuracy loss allowed for the step-2 column (fraction, default 0.01)")
     show.add_argument("--json", action="store_true", help="print the rows as JSON")
     show.add_argument("--variants", action="store_true", help="also list every variant")
+    timing = sub.add_parser(
+        "time", help="time each step-1 model's ONNX Runtime call against the base's (batch 1, one "
+                     "thread, an idle gap before each call) and record it in the manifest")
+    timing.add_argument("directory", help="a series directory (holding manifest.json)")
+    timing.add_argument("--idle-ms", type=float, default=call_time.IDLE_MS,
+                        help=f"idle before each timed call, as between requests (default "
+                             f"{call_time.IDLE_MS:g})")
+    timing.add_argument("--repeats", type=int, default=call_time.REPEATS,
+                        help=f"timed calls per model, round-robin; the median is kept (default "
+                             f"{call_time.REPEATS})")
+    timing.add_argument("--variants", nargs="+", metavar="ID",
+                        help="time these variants against the base (default: every step-1 model)")
+    timing.add_argument("--no-save", action="store_true",
+                        help="print only; leave the manifest as it is (a series that a running "
+                             "`twostep prune` is writing would lose the figures anyway)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "time":
+        return time_calls(args)
     if not 0 <= args.max_loss <= 1:
         raise ValueError(f"--max-loss must be a fraction in [0, 1], got {args.max_loss}")
     store = SeriesStore.open(args.directory)
@@ -27,9 +46,30 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(series_rows(store.manifest, args.max_loss), indent=1))
         return 0
     print(format_series_table(store.manifest, args.max_loss))
+    for line in call_time.format_call_times(store.manifest):
+        print(line)
     if args.variants:
         print(f"\n{'variant':<28}{'step':>5}{'val acc':>9}{'test acc':>9}{'MMACs':>8}  widths")
         for v in store.variants:
             print(f"{v['id']:<28}{v['step']:>5}{v['val_accuracy']:>9.4f}"
                   f"{v['test_accuracy']:>9.4f}{v['macs'] / 1e6:>8.2f}  {v['spec']['widths']}")
+    return 0
+
+
+def time_calls(args: argparse.Namespace) -> int:
+    if not 0 <= args.idle_ms <= 10_000:
+        raise ValueError(f"--idle-ms must be in [0, 10000], got {args.idle_ms}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    store = SeriesStore.open(args.directory)
+    for vid in args.variants or ():
+        store.get(vid)  # SeriesError naming an unknown id
+    document = call_time.step1_call_times(store, args.idle_ms, args.repeats, args.variants)
+    if not document["variants"]:
+        print(f"{args.directory} has no step-1 model to time")
+        return 1
+    if not args.no_save:
+        store.set_field(call_time.FIELD, document)
+    for line in call_time.format_call_times({**store.manifest, call_time.FIELD: document}):
+        print(line)
     return 0
