@@ -107,11 +107,13 @@ def _tail_app(args: AppArgs, series: dict) -> Application:
     scaling = ({"num_replicas": args.tail_replicas} if args.tail_replicas is not None
                else {"autoscaling_config": args.tail_autoscaling_config()})
     return EdgeTail.options(
-        max_ongoing_requests=args.tail_max_ongoing_requests,
+        # an open session holds one of Serve's request slots for its whole life
+        max_ongoing_requests=args.tail_max_ongoing_requests + args.stream_max_sessions,
         ray_actor_options=_actor_options(args.replica_cpus, edge),
         health_check_period_s=args.health_check_period_s, **scaling,
     ).bind(series, args.torch_threads, args.max_batch, args.max_body_bytes, args.app_name,
-           dataclasses.asdict(args.estimator_config()), args.tail_batch_size, args.runtime)
+           dataclasses.asdict(args.estimator_config()), args.tail_batch_size, args.runtime,
+           args.stream_limits())
 
 
 def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:

@@ -1,4 +1,5 @@
-"""EdgeTail's autoscaling signal: requests in flight (Serve's default) or work in flight.
+"""EdgeTail's autoscaling signal: frames in flight (the default), requests in flight (Serve's
+own policy) or work in flight.
 
 Frames differ in cost: one at an early split leaves most of the network to the tail, one at a
 late split almost nothing. Counting requests treats them alike. `WorkInFlightPolicy` scales on
@@ -15,7 +16,9 @@ import math
 from typing import Any
 
 WORK_METRIC = "work_in_flight_ms"
+FRAMES_METRIC = "frames_in_flight"
 POLICY_PATH = "serve.autoscaling:WorkInFlightPolicy"
+FRAMES_POLICY_PATH = "serve.autoscaling:FramesInFlightPolicy"
 
 
 class WorkInFlightPolicy:
@@ -32,6 +35,24 @@ class WorkInFlightPolicy:
         if ctx.current_num_replicas == 0 or not per_replica:
             return ctx.target_num_replicas, {}
         return sum(per_replica.values()) / self.target_work_ms, {}
+
+
+class FramesInFlightPolicy:
+    """Desired replicas = total frames in flight / `target_frames`: Serve's request count, but
+    counting the frames a device session sends rather than its connection (an open WebSocket is
+    one "ongoing request" to Serve for its whole life, busy or idle)."""
+
+    def __init__(self, target_frames: float = 2.0):
+        if not (isinstance(target_frames, int | float) and target_frames > 0
+                and math.isfinite(target_frames)):
+            raise ValueError(f"target_frames must be a number > 0, got {target_frames!r}")
+        self.target_frames = float(target_frames)
+
+    def __call__(self, ctx: Any) -> tuple[float, dict]:
+        per_replica = (ctx.aggregated_metrics or {}).get(FRAMES_METRIC) or {}
+        if ctx.current_num_replicas == 0 or not per_replica:
+            return ctx.target_num_replicas, {}
+        return sum(per_replica.values()) / self.target_frames, {}
 
 
 class WorkMeter:

@@ -31,6 +31,7 @@ from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
+TRANSPORTS = ("auto", "stream", "http")
 HeadCall = Callable[[np.ndarray], np.ndarray]  # uint8 pixels -> the features it sends
 
 
@@ -100,7 +101,7 @@ class DeviceClient:
     def __init__(self, url: str, link: str = "device", timeout_s: float = 30.0,
                  throttle_bps: float | None = None, min_report_bytes: int = 512,
                  initial_bps: float = 10e6, table_ttl_s: float = 300.0, runtime: str = "auto",
-                 threads: int = 1):
+                 threads: int = 1, transport: str = "auto", token: str | None = None):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
@@ -111,6 +112,11 @@ class DeviceClient:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         self.threads = threads
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.transport = transport
+        self.token = token
+        self._session = None  # serve.stream_client.DeviceSession, opened on the first frame
         self.link = link
         self.timeout_s = timeout_s
         self.throttle_bps = throttle_bps
@@ -180,6 +186,53 @@ class DeviceClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def session(self):
+        """The device session (`serve.stream_client.DeviceSession`) frames go over, or None
+        where they go as HTTP requests: `transport` http, or auto where the edge offers no
+        session or the `websockets` package is missing."""
+        if self.transport == "http":
+            return None
+        if self._session is None:
+            try:
+                from serve.stream_client import DeviceSession
+                import websockets  # noqa: F401 - the session's only dependency beyond numpy, lz4
+            except ImportError:
+                if self.transport == "stream":
+                    raise
+                self.transport = "http"
+                return None
+            self._session = DeviceSession(f"http://{self.host}:{self.port}", self.link, self.token,
+                                          timeout_s=self.timeout_s, throttle_bps=self.throttle_bps)
+        return self._session
+
+    def _send_over_session(self, session, features: np.ndarray, variant: str, split: str,
+                           timings: dict) -> tuple[int, list[float], int] | None:
+        """(class, logits or [], bytes sent) of a frame sent over the session, or None when
+        the edge has none (transport auto then stays on HTTP)."""
+        from serve.stream_client import SessionUnavailable
+
+        try:
+            seq = session.send(variant, split, features)
+        except SessionUnavailable:
+            if self.transport == "stream":
+                raise
+            self.transport, self._session = "http", None
+            return None
+        sent = len(session.pending[seq].message) if seq in session.pending else 0
+        answer, _ = session.wait(seq)
+        if not answer.ok:
+            raise DeviceError(answer.value, answer.error)
+        if session.uplink_bps is not None:
+            self.uplink_bps = session.uplink_bps
+            if self._reported_bps is None or abs(self.uplink_bps / self._reported_bps - 1) > \
+                    self.min_report_change:
+                session.report_uplink(self.uplink_bps)
+                self._reported_bps = self.uplink_bps
+        return answer.value, list(answer.logits), sent
 
     def __enter__(self) -> DeviceClient:
         return self
@@ -427,6 +480,16 @@ class DeviceClient:
             timings["total"] = _ms(start)
             return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant, split,
                                 0, timings)
+        session = self.session()
+        if session is not None:
+            send_start = time.perf_counter_ns()
+            answered = self._send_over_session(session, features, variant, split, timings)
+            if answered is not None:
+                prediction, logits, sent = answered
+                timings["send"] = _ms(send_start)
+                timings["total"] = _ms(start)
+                return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant,
+                                    split, sent, timings, self.uplink_bps)
         encode_start = time.perf_counter_ns()
         frame = encode_frame(features, codec_config(info["codec"]), variant_tag(variant))
         timings["encode"] = _ms(encode_start)

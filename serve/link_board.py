@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 
 from serve.bandwidth import EstimatorConfig, EstimatorPool
@@ -22,6 +23,7 @@ CALL_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 120.0
 logger = logging.getLogger("ray.serve")
 MAX_KEYS = 4096
+SESSION_REPORT_TTL_S = 5.0
 
 
 def link_board_name(app_name: str) -> str:
@@ -34,6 +36,7 @@ class LinkBoard:
     def __init__(self, config: EstimatorConfig):
         self.estimators = EstimatorPool(config)
         self.choices: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.session_counts: dict[str, tuple[int, float]] = {}
 
     def observe(self, link_id: str, report_bps: float | None = None, key: str | None = None) -> dict:
         """Take the client's uplink report (if any); the link's estimate, the age of its last
@@ -56,6 +59,15 @@ class LinkBoard:
 
     def snapshot(self, link_id: str) -> dict:
         return self.estimators.get(link_id).snapshot()
+
+    def count_sessions(self, replica: str, sessions: int) -> dict:
+        """Take an EdgeTail replica's session count; the live replicas (reported within
+        SESSION_REPORT_TTL_S) and their sessions in all, for rebalancing after a scale-up."""
+        now = time.monotonic()
+        self.session_counts[replica] = (sessions, now)
+        live = {r: n for r, (n, at) in self.session_counts.items() if now - at <= SESSION_REPORT_TTL_S}
+        self.session_counts = {r: self.session_counts[r] for r in live}
+        return {"replicas": len(live), "sessions": sum(live.values())}
 
 
 class LinkBoardClient:
@@ -95,6 +107,9 @@ class LinkBoardClient:
 
     async def snapshot(self, link_id: str) -> dict:
         return await self._call("snapshot", link_id)
+
+    async def count_sessions(self, replica: str, sessions: int) -> dict:
+        return await self._call("count_sessions", replica, sessions)
 
     def report(self, link_id: str, report_bps: float) -> None:
         self._send("observe", link_id, report_bps)

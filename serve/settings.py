@@ -9,13 +9,14 @@ config file (`serve/serve.yaml`) can override them per deployment, as Ray's conf
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import Bandwidth
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
-from serve.autoscaling import POLICY_PATH
+from serve.autoscaling import FRAMES_POLICY_PATH, POLICY_PATH
 from serve.bandwidth import EstimatorConfig
 
 
@@ -93,11 +94,27 @@ class AppArgs(BaseModel):
     tail_look_back_period_s: float = Field(3.0, gt=0.0, description="autoscaling look-back period")
     tail_metrics_interval_s: float = Field(0.5, gt=0.0, description="how often handles report "
                                            "queue lengths to the autoscaler")
-    tail_autoscaling_signal: Literal["requests", "work"] = Field(
-        "requests", description="what EdgeTail scales on: requests in flight (Serve's policy) or "
-                                "measured tail work in flight (serve/autoscaling.py)")
+    tail_autoscaling_signal: Literal["frames", "requests", "work"] = Field(
+        "frames", description="what EdgeTail scales on: frames in flight, over HTTP and sessions "
+                              "alike (a session's connection is not load); requests in flight "
+                              "(Serve's policy, which counts each open session as one); or "
+                              "measured tail work in flight (serve/autoscaling.py)")
     tail_target_work_ms: float = Field(20.0, gt=0.0, le=3_600_000.0, description="with the work "
                                        "signal: target ms of tail work in flight per replica")
+    stream_max_sessions: int = Field(256, ge=1, le=100_000, description="device sessions "
+                                     "(WS /v1/tail/stream) one EdgeTail replica holds; more are "
+                                     "refused with close code 1013 (try again later)")
+    stream_max_fps: float = Field(1000.0, gt=0.0, le=1e6, description="frames per second one "
+                                  "session may send; frames over it are answered 429")
+    stream_idle_timeout_s: float = Field(120.0, gt=0.0, le=86_400.0, description="a session with "
+                                         "no message for this long is closed (4410)")
+    stream_handshake_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="a session "
+                                              "must send its hello within this (else 4408)")
+    stream_max_message_bytes: int = Field(1 << 20, ge=64, le=1 << 26, description="largest "
+                                          "message of a session (else 1009)")
+    token_file: str | None = Field(None, description="file holding a bearer token that device "
+                                   "sessions must send (Authorization: Bearer ...); none: no "
+                                   "authentication")
     replica_cpus: float = Field(0.1, gt=0.0, le=64.0, description="CPUs each replica reserves")
     head_cpus: float | None = Field(None, ge=0.0, le=64.0, description="DeviceHead's CPUs (none: "
                                     "replica_cpus); 0 lets it run on a node that offers Ray no CPUs")
@@ -159,4 +176,24 @@ class AppArgs(BaseModel):
             **({"policy": {"policy_function": POLICY_PATH,
                            "policy_kwargs": {"target_work_ms": self.tail_target_work_ms}}}
                if self.tail_autoscaling_signal == "work" else {}),
+            **({"policy": {"policy_function": FRAMES_POLICY_PATH,
+                           "policy_kwargs": {"target_frames": self.tail_target_ongoing_requests}}}
+               if self.tail_autoscaling_signal == "frames" else {}),
         }
+
+    def stream_limits(self) -> dict:
+        """The EdgeTail's session limits (`serve.stream.StreamLimits` fields), with the token
+        read from `token_file` here: replicas on other nodes cannot open it."""
+        token = None
+        if self.token_file is not None:
+            path = Path(self.token_file).expanduser()
+            if not path.is_file():
+                raise ValueError(f"token_file {self.token_file!r} does not exist")
+            token = path.read_text().strip()
+            if not token or len(token) > 4096 or any(c.isspace() for c in token):
+                raise ValueError(f"token_file {self.token_file!r} must hold one token of 1-4096 "
+                                 "characters without spaces")
+        return {"max_sessions": self.stream_max_sessions, "max_fps": self.stream_max_fps,
+                "idle_timeout_s": self.stream_idle_timeout_s,
+                "handshake_timeout_s": self.stream_handshake_timeout_s,
+                "max_message_bytes": self.stream_max_message_bytes, "token": token}

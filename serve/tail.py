@@ -17,14 +17,18 @@ import asyncio
 import time
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from pipeline.codec import codec_config
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
-from serve.autoscaling import WORK_METRIC, WorkMeter
+from pipeline.session_codec import route_for
+from pipeline.session_wire import Route, UnknownRoute
+from pipeline.split import split_shape
+from serve.autoscaling import FRAMES_METRIC, WORK_METRIC, WorkMeter
 from serve.bandwidth import EstimatorConfig
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
@@ -32,6 +36,7 @@ from serve.link_board import LinkBoardClient
 from serve.queries import VARIANT_ID, TailQuery, describe_errors, parse_query
 from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
+from serve.stream import SessionTable, StreamLimits, run_session
 
 INLINE_TAIL_MS = 1.0
 IDLE_BEFORE_S = 0.001
@@ -75,6 +80,14 @@ def _ms(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e6
 
 
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside a replica (tests of the class itself)
+        return "local"
+
+
 @serve.deployment(name="EdgeTail")
 @serve.ingress(tail_api)
 class EdgeTail:
@@ -83,7 +96,7 @@ class EdgeTail:
     def __init__(self, series: dict, torch_threads: int = 1, max_batch: int = MAX_BATCH,
                  max_body_bytes: int = 4 << 20, links_app: str | None = None,
                  estimator: dict | None = None, batch_size: int = 1,
-                 runtime: str = DEFAULT_RUNTIME):
+                 runtime: str = DEFAULT_RUNTIME, stream: dict | None = None):
         torch.set_num_threads(torch_threads)
         self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
@@ -100,6 +113,9 @@ class EdgeTail:
             self._batched.set_max_batch_size(batch_size)
         self._links_app, self._estimator = links_app, estimator
         self._board: LinkBoardClient | None = None
+        self.series_sha256 = self.series.ref["manifest_sha256"]
+        self.sessions = SessionTable(StreamLimits(**(stream or {})), _replica_id(),
+                                     self._link_board() if links_app else None)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
@@ -141,6 +157,61 @@ class EdgeTail:
         except (RequestError, SeriesError) as err:
             return error_entry(err)
         return _answer(out)
+
+    async def run_tensor(self, variant_id: str, split: str, tensor, nbytes: int) -> dict:
+        """The tail of a session frame already decoded (`serve.stream`), counted as `_run`."""
+        key = (variant_id, split)
+        self.bytes_in_flight += nbytes
+        self.frames_in_flight += 1
+        alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
+        cost, result = self.work.start(key), {}
+        try:
+            runner = await self.get_runner(variant_id)
+            tail = runner.calls(split)[1]
+            start = time.perf_counter_ns()
+            if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
+                logits = tail(tensor)
+            else:
+                logits = await asyncio.to_thread(tail, tensor)
+            result = {"logits": logits, "tail_ms": _ms(start)}
+            return result
+        except (RequestError, SeriesError) as err:
+            result = error_entry(err)
+            return result
+        except Exception as err:  # noqa: BLE001 - a fault of the edge, answered as a 500
+            result = {"error": f"tail failed: {type(err).__name__}: {err}", "status": 500}
+            return result
+        finally:
+            self.bytes_in_flight -= nbytes
+            self.frames_in_flight -= 1
+            self._last_done = time.monotonic()
+            self.work.finish(key, cost, result.get("tail_ms"))
+
+    async def open_route(self, route_id: int, variant_id: str, split: str) -> Route:
+        """What a session fixes for frames of (variant, split): the split's shape (batch 1)
+        and the series' codec. UnknownRoute names what the edge does not serve."""
+        if not self.series.store.has(variant_id):
+            raise UnknownRoute(f"unknown variant {variant_id!r}; GET /v1/variants lists them")
+        if split == "output":
+            raise UnknownRoute("split 'output' runs everything on the device: nothing to send")
+        try:
+            runner = await self.get_runner(variant_id)
+            runner.calls(split)  # checks the split, builds the tail once
+        except (RequestError, SeriesError) as err:
+            raise UnknownRoute(f"{variant_id}@{split}: {err}") from None
+        return route_for(route_id, variant_id, split, (1, *split_shape(runner.spec, split)),
+                         codec_config(self.series.manifest["codec"]))
+
+    def report_uplink(self, link_id: str, uplink_bps: float) -> None:
+        self._report(link_id, uplink_bps)
+
+    def tail_mean_ms(self, variant_id: str, split: str) -> float | None:
+        return self.work.mean_ms.get((variant_id, split))
+
+    @tail_api.websocket("/stream")
+    async def stream(self, websocket: WebSocket) -> None:
+        """`WS /v1/tail/stream`: a device session (docs/wire-format.md, "Sessions")."""
+        await run_session(websocket, self, self.sessions)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[tuple[str, bytes, str]]) -> list[dict]:
@@ -212,14 +283,19 @@ class EdgeTail:
         """Pass the device's measured uplink to the Routers' shared link state (no wait)."""
         if self._links_app is None:
             return
+        self._link_board().report(link_id, uplink_bps)
+
+    def _link_board(self) -> LinkBoardClient:
         if self._board is None:
             self._board = LinkBoardClient(self._links_app, EstimatorConfig(**(self._estimator or {})),
                                           wait_ready=False)  # reports queue until it is up
-        self._board.report(link_id, uplink_bps)
+        return self._board
 
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
-        return replica_health(self.series, self.faults)
+        return {**replica_health(self.series, self.faults), "stream": self.sessions.health()}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"bytes_in_flight": float(self.bytes_in_flight), WORK_METRIC: self.work.in_flight_ms}
+        return {"bytes_in_flight": float(self.bytes_in_flight), WORK_METRIC: self.work.in_flight_ms,
+                FRAMES_METRIC: float(self.frames_in_flight), "sessions": float(len(self.sessions.sessions))}
+

@@ -5,7 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve.autoscaling import WORK_METRIC, WorkInFlightPolicy, WorkMeter
+from serve.autoscaling import (
+    FRAMES_METRIC,
+    WORK_METRIC,
+    FramesInFlightPolicy,
+    WorkInFlightPolicy,
+    WorkMeter,
+)
 from serve.settings import AppArgs
 
 
@@ -37,6 +43,19 @@ def test_policy_scales_on_work_not_on_request_count():
         WorkInFlightPolicy(target_work_ms=0)
 
 
+def test_frames_policy_counts_frames_not_open_sessions():
+    policy = FramesInFlightPolicy(target_frames=2.0)
+    # 200 idle sessions on r1 hold no frame: only the frames in flight count
+    ctx = SimpleNamespace(current_num_replicas=2, target_num_replicas=2,
+                          aggregated_metrics={FRAMES_METRIC: {"r1": 0.5, "r2": 6.5},
+                                              "sessions": {"r1": 200.0, "r2": 3.0}})
+    assert policy(ctx) == (3.5, {})
+    idle = SimpleNamespace(current_num_replicas=1, target_num_replicas=1, aggregated_metrics=None)
+    assert policy(idle) == (1, {})
+    with pytest.raises(ValueError):
+        FramesInFlightPolicy(target_frames=float("inf"))
+
+
 def test_app_args_wire_the_policy_into_serves_autoscaling_config():
     import warnings
 
@@ -48,5 +67,8 @@ def test_app_args_wire_the_policy_into_serves_autoscaling_config():
         parsed = AutoscalingConfig(**config.tail_autoscaling_config())
     assert parsed.policy.policy_function == "serve.autoscaling:WorkInFlightPolicy"
     assert parsed.policy.policy_kwargs == {"target_work_ms": 15.0}
-    default = AppArgs(series_dir="x").tail_autoscaling_config()
-    assert "policy" not in default
+    default = AutoscalingConfig(**AppArgs(series_dir="x").tail_autoscaling_config())
+    assert default.policy.policy_function == "serve.autoscaling:FramesInFlightPolicy"
+    assert default.policy.policy_kwargs == {"target_frames": 2.0}
+    requests = AppArgs(series_dir="x", tail_autoscaling_signal="requests").tail_autoscaling_config()
+    assert "policy" not in requests

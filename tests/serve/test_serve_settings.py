@@ -64,7 +64,7 @@ def test_serve_yaml_is_a_serve_config_in_step_with_the_defaults():
     (tail,) = tail_app.deployments
     assert tail.name == "EdgeTail"
     assert tail.autoscaling_config == args.tail_autoscaling_config()
-    assert tail.max_ongoing_requests == args.tail_max_ongoing_requests
+    assert tail.max_ongoing_requests == args.tail_max_ongoing_requests + args.stream_max_sessions
     assert document["http_options"]["host"] == "127.0.0.1"
 
 

@@ -1,0 +1,386 @@
+"""Device sessions over one WebSocket (`WS /v1/tail/stream`): the edge side.
+
+A device opens a session on an EdgeTail replica, declares its routes once (`Hello`), then sends
+frames as binary messages and gets binary answers (`pipeline.session_wire`). Each session is one
+long-lived ASGI task; `SessionTable` holds a replica's sessions, enforces its limits (sessions per
+replica, message size, frames per second, handshake and idle timeouts, an optional bearer token)
+and, from one monitor task per replica, asks sessions to reconnect (close 1012) when the replica
+drains (downscale, redeploy) or holds more than its share of the deployment's sessions after a
+scale-up (rebalance: HAProxy sends a new connection to the replica with the fewest). A fault in
+one session closes that session with a close code and a one-line reason; nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hmac
+import itertools
+import json
+import logging
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.session_codec import decode_values
+from pipeline.session_wire import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_IDLE,
+    CLOSE_RECONNECT,
+    CLOSE_TRY_LATER,
+    FRAME_HEADER_BYTES,
+    KIND_CLASS,
+    KIND_ERROR,
+    KIND_LOGITS,
+    PROTOCOL,
+    VERSION,
+    Answer,
+    FrameError,
+    Hello,
+    MessageTooBig,
+    Route,
+    SeriesMismatch,
+    SessionError,
+    Unauthorized,
+    Unsupported,
+    close_reason,
+    pack_answer,
+    parse_control,
+    parse_hello,
+    parse_route_decls,
+    parse_session_frame,
+)
+
+logger = logging.getLogger("ray.serve")
+CLOSE_BAD_FRAME_CODE = 4402
+STATS_PERIOD_S = 2.0  # how often a busy session hears the edge's tail time per route
+
+
+class SessionTimeout(SessionError):
+    """No message came within the handshake or idle timeout."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.close_code = code
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What one replica allows its sessions (`twostep serve --stream-*` flags)."""
+
+    max_sessions: int = 256
+    max_message_bytes: int = 1 << 20
+    max_fps: float = 1000.0
+    idle_timeout_s: float = 120.0
+    handshake_timeout_s: float = 10.0
+    token: str | None = None
+    monitor_period_s: float = 1.0
+
+    def public(self) -> dict:
+        return {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message_bytes,
+                "max_fps": self.max_fps, "idle_timeout_s": self.idle_timeout_s,
+                "handshake_timeout_s": self.handshake_timeout_s, "auth": self.token is not None}
+
+
+class SessionHost(Protocol):
+    """What a session needs of its replica (EdgeTail)."""
+
+    series_sha256: str
+
+    async def open_route(self, route_id: int, variant: str, split: str) -> Route: ...
+
+    async def run_tensor(self, variant: str, split: str, tensor: np.ndarray, nbytes: int) -> dict: ...
+
+    def report_uplink(self, link_id: str, uplink_bps: float) -> None: ...
+
+    def tail_mean_ms(self, variant: str, split: str) -> float | None: ...
+
+
+@dataclass
+class Session:
+    """One device's session and its counters."""
+
+    id: int
+    websocket: Any
+    opened: float = field(default_factory=time.monotonic)
+    link: str = ""
+    routes: dict[int, Route] = field(default_factory=dict)
+    frames: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    refused: int = 0
+    errors: int = 0
+    closing: bool = False
+    _tokens: float = 0.0
+    _refill: float = field(default_factory=time.monotonic)
+
+    def take_token(self, max_fps: float) -> bool:
+        """A token bucket of one second of frames: False when the session is over its rate."""
+        now = time.monotonic()
+        self._tokens = min(max_fps, self._tokens + (now - self._refill) * max_fps)
+        self._refill = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def summary(self) -> dict:
+        return {"id": self.id, "link": self.link, "routes": len(self.routes), "frames": self.frames,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "refused": self.refused,
+                "errors": self.errors, "age_s": round(time.monotonic() - self.opened, 1)}
+
+
+def _find_replica() -> Any | None:
+    """Serve's own replica object of this process, whose `_shutting_down` turns True when it
+    starts to drain. Ray Serve gives user code no public signal of a drain; twostep pins Ray, and
+    `tests/integration` checks that sessions hear 1012 when a replica goes."""
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "Replica" and hasattr(obj, "_shutting_down") \
+                and type(obj).__module__.startswith("ray.serve"):
+            return obj
+    return None
+
+
+class SessionTable:
+    """A replica's sessions: admission, limits, counters, drain and rebalance."""
+
+    def __init__(self, limits: StreamLimits, replica_id: str = "", board: Any | None = None):
+        self.limits = limits
+        self.replica_id = replica_id
+        self.board = board  # LinkBoardClient-like: count_sessions(replica, n) -> {replicas, sessions}
+        self.sessions: dict[int, Session] = {}
+        self.draining = False
+        self.opened = self.refused = self.reconnects_asked = 0
+        self._ids = itertools.count(1)
+        self._monitor: asyncio.Task | None = None
+        self._replica_ref: Any = None
+        self._last_rebalance = 0.0
+        self.share: dict = {}
+
+    # ---- admission ----
+    async def admit(self, websocket: Any) -> Session | None:
+        """Accept the connection; close it at once (and return None) when the replica drains,
+        holds its cap of sessions, or the token is wrong."""
+        self._start_monitor()
+        await websocket.accept()
+        refusal = None
+        if self.draining:
+            refusal = (CLOSE_RECONNECT, "replica draining; reconnect")
+        elif len(self.sessions) >= self.limits.max_sessions:
+            refusal = (CLOSE_TRY_LATER, f"replica holds its cap of {self.limits.max_sessions} sessions")
+        elif self.limits.token is not None:
+            given = websocket.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.limits.token}".encode()):
+                refusal = (Unauthorized.close_code, "Unauthorized: a valid bearer token is required")
+        if refusal is not None:
+            self.refused += 1
+            logger.warning("session refused (%d): %s", *refusal)
+            await _close(websocket, *refusal)
+            return None
+        session = Session(next(self._ids), websocket)
+        session._tokens = self.limits.max_fps
+        self.sessions[session.id] = session
+        self.opened += 1
+        return session
+
+    def release(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    # ---- drain and rebalance ----
+    def _start_monitor(self) -> None:
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    def replica_draining(self) -> bool:
+        replica = self._replica_ref() if self._replica_ref is not None else None
+        if replica is None:
+            found = _find_replica()
+            if found is None:
+                return False
+            self._replica_ref = weakref.ref(found)
+            replica = found
+        return bool(getattr(replica, "_shutting_down", False))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.monitor_period_s)
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - the monitor must outlive any one failure
+                logger.exception("session monitor")
+
+    async def check(self) -> None:
+        """One round of the monitor: drain, else rebalance."""
+        if not self.draining and self.replica_draining():
+            self.draining = True
+            logger.info("replica draining: asking %d session(s) to reconnect", len(self.sessions))
+            await self.ask_reconnect(list(self.sessions.values()), "replica draining")
+            return
+        if self.board is None or self.draining:
+            return
+        self.share = await self.board.count_sessions(self.replica_id, len(self.sessions))
+        replicas, total = self.share.get("replicas", 1), self.share.get("sessions", 0)
+        fair = math.ceil(total / max(replicas, 1))
+        excess = len(self.sessions) - fair
+        cooled = time.monotonic() - self._last_rebalance > 3 * self.limits.monitor_period_s
+        if replicas > 1 and excess > max(1, fair // 10) and cooled:
+            self._last_rebalance = time.monotonic()
+            newest = sorted(self.sessions.values(), key=lambda s: s.opened)[-excess:]
+            logger.info("rebalance: %d of %d session(s) to the %d other replica(s)",
+                        excess, len(self.sessions), replicas - 1)
+            await self.ask_reconnect(newest, "rebalance")
+
+    async def ask_reconnect(self, sessions: list[Session], why: str) -> None:
+        for session in sessions:
+            if not session.closing:
+                session.closing = True
+                self.reconnects_asked += 1
+                await _close(session.websocket, CLOSE_RECONNECT, f"{why}; reconnect")
+
+    def health(self) -> dict:
+        return {"sessions": len(self.sessions), "opened": self.opened, "refused": self.refused,
+                "reconnects_asked": self.reconnects_asked, "draining": self.draining,
+                "limits": self.limits.public(), "share": self.share,
+                "frames": sum(s.frames for s in self.sessions.values()),
+                "per_session": [s.summary() for s in list(self.sessions.values())[:50]]}
+
+
+async def _close(websocket: Any, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code=code, reason=reason)
+    except Exception:  # noqa: BLE001 - already closed or gone: nothing to tell
+        pass
+
+
+async def _receive(websocket: Any, timeout_s: float, code: int, what: str) -> bytes | str | None:
+    """The next message (bytes or text), or None when the peer went away."""
+    try:
+        message = await asyncio.wait_for(websocket.receive(), timeout_s)
+    except TimeoutError:
+        raise SessionTimeout(f"no {what} within {timeout_s:g} s", code) from None
+    if message["type"] == "websocket.disconnect":
+        return None
+    if message.get("bytes") is not None:
+        return message["bytes"]
+    return message.get("text")
+
+
+def _accept_message(session: Session, routes: list[Route], limits: StreamLimits,
+                    series_sha256: str, replica_id: str) -> str:
+    return json.dumps({"type": "accept", "protocol": PROTOCOL, "version": VERSION,
+                       "session": session.id, "replica": replica_id, "series": series_sha256,
+                       "routes": [r.to_json() for r in routes], "limits": limits.public()},
+                      separators=(",", ":"))
+
+
+async def _declare(host: SessionHost, session: Session, decls) -> list[Route]:
+    routes = []
+    for decl in decls:
+        route = await host.open_route(len(session.routes), decl.variant, decl.split)
+        session.routes[route.id] = route
+        routes.append(route)
+    return routes
+
+
+async def run_session(websocket: Any, host: SessionHost, table: SessionTable) -> None:
+    """Serve one device session until it ends; any fault closes only this session."""
+    session = await table.admit(websocket)
+    if session is None:
+        return
+    limits = table.limits
+    try:
+        first = await _receive(websocket, limits.handshake_timeout_s, CLOSE_HANDSHAKE_TIMEOUT, "hello")
+        if first is None:
+            return
+        hello: Hello = parse_hello(first)
+        if hello.series and not host.series_sha256.startswith(hello.series):
+            raise SeriesMismatch(f"the edge serves series {host.series_sha256[:12]}, the device "
+                                 f"has {hello.series[:12]}; fetch the edge's heads again")
+        session.link = hello.link
+        routes = await _declare(host, session, hello.routes)
+        await websocket.send_text(_accept_message(session, routes, limits, host.series_sha256,
+                                                  table.replica_id))
+        max_bytes = min(limits.max_message_bytes, FRAME_HEADER_BYTES + max(
+            r.max_payload_bytes for r in session.routes.values()))
+        last_stats = 0.0
+        while True:
+            message = await _receive(websocket, limits.idle_timeout_s, CLOSE_IDLE, "message")
+            if message is None or session.closing:
+                return
+            if isinstance(message, str):
+                await _control(websocket, host, session, message)
+                max_bytes = min(limits.max_message_bytes, FRAME_HEADER_BYTES + max(
+                    r.max_payload_bytes for r in session.routes.values()))
+                continue
+            if len(message) > max_bytes:
+                raise MessageTooBig(f"message of {len(message)} bytes; this session's frames are "
+                                    f"at most {max_bytes}")
+            answer = await _frame(host, session, message, hello.logits, limits.max_fps)
+            out = pack_answer(answer)
+            session.bytes_out += len(out)
+            await websocket.send_bytes(out)
+            if time.monotonic() - last_stats > STATS_PERIOD_S:
+                last_stats = time.monotonic()
+                await websocket.send_text(_stats_message(host, session))
+    except SessionError as err:
+        session.errors += 1
+        logger.warning("session %d (%s) closed: %s", session.id, session.link, close_reason(err))
+        await _close(websocket, err.close_code, close_reason(err))
+    except FrameError as err:
+        session.errors += 1
+        logger.warning("session %d (%s) closed: %s", session.id, session.link, close_reason(err))
+        await _close(websocket, CLOSE_BAD_FRAME_CODE, close_reason(err))
+    except (RuntimeError, OSError):  # the socket closed under us (drain, rebalance, peer gone)
+        pass
+    finally:
+        table.release(session)
+
+
+def _stats_message(host: SessionHost, session: Session) -> str:
+    """The edge's mean tail time per route of this session (the device subtracts it from the
+    time to an answer when it measures its uplink)."""
+    tail_ms = {}
+    for route in session.routes.values():
+        mean = host.tail_mean_ms(route.variant, route.split)
+        if mean is not None:
+            tail_ms[str(route.id)] = round(mean, 4)
+    return json.dumps({"type": "stats", "tail_ms": tail_ms, "frames": session.frames},
+                      separators=(",", ":"))
+
+
+async def _frame(host: SessionHost, session: Session, message: bytes, logits: bool,
+                 max_fps: float) -> Answer:
+    frame = parse_session_frame(message, session.routes)
+    session.bytes_in += len(message)
+    if not session.take_token(max_fps):
+        session.refused += 1
+        return Answer(frame.seq, KIND_ERROR, 429, error=f"over {max_fps:g} frames/s; resend later")
+    tensor = decode_values(frame)
+    route = frame.route
+    result = await host.run_tensor(route.variant, route.split, tensor, len(message))
+    if "error" in result:
+        session.errors += 1
+        return Answer(frame.seq, KIND_ERROR, int(result["status"]), error=str(result["error"]))
+    session.frames += 1
+    row = result["logits"][0]
+    best = int(np.argmax(row))
+    if logits:
+        return Answer(frame.seq, KIND_LOGITS, best, tuple(float(v) for v in row))
+    return Answer(frame.seq, KIND_CLASS, best)
+
+
+async def _control(websocket: Any, host: SessionHost, session: Session, text: str) -> None:
+    control = parse_control(text)
+    if control["type"] == "uplink":
+        host.report_uplink(session.link, float(control["uplink_bps"]))
+        return
+    if control["type"] == "routes":
+        routes = await _declare(host, session, parse_route_decls(control["routes"], len(session.routes)))
+        await websocket.send_text(json.dumps({"type": "routes", "routes": [r.to_json() for r in routes]},
+                                             separators=(",", ":")))
+        return
+    raise Unsupported(f"control type {control['type']!r}")

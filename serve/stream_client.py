@@ -1,0 +1,316 @@
+"""The device side of a session (`WS /v1/tail/stream`): one WebSocket for a stream of frames.
+
+`DeviceSession` opens a session on the edge, declares (variant, split) routes once and in-band
+as the device's plan changes, sends frames (10 bytes besides the coded values) and reads answers
+(5 bytes: sequence number and class). It pipelines: `send` returns at once with the frame's
+sequence number, and frames may go before earlier answers came back (`window`). When the
+connection or its replica dies, or the edge asks it to (close 1012: drain or rebalance; 1013:
+the replica is full), it reconnects, declares its routes again and resends every unanswered
+frame by sequence number, so none is lost. It measures its uplink from its own frames: the time
+to an answer less the round trip (WebSocket ping) and the edge's reported tail time.
+Uses the `websockets` package (pure Python); no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.session_codec import encode_values
+from pipeline.session_wire import (
+    CLOSE_TRY_LATER,
+    RECONNECT_CODES,
+    SEQ_MODULO,
+    Answer,
+    Hello,
+    Route,
+    RouteDecl,
+    pack_session_frame,
+    parse_answer,
+)
+
+STREAM_PATH = "/v1/tail/stream"
+
+
+class SessionUnavailable(RuntimeError):
+    """The edge offers no session route (an older edge, or a proxy that refuses WebSockets)."""
+
+
+class SessionClosed(RuntimeError):
+    """The edge closed the session for a reason that reconnecting would not cure."""
+
+    def __init__(self, code: int | None, reason: str):
+        super().__init__(f"session closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Pending:
+    """A frame sent and not answered yet."""
+
+    route: tuple[str, str]
+    message: bytes
+    sent: float
+    alone: bool  # nothing else was in flight when it went: its answer time is a clean sample
+
+
+def _connect(url: str, headers: dict[str, str], timeout_s: float):
+    from websockets.sync.client import connect
+
+    kwargs = dict(additional_headers=headers or None, compression=None, open_timeout=timeout_s,
+                  close_timeout=2, ping_interval=None, max_size=2 ** 22, proxy=None)
+    try:
+        return connect(url, legacy=True, **kwargs)
+    except TypeError:  # websockets before 16 has no `legacy` (and connects directly)
+        kwargs.pop("proxy")
+        return connect(url, **kwargs)
+
+
+class DeviceSession:
+    """One device's session with the edge at `url` (http://HOST:PORT) as link `link`."""
+
+    def __init__(self, url: str, link: str = "device", token: str | None = None,
+                 series: str | None = None, logits: bool = False, timeout_s: float = 30.0,
+                 throttle_bps: float | None = None, max_reconnects: int = 20,
+                 min_sample_bytes: int = 512):
+        host = url.split("://", 1)[-1].rstrip("/")
+        self.url = f"ws://{host}{STREAM_PATH}"
+        self.link, self.token, self.series, self.logits = link, token, series, logits
+        self.timeout_s = timeout_s
+        self.throttle_bps = throttle_bps
+        self.max_reconnects = max_reconnects
+        self.min_sample_bytes = min_sample_bytes
+        self._ws: Any = None
+        self.decls: list[RouteDecl] = []
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.pending: OrderedDict[int, Pending] = OrderedDict()
+        self.answers: dict[int, tuple[Answer, float]] = {}
+        self._seq = 0
+        self.reconnects = 0
+        self.frames_sent = self.bytes_sent = self.bytes_received = 0
+        self.rtt_ms: float | None = None
+        self.uplink_bps: float | None = None
+        self.tail_ms: dict[int, float] = {}
+        self.accept: dict = {}
+        self.last_close: tuple[int | None, str] | None = None
+
+    # ---- connection ----
+    def open(self) -> DeviceSession:
+        """Connect and send the hello (raises SessionUnavailable where the edge has no sessions)."""
+        self._connect()
+        return self
+
+    def _connect(self) -> None:
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            self._ws = _connect(self.url, headers, self.timeout_s)
+        except InvalidStatus as err:
+            raise SessionUnavailable(f"{self.url}: {err}") from err
+        except (InvalidHandshake, OSError, TimeoutError) as err:
+            raise ConnectionError(f"cannot open a session at {self.url}: {err}") from err
+        if self.decls:
+            hello = Hello(self.link, tuple(self.decls), self.logits, self.series)
+            self._ws.send(hello.to_json())
+            self.accept = self._await_text("accept")
+            self._take_routes(self.accept["routes"])
+        self._ping()
+
+    def _ping(self) -> None:
+        start = time.perf_counter()
+        pong = self._ws.ping()
+        if pong.wait(self.timeout_s):
+            rtt = (time.perf_counter() - start) * 1000
+            self.rtt_ms = rtt if self.rtt_ms is None else min(self.rtt_ms, rtt)
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._ws = None
+
+    def __enter__(self) -> DeviceSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _take_routes(self, entries: list) -> None:
+        for entry in entries:
+            route = Route.from_json(entry)
+            self.routes[(route.variant, route.split)] = route
+
+    def _await_text(self, kind: str) -> dict:
+        """Read until the text message of `kind` (answers that arrive meanwhile are kept)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            message = self._recv(max(0.01, deadline - time.monotonic()))
+            if message is None:
+                raise TimeoutError(f"no {kind} message from the edge in {self.timeout_s:g} s")
+            if isinstance(message, str):
+                document = json.loads(message)
+                if document.get("type") == kind:
+                    return document
+                self._on_text(document)
+            else:
+                self._on_answer(message)
+
+    def _recv(self, timeout_s: float) -> bytes | str | None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            message = self._ws.recv(timeout=timeout_s)
+        except TimeoutError:
+            return None
+        except ConnectionClosed as err:
+            rcvd = err.rcvd
+            self.last_close = (rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+            raise
+        self.bytes_received += len(message)
+        return message
+
+    # ---- routes and frames ----
+    def route(self, variant: str, split: str) -> Route:
+        """The route of (variant, split), declared in-band if new (one control message)."""
+        key = (variant, split)
+        if key not in self.routes:
+            self.decls.append(RouteDecl(variant, split))
+            if self._ws is None:
+                self._reconnect_loop()
+            elif len(self.decls) == 1 or not self.accept:
+                self._resync()
+            else:
+                self._ws.send(json.dumps({"type": "routes", "routes": [
+                    {"variant": variant, "split": split}]}, separators=(",", ":")))
+                self._take_routes(self._with_reconnect(lambda: self._await_text("routes"))["routes"])
+        return self.routes[key]
+
+    def _resync(self) -> None:
+        """Close and reconnect (declaring every route), resending unanswered frames."""
+        self.close()
+        self._reconnect_loop()
+
+    def send(self, variant: str, split: str, features: np.ndarray) -> int:
+        """Code `features` (1, C, H, W) for (variant, split), send it; returns its sequence number."""
+        route = self.route(variant, split)
+        lz4, scale_bits, zero_bits, payload = encode_values(features, route)
+        seq = self._seq
+        self._seq = (self._seq + 1) % SEQ_MODULO
+        if seq in self.pending:
+            raise RuntimeError(f"{SEQ_MODULO} frames unanswered: the window is too large")
+        message = pack_session_frame(route.id, seq, lz4, scale_bits, zero_bits, payload)
+        self.pending[seq] = Pending((variant, split), message, time.perf_counter(), not self.pending)
+        self._with_reconnect(lambda: self._send_message(message))
+        return seq
+
+    def _send_message(self, message: bytes) -> None:
+        if self.throttle_bps is not None:
+            time.sleep(len(message) * 8.0 / self.throttle_bps)
+        self._ws.send(message)
+        self.frames_sent += 1
+        self.bytes_sent += len(message)
+
+    def wait(self, seq: int) -> tuple[Answer, float]:
+        """The answer to frame `seq` and when it came (perf_counter s); reconnects and resends
+        as needed. Raises SessionClosed when the edge refused the session for good."""
+        deadline = time.monotonic() + self.timeout_s * 4
+        while seq not in self.answers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"frame {seq} unanswered after {self.timeout_s * 4:g} s")
+            message = self._with_reconnect(lambda: self._recv(self.timeout_s))
+            if message is None:
+                continue
+            if isinstance(message, str):
+                self._on_text(json.loads(message))
+            else:
+                self._on_answer(message)
+        return self.answers.pop(seq)
+
+    def _on_text(self, document: dict) -> None:
+        if document.get("type") == "stats":
+            self.tail_ms.update({int(k): float(v) for k, v in document.get("tail_ms", {}).items()})
+        elif document.get("type") == "routes":
+            self._take_routes(document["routes"])
+
+    def _on_answer(self, message: bytes) -> None:
+        answer = parse_answer(message)
+        pending = self.pending.get(answer.seq)
+        if pending is None:
+            return  # answered already (a frame resent after a reconnect came back twice)
+        if not answer.ok and answer.value == 429:
+            time.sleep(0.05)  # over the session's frame rate: the same frame goes again
+            pending.sent, pending.alone = time.perf_counter(), False
+            self._with_reconnect(lambda: self._send_message(pending.message))
+            return
+        now = time.perf_counter()
+        del self.pending[answer.seq]
+        self.answers[answer.seq] = (answer, now)
+        self._learn_uplink(pending, now)
+
+    def _learn_uplink(self, pending: Pending, answered: float) -> None:
+        if not pending.alone or len(pending.message) < self.min_sample_bytes:
+            return
+        route = self.routes.get(pending.route)
+        tail_ms = self.tail_ms.get(route.id, 0.0) if route else 0.0
+        upload_ms = (answered - pending.sent) * 1000 - (self.rtt_ms or 0.0) - tail_ms
+        if upload_ms > 0:
+            self.uplink_bps = len(pending.message) * 8.0 / (upload_ms / 1000.0)
+
+    def report_uplink(self, uplink_bps: float) -> None:
+        """Tell the edge this device's measured uplink (for its planner's link state)."""
+        self._with_reconnect(lambda: self._ws.send(json.dumps(
+            {"type": "uplink", "uplink_bps": float(uplink_bps)}, separators=(",", ":"))))
+
+    # ---- failures ----
+    def _with_reconnect(self, action):
+        from websockets.exceptions import ConnectionClosed
+
+        while True:
+            try:
+                if self._ws is None:
+                    self._reconnect_loop()
+                return action()
+            except (ConnectionClosed, ConnectionError, OSError) as err:
+                code = self.last_close[0] if self.last_close else None
+                if isinstance(err, ConnectionClosed) and err.rcvd is not None:
+                    code = err.rcvd.code
+                    self.last_close = (code, err.rcvd.reason)
+                if code is not None and code not in RECONNECT_CODES and code != 1000:
+                    raise SessionClosed(code, self.last_close[1] if self.last_close else "") from err
+                self._ws = None
+                self._reconnect_loop()
+
+    def _reconnect_loop(self) -> None:
+        """Connect again (backing off), declare the routes, resend every unanswered frame."""
+        for attempt in range(self.max_reconnects):
+            try:
+                self.routes.clear()
+                self._connect()
+                for pending in self.pending.values():
+                    # route ids follow the declaration order, which a reconnect keeps
+                    assert pending.message[0] == self.routes[pending.route].id
+                    pending.sent, pending.alone = time.perf_counter(), False
+                    self._send_message(pending.message)
+                self.reconnects += 1
+                return
+            except (ConnectionError, OSError, TimeoutError):
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+            except Exception as err:  # noqa: BLE001 - closed during the hello: 1013, 1012
+                from websockets.exceptions import ConnectionClosed
+
+                if not isinstance(err, ConnectionClosed):
+                    raise
+                code = err.rcvd.code if err.rcvd else None
+                if code is not None and code not in RECONNECT_CODES:
+                    raise SessionClosed(code, err.rcvd.reason) from err
+                time.sleep(min(0.05 * 2 ** attempt, 1.0) if code != CLOSE_TRY_LATER else 0.2)
+        raise ConnectionError(f"no session at {self.url} after {self.max_reconnects} attempts")
