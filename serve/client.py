@@ -89,6 +89,7 @@ class DeviceResult:
     bytes_sent: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     uplink_bps: float | None = None
+    transport: str = "http"  # how the frame went: "stream" (the session) or "http" (/v1/tail)
 
 
 def _ms(start_ns: int) -> float:
@@ -101,7 +102,8 @@ class DeviceClient:
     def __init__(self, url: str, link: str = "device", timeout_s: float = 30.0,
                  throttle_bps: float | None = None, min_report_bytes: int = 512,
                  initial_bps: float = 10e6, table_ttl_s: float = 300.0, runtime: str = "auto",
-                 threads: int = 1, transport: str = "auto", token: str | None = None):
+                 threads: int = 1, transport: str = "auto", token: str | None = None,
+                 logits: bool = False):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
@@ -116,6 +118,7 @@ class DeviceClient:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         self.transport = transport
         self.token = token
+        self.logits = logits  # a session answers with logits only when asked (else the class)
         self._session = None  # serve.stream_client.DeviceSession, opened on the first frame
         self.link = link
         self.timeout_s = timeout_s
@@ -198,15 +201,18 @@ class DeviceClient:
             return None
         if self._session is None:
             try:
-                from serve.stream_client import DeviceSession
                 import websockets  # noqa: F401 - the session's only dependency beyond numpy, lz4
+
+                from serve.stream_client import DeviceSession
             except ImportError:
                 if self.transport == "stream":
                     raise
                 self.transport = "http"
                 return None
             self._session = DeviceSession(f"http://{self.host}:{self.port}", self.link, self.token,
-                                          timeout_s=self.timeout_s, throttle_bps=self.throttle_bps)
+                                          logits=self.logits, timeout_s=self.timeout_s,
+                                          throttle_bps=self.throttle_bps,
+                                          min_sample_bytes=self.min_report_bytes)
         return self._session
 
     def _send_over_session(self, session, features: np.ndarray, variant: str, split: str,
@@ -489,7 +495,7 @@ class DeviceClient:
                 timings["send"] = _ms(send_start)
                 timings["total"] = _ms(start)
                 return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant,
-                                    split, sent, timings, self.uplink_bps)
+                                    split, sent, timings, self.uplink_bps, "stream")
         encode_start = time.perf_counter_ns()
         frame = encode_frame(features, codec_config(info["codec"]), variant_tag(variant))
         timings["encode"] = _ms(encode_start)

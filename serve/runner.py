@@ -25,6 +25,8 @@ from pipeline.onnx_graphs import head_graph, tail_graph
 from pipeline.onnx_session import GraphRunner, normalizer
 from pipeline.profiler import RUNTIMES
 from pipeline.series import SeriesStore
+from pipeline.session_codec import route_for
+from pipeline.session_wire import Route
 from pipeline.split import check_split, split_model, split_shape
 
 MAX_BATCH = 64
@@ -215,6 +217,15 @@ class VariantRunner:
             out.append(d if isinstance(d, RequestError)
                        else TailOutput(next(parts), decode_ms, tail_ms * len(d)))
         return out
+
+    def session_route(self, route_id: int, split: str) -> Route:
+        """What a device session fixes for this variant's frames at `split` (batch 1): the
+        split's shape and the series' codec (RequestError for `output` or an unknown split)."""
+        if split == "output":
+            raise RequestError("split 'output' runs everything on the device: nothing to send")
+        self.calls(split)  # checks the split, builds the tail once
+        return route_for(route_id, self.variant_id, split, (1, *split_shape(self.spec, split)),
+                         self.codec)
 
     def decode(self, frame: bytes, split: str) -> np.ndarray:
         """The validated tensor (N, C, H, W) of a frame at `split` of this variant."""

@@ -13,7 +13,6 @@ one session closes that session with a close code and a one-line reason; nothing
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import itertools
 import json
@@ -28,6 +27,7 @@ import numpy as np
 
 from pipeline.session_codec import decode_values
 from pipeline.session_wire import (
+    CLOSE_BAD_FRAME,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_IDLE,
     CLOSE_RECONNECT,
@@ -56,7 +56,6 @@ from pipeline.session_wire import (
 )
 
 logger = logging.getLogger("ray.serve")
-CLOSE_BAD_FRAME_CODE = 4402
 STATS_PERIOD_S = 2.0  # how often a busy session hears the edge's tail time per route
 
 
@@ -135,14 +134,19 @@ class Session:
 
 
 def _find_replica() -> Any | None:
-    """Serve's own replica object of this process, whose `_shutting_down` turns True when it
-    starts to drain. Ray Serve gives user code no public signal of a drain; twostep pins Ray, and
-    `tests/integration` checks that sessions hear 1012 when a replica goes."""
-    for obj in gc.get_objects():
-        if type(obj).__name__ == "Replica" and hasattr(obj, "_shutting_down") \
-                and type(obj).__module__.startswith("ray.serve"):
-            return obj
-    return None
+    """Serve's own replica object in this process (the actor instance Ray holds for this
+    worker), whose `_shutting_down` turns True when it starts to drain. Ray Serve gives user
+    code no public signal of a drain; twostep pins Ray, and `tests/integration` checks that
+    sessions hear 1012 from a replica that drains."""
+    try:
+        import ray._private.worker as ray_worker
+
+        worker = ray_worker.global_worker
+        actor = worker.actors.get(worker.actor_id)
+    except Exception:  # noqa: BLE001 - not in a Ray actor, or Ray's internals moved
+        return None
+    replica = getattr(actor, "_replica_impl", None)
+    return replica if hasattr(replica, "_shutting_down") else None
 
 
 class SessionTable:
@@ -158,7 +162,8 @@ class SessionTable:
         self._ids = itertools.count(1)
         self._monitor: asyncio.Task | None = None
         self._replica_ref: Any = None
-        self._last_rebalance = 0.0
+        self._replica_looked_up = False
+        self._last_rebalance = -math.inf
         self.share: dict = {}
 
     # ---- admission ----
@@ -196,13 +201,11 @@ class SessionTable:
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
 
     def replica_draining(self) -> bool:
-        replica = self._replica_ref() if self._replica_ref is not None else None
-        if replica is None:
+        if not self._replica_looked_up:
+            self._replica_looked_up = True
             found = _find_replica()
-            if found is None:
-                return False
-            self._replica_ref = weakref.ref(found)
-            replica = found
+            self._replica_ref = weakref.ref(found) if found is not None else None
+        replica = self._replica_ref() if self._replica_ref is not None else None
         return bool(getattr(replica, "_shutting_down", False))
 
     async def _watch(self) -> None:
@@ -244,6 +247,8 @@ class SessionTable:
     def health(self) -> dict:
         return {"sessions": len(self.sessions), "opened": self.opened, "refused": self.refused,
                 "reconnects_asked": self.reconnects_asked, "draining": self.draining,
+                "drain_signal": "found" if self._replica_ref is not None else
+                                ("missing" if self._replica_looked_up else "not looked up"),
                 "limits": self.limits.public(), "share": self.share,
                 "frames": sum(s.frames for s in self.sessions.values()),
                 "per_session": [s.summary() for s in list(self.sessions.values())[:50]]}
@@ -333,7 +338,7 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
     except FrameError as err:
         session.errors += 1
         logger.warning("session %d (%s) closed: %s", session.id, session.link, close_reason(err))
-        await _close(websocket, CLOSE_BAD_FRAME_CODE, close_reason(err))
+        await _close(websocket, CLOSE_BAD_FRAME, close_reason(err))
     except (RuntimeError, OSError):  # the socket closed under us (drain, rebalance, peer gone)
         pass
     finally:

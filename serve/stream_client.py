@@ -93,12 +93,15 @@ class DeviceSession:
         self.answers: dict[int, tuple[Answer, float]] = {}
         self._seq = 0
         self.reconnects = 0
+        self.rate_limited = 0  # frames the edge answered 429 (over its frame rate) and resent
         self.frames_sent = self.bytes_sent = self.bytes_received = 0
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
         self.tail_ms: dict[int, float] = {}
         self.accept: dict = {}
         self.last_close: tuple[int | None, str] | None = None
+        self.close_codes: list[int | None] = []  # every close this session heard (None: abrupt)
+        self._noted: Any = None  # the connection whose close is in close_codes
 
     # ---- connection ----
     def open(self) -> DeviceSession:
@@ -172,8 +175,7 @@ class DeviceSession:
         except TimeoutError:
             return None
         except ConnectionClosed as err:
-            rcvd = err.rcvd
-            self.last_close = (rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+            self._closed(err)
             raise
         self.bytes_received += len(message)
         return message
@@ -247,6 +249,7 @@ class DeviceSession:
         if pending is None:
             return  # answered already (a frame resent after a reconnect came back twice)
         if not answer.ok and answer.value == 429:
+            self.rate_limited += 1
             time.sleep(0.05)  # over the session's frame rate: the same frame goes again
             pending.sent, pending.alone = time.perf_counter(), False
             self._with_reconnect(lambda: self._send_message(pending.message))
@@ -280,14 +283,20 @@ class DeviceSession:
                     self._reconnect_loop()
                 return action()
             except (ConnectionClosed, ConnectionError, OSError) as err:
-                code = self.last_close[0] if self.last_close else None
-                if isinstance(err, ConnectionClosed) and err.rcvd is not None:
-                    code = err.rcvd.code
-                    self.last_close = (code, err.rcvd.reason)
+                code = self._closed(err) if isinstance(err, ConnectionClosed) else None
                 if code is not None and code not in RECONNECT_CODES and code != 1000:
                     raise SessionClosed(code, self.last_close[1] if self.last_close else "") from err
                 self._ws = None
                 self._reconnect_loop()
+
+    def _closed(self, err) -> int | None:
+        """Note a close (once per connection) and return its code (None: no close frame)."""
+        code = err.rcvd.code if err.rcvd is not None else None
+        if self._ws is not None and self._noted is not self._ws:
+            self._noted = self._ws
+            self.close_codes.append(code)
+        self.last_close = (code, err.rcvd.reason if err.rcvd is not None else "")
+        return code
 
     def _reconnect_loop(self) -> None:
         """Connect again (backing off), declare the routes, resend every unanswered frame."""
@@ -309,7 +318,7 @@ class DeviceSession:
 
                 if not isinstance(err, ConnectionClosed):
                     raise
-                code = err.rcvd.code if err.rcvd else None
+                code = self._closed(err)
                 if code is not None and code not in RECONNECT_CODES:
                     raise SessionClosed(code, err.rcvd.reason) from err
                 time.sleep(min(0.05 * 2 ** attempt, 1.0) if code != CLOSE_TRY_LATER else 0.2)

@@ -22,12 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from pipeline.codec import codec_config
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
-from pipeline.session_codec import route_for
 from pipeline.session_wire import Route, UnknownRoute
-from pipeline.split import split_shape
 from serve.autoscaling import FRAMES_METRIC, WORK_METRIC, WorkMeter
 from serve.bandwidth import EstimatorConfig
 from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
@@ -188,19 +185,14 @@ class EdgeTail:
             self.work.finish(key, cost, result.get("tail_ms"))
 
     async def open_route(self, route_id: int, variant_id: str, split: str) -> Route:
-        """What a session fixes for frames of (variant, split): the split's shape (batch 1)
-        and the series' codec. UnknownRoute names what the edge does not serve."""
+        """What a session fixes for frames of (variant, split) (`VariantRunner.session_route`);
+        UnknownRoute names what the edge does not serve."""
         if not self.series.store.has(variant_id):
             raise UnknownRoute(f"unknown variant {variant_id!r}; GET /v1/variants lists them")
-        if split == "output":
-            raise UnknownRoute("split 'output' runs everything on the device: nothing to send")
         try:
-            runner = await self.get_runner(variant_id)
-            runner.calls(split)  # checks the split, builds the tail once
+            return (await self.get_runner(variant_id)).session_route(route_id, split)
         except (RequestError, SeriesError) as err:
             raise UnknownRoute(f"{variant_id}@{split}: {err}") from None
-        return route_for(route_id, variant_id, split, (1, *split_shape(runner.spec, split)),
-                         codec_config(self.series.manifest["codec"]))
 
     def report_uplink(self, link_id: str, uplink_bps: float) -> None:
         self._report(link_id, uplink_bps)

@@ -10,6 +10,7 @@ model's top-1 margin exceeds twice the logit error.
 """
 
 import concurrent.futures
+import json
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class Served:
     url: str
     store: object
     images: np.ndarray  # (N, 1, 32, 32) uint8 test images
+    args: object = None  # the AppArgs deployed
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def served(ray_session, tmp_path_factory):
     )
     deploy(args)
     images = synthetic_images(12, seed=99).images.numpy()
-    yield Served(f"http://127.0.0.1:{port}", store, images)
+    yield Served(f"http://127.0.0.1:{port}", store, images, args)
     serve.shutdown()
 
 
@@ -291,7 +293,7 @@ def test_device_client_round_trip(served):
     from serve.client import DeviceClient
 
     with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256,
-                      runtime="torch") as client:
+                      runtime="torch", transport="http") as client:
         pixels = client.pixels(png(served.images[2][None]))
         np.testing.assert_array_equal(pixels, served.images[2][None])
         results = [client.classify(pixels, "vgg11-base", "conv1_1") for _ in range(3)]
@@ -316,6 +318,51 @@ def test_device_client_round_trip(served):
         assert client.plan_table(accuracy_floor=0.0)["device_times"] == len(client.device_ms)
 
 
+def session_expected(served, variant: str, split: str, pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(logits, message bytes) of a session frame of (variant, split) on `pixels`, computed here:
+    the ONNX head, the session's coding (bfloat16 parameters), the served tail."""
+    from pipeline.session_codec import decode_values, encode_values
+    from pipeline.session_wire import pack_session_frame, parse_session_frame
+    from serve.runner import VariantRunner
+
+    runner = VariantRunner.load(served.store, variant)
+    route = runner.session_route(0, split)
+    lz4, scale_bits, zero_bits, payload = encode_values(runner.calls(split)[0](pixels), route)
+    message = pack_session_frame(0, 0, lz4, scale_bits, zero_bits, payload)
+    tensor = decode_values(parse_session_frame(message, {0: route}))
+    return runner.calls(split)[1](tensor)[0], len(message)
+
+
+def test_device_client_over_a_session(served):
+    """The default transport where the edge offers sessions: answers equal the session coding
+    computed here, 10 bytes of header a frame, the uplink measured from its own frames and
+    reported in-band, routes declared as the plan changes."""
+    from serve.client import DeviceClient
+
+    with DeviceClient(served.url, link="phone-s", throttle_bps=1e6, min_report_bytes=256,
+                      logits=True) as client:
+        pixels = served.images[3][None]
+        for split in ("conv1_1", "pool3", "conv1_1"):
+            result = client.classify(pixels, "vgg11-base", split)
+            expected, message_bytes = session_expected(served, "vgg11-base", split, pixels)
+            assert result.transport == "stream"
+            assert result.prediction == int(expected.argmax())
+            np.testing.assert_allclose(result.logits, expected, atol=1e-4, rtol=1e-4)
+            assert result.bytes_sent == message_bytes
+        session = client.session()
+        assert session.reconnects == 1 and len(session.routes) == 2
+        assert client.uplink_bps is not None and client.uplink_bps > 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            estimate = client._json("GET", "/v1/link", params={"link": "phone-s"})["estimate"]
+            if estimate["samples"] >= 1:
+                break
+            time.sleep(0.2)
+        assert estimate["samples"] >= 1  # the in-band uplink report reached the edge
+        health = requests.get(f"{served.url}/v1/health", timeout=30).json()
+        assert "stream" in json.dumps(health)
+
+
 # A device with numpy, lz4, onnxruntime and pillow: importing torch, Ray or any other
 # dependency of the edge fails in it.
 EDGE_ONLY = ("torch", "torchvision", "ray", "pydantic", "fastapi", "starlette", "safetensors",
@@ -338,16 +385,26 @@ def test_a_device_without_torch_classifies_a_real_fashion_mnist_image(served, tm
     done = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "device", "classify", str(tmp_path / "shirt.png"),
          "--url", served.url, "--variant", "vgg11-base", "--split", "pool3", "--runtime",
-         "onnxruntime", "--json"], capture_output=True, text=True, timeout=120)
+         "onnxruntime", "--json", "--logits"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    # the same graph in this process, then the served (torch) tail on its frame
+    # over a session (the default: websockets is a device dependency): coded as computed here
+    expected, message_bytes = session_expected(served, "vgg11-base", "pool3", pixels)
+    np.testing.assert_allclose(result["logits"], expected, atol=1e-4, rtol=1e-4)
+    assert result["prediction"] == int(expected.argmax()) and result["bytes_sent"] == message_bytes
+    assert result["transport"] == "stream" and result["timings_ms"]["head"] > 0
+    over_http = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "device", "classify", str(tmp_path / "shirt.png"),
+         "--url", served.url, "--variant", "vgg11-base", "--split", "pool3", "--json",
+         "--transport", "http"], capture_output=True, text=True, timeout=120)
+    assert over_http.returncode == 0, over_http.stderr
+    # the same graph in this process, then the served tail on its wire frame
     frame = VariantRunner.load(served.store, "vgg11-base", runtime="onnxruntime").run_head(
         pixels, "pool3").frame
     expected = VariantRunner.load(served.store, "vgg11-base").run_tail(frame, "pool3").logits[0]
-    np.testing.assert_allclose(result["logits"], expected, atol=1e-4, rtol=1e-4)
-    assert result["prediction"] == int(expected.argmax()) and result["bytes_sent"] == len(frame)
-    assert result["timings_ms"]["head"] > 0
+    http_result = json.loads(over_http.stdout)
+    np.testing.assert_allclose(http_result["logits"], expected, atol=1e-4, rtol=1e-4)
+    assert http_result["bytes_sent"] == len(frame) and http_result["transport"] == "http"
 
     planned = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "device", "plan", "--url", served.url, "--bandwidth",
@@ -398,7 +455,7 @@ def test_killing_a_tail_replica_mid_burst_loses_no_request(served):
     def one(_):
         from serve.client import DeviceClient
 
-        with DeviceClient(served.url, timeout_s=30) as client:  # a hung request is resent
+        with DeviceClient(served.url, timeout_s=30, transport="http") as client:  # a hung request is resent
             return client.send_frame(frame, "vgg11-base", "pool1")
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -419,3 +476,65 @@ def test_killing_a_tail_replica_mid_burst_loses_no_request(served):
     with requests.Session() as session:
         assert classify(session, served, served.images[0][None], variant="vgg11-base",
                         split="pool3")["bytes_sent"] > 0
+
+
+def test_sessions_lose_no_frame_when_their_replica_is_killed_or_drained(served):
+    """Four devices stream frames over sessions (up to 4 in flight each) while the only tail
+    replica is killed, and then while the tail app is redeployed (its replica drains: its
+    sessions hear 1012 before it goes). Every frame is answered, with the right class."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    from serve.app import TAIL_ROUTE, build_tail_app
+    from serve.stream_client import DeviceSession
+
+    pixels = served.images[:4]
+    expected = [int(session_expected(served, "vgg11-base", "pool1", p[None])[0].argmax()) for p in pixels]
+    from serve.runner import VariantRunner
+
+    head = VariantRunner.load(served.store, "vgg11-base").calls("pool1")[0]
+    features = [head(p[None]) for p in pixels]
+    stop, results, errors = threading.Event(), [], []
+
+    def device(i: int) -> None:
+        try:
+            with DeviceSession(served.url, link=f"cam-{i}", timeout_s=30) as session:
+                sent = []
+                while not stop.is_set() or sent:
+                    while not stop.is_set() and len(session.pending) < 4:
+                        sent.append(session.send("vgg11-base", "pool1", features[i]))
+                    answer, _ = session.wait(sent.pop(0))
+                    results.append((i, answer.ok and answer.value == expected[i]))
+                results.append((i, (session.reconnects, tuple(session.close_codes))))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=device, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(results) < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray.kill(ray.get_actor(_tail_replicas()[0], namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 90
+    answered = len(results)
+    while len(results) < answered + 40 and time.monotonic() < deadline:
+        time.sleep(0.1)  # frames flow again through the new replica
+    serve.run(build_tail_app(served.args.model_copy(update={"stream_max_fps": 999.0})), name=TAIL_APP,
+              route_prefix=TAIL_ROUTE, logging_config={"enable_access_log": False})
+    answered = len(results)
+    deadline = time.monotonic() + 60
+    while len(results) < answered + 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    frames = [ok for _, ok in results if isinstance(ok, bool)]
+    summaries = [s for _, s in results if isinstance(s, tuple)]
+    assert len(frames) >= 120 and all(frames), f"{frames.count(False)} wrong of {len(frames)}"
+    assert len(summaries) == 4
+    # each device reconnected after the kill and after the drain, told by the old replica (1012)
+    assert all(reconnects >= 3 and 1012 in codes for reconnects, codes in summaries), summaries

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what runs the head here: the edge's ONNX graph on ONNX Runtime, or its "
                              "weights on PyTorch (default auto: onnxruntime where installed)")
     common.add_argument("--threads", type=int, default=1, help="threads of the runtime (default 1)")
+    common.add_argument("--transport", choices=("auto", "stream", "http"), default="auto",
+                        help="how frames go: stream (one WebSocket session, 10 bytes a frame "
+                             "besides its values), http (a POST /v1/tail per frame), or auto "
+                             "(default: a session where the edge offers one, else http)")
+    common.add_argument("--token-file", help="file holding the bearer token the edge's sessions "
+                                             "require (twostep serve --token-file)")
     constraint = common.add_mutually_exclusive_group()
     constraint.add_argument("--accuracy-floor", type=float, help="lowest accuracy, a fraction")
     constraint.add_argument("--latency-budget-ms", type=float, help="end-to-end latency limit")
@@ -38,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classify.add_argument("--throttle", help="hold frames back as a link of this rate would: 1mbit")
     classify.add_argument("--repeat", type=int, default=1, help="send each image this many times")
     classify.add_argument("--json", action="store_true", help="one JSON object per result")
+    classify.add_argument("--logits", action="store_true",
+                          help="ask a session for the logits too (HTTP answers always carry them)")
 
     plan = actions.add_parser("plan", parents=[common], help="ask the edge for a plan")
     plan.add_argument("--bandwidth", help="link rate to plan for (default: the edge's estimate)")
@@ -90,8 +98,15 @@ def run(args: argparse.Namespace) -> int:
     throttle = parse_bandwidth(args.throttle) if getattr(args, "throttle", None) else None
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    token = None
+    if args.token_file:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise ValueError(f"--token-file {args.token_file!r} does not exist")
+        token = path.read_text().strip()
     client = DeviceClient(args.url, args.link, args.timeout_s, throttle_bps=throttle,
-                          runtime=args.runtime, threads=args.threads)
+                          runtime=args.runtime, threads=args.threads, transport=args.transport,
+                          token=token, logits=getattr(args, "logits", False))
     try:
         if args.action == "plan":
             bandwidth = parse_bandwidth(args.bandwidth) if args.bandwidth else None
