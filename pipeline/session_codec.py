@@ -4,7 +4,7 @@ A session frame carries its per-tensor scale and zero point as bfloat16 (the upp
 float32), 4 bytes instead of 8. The encoder picks the zero point at or below the minimum and the
 scale at or above the step the range needs, both exactly representable in bfloat16, and
 quantises with those, so the decoder's values are within scale / 2 of the originals, as with the
-wire frame (`pipeline.codec`); the scale is at most 2^-8 (0.4%) coarser. Per-channel parameters
+wire frame (`pipeline.codec`); the scale is at most 2^-7 (0.8%) coarser. Per-channel parameters
 and float32 values are coded as in the wire frame. No Ray and no torch here.
 """
 
