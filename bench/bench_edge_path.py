@@ -6,9 +6,13 @@ child process starts its own Ray session (the ingress is chosen when Ray starts)
   model (Ray Serve's own cost for one HTTP request into one replica);
 - twostep's two apps (`serve.app.deploy`, one fixed tail replica) on a series (default: a tiny
   random series built here; `--series DIR` for a real one).
-It then sends, interleaved so that other load hits both alike, `--requests` sequential requests
+It then sends, interleaved so that other load hits all alike, `--requests` sequential requests
 of each over one keep-alive connection each: the no-op, and a device's frame to `/v1/tail`
-exactly as `serve.client.DeviceClient.send_frame` sends it. The device path's *fixed* time per
+exactly as `serve.client.DeviceClient.send_frame` sends it; and over one WebSocket each, a
+16-byte message to a no-op echo deployment (Serve's floor for a session message), and the same
+frame over a device session (`serve.stream_client.DeviceSession`), whose fixed time is its wall
+time less the tail time the edge reports for the route (target: <= 1.2x the echo, below the
+HTTP path's fixed time). The device path's *fixed* time per
 request is its wall time minus the tail's own decode and compute time (reported by the
 replica); the ratio fixed / floor is the target (<= 1.5x). Bytes: the HTTP bytes each request
 and its answer put on the wire (counted on the client's socket), and how they split.
@@ -121,7 +125,7 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     import logging
 
     import ray
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from ray import serve
 
     from pipeline.series import SeriesStore
@@ -135,13 +139,24 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     start_http("127.0.0.1", port)
     noop_api = FastAPI()
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=16)
     @serve.ingress(noop_api)
     class Noop:
         @noop_api.post("/")
         async def answer(self, request: Request) -> bytes:
             await request.body()
             return b""
+
+        @noop_api.websocket("/ws")
+        async def echo(self, websocket: WebSocket) -> None:
+            """The no-op session: a 5-byte answer to every binary message (twostep's answer size)."""
+            await websocket.accept()
+            try:
+                while True:
+                    message = await websocket.receive_bytes()
+                    await websocket.send_bytes(message[:5])
+            except WebSocketDisconnect:
+                pass
 
     serve.run(Noop.bind(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False})
     if series is None:
@@ -191,20 +206,72 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         wall = (time.perf_counter_ns() - start) / 1e6
         return wall, answer["timings_ms"]["decode"] + answer["timings_ms"]["tail"]
 
+    sessions = _session_clients(port, variant, split)  # None: a checkout without sessions
+    features = runner.calls(split)[0](pixels) if sessions else None
+
+    def ws_noop_once() -> float:
+        start = time.perf_counter_ns()
+        sessions["noop"].send(b"x" * 16)
+        sessions["noop"].recv(timeout=60)
+        return (time.perf_counter_ns() - start) / 1e6
+
+    coded = sessions["device"].encode(variant, split, features) if sessions else None
+
+    def session_once() -> float:
+        # values coded once, as the HTTP path's frame: the request, not the encoder, is timed
+        start = time.perf_counter_ns()
+        device_session = sessions["device"]
+        device_session.wait(device_session.send_coded(variant, split, coded))
+        return (time.perf_counter_ns() - start) / 1e6
+
     for _ in range(30):  # warm-up: first loads, connection set-up
         noop_once()
         tail_once()
+        if sessions:
+            ws_noop_once()
+            session_once()
     noop.sent = noop.received = tail_conn.sent = tail_conn.received = 0
     tcp_before = tcp_counters(tail_conn.raw_sock)
-    floor, wall, work = [], [], []
+    if sessions:
+        session_sock = sessions["device"]._ws.socket
+        session_before = tcp_counters(session_sock)
+        up_before, down_before = sessions["device"].bytes_sent, sessions["device"].bytes_received
+    floor, wall, work, ws_floor, session_wall = [], [], [], [], []
     for _ in range(requests):
         floor.append(noop_once())
         w, k = tail_once()
         wall.append(w)
         work.append(k)
+        if sessions:
+            ws_floor.append(ws_noop_once())
+            session_wall.append(session_once())
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
     acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
                                                               strict=True))
+    stream = {}
+    if sessions:
+        device_session = sessions["device"]
+        s_acked, s_received, s_out, s_in = (b - a for a, b in zip(
+            session_before, tcp_counters(session_sock), strict=True))
+        message_up = (device_session.bytes_sent - up_before) / requests
+        message_down = (device_session.bytes_received - down_before) / requests
+        route_id = device_session.routes[(variant, split)].id
+        tail_ms = device_session.tail_ms.get(route_id, 0.0)  # the edge's mean tail time
+        stream = {
+            "ws_floor_p50_ms": float(np.median(ws_floor)),
+            "session_wall_p50_ms": float(np.median(session_wall)), "session_tail_ms": tail_ms,
+            "session_server_ms": device_session.server_ms,
+            "session_fixed_p50_ms": float(np.median(session_wall)) - tail_ms,
+            "session_message_bytes": message_up, "session_answer_bytes": message_down,
+            # WebSocket headers: 6 bytes a client message (<= 125 B payload; 8 up to 64 KiB), 2 a
+            # server message
+            "session_app_up_bytes": message_up + (6 if message_up <= 125 else 8),
+            "session_app_down_bytes": message_down + 2,
+            "session_link_up_bytes": (s_acked + s_out * SEGMENT_HEADERS) / requests,
+            "session_link_down_bytes": (s_received + s_in * SEGMENT_HEADERS) / requests,
+        }
+        device_session.close()
+        sessions["noop"].close()
     listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
     binds = sorted({line.split()[3] for line in listening.splitlines()[1:]
                     if "haproxy" in line or "ray::" in line or "python" in line})
@@ -224,7 +291,21 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         "link_up_bytes": (acked + segs_out * SEGMENT_HEADERS) / requests,
         "link_down_bytes": (received + segs_in * SEGMENT_HEADERS) / requests,
         "segments_out": segs_out / requests, "segments_in": segs_in / requests,
+        **stream,
     }
+
+
+def _session_clients(port: int, variant: str, split: str) -> dict | None:
+    """A device session on twostep's tail and a WebSocket to the no-op echo, or None where the
+    checkout measured has no sessions (`--tree` of an older commit)."""
+    try:
+        from websockets.sync.client import connect
+
+        from serve.stream_client import DeviceSession
+    except ImportError:
+        return None
+    noop = connect(f"ws://127.0.0.1:{port}/noop/ws", compression=None, legacy=True)
+    return {"noop": noop, "device": DeviceSession(f"http://127.0.0.1:{port}", link="bench")}
 
 
 def main() -> int:
@@ -260,6 +341,22 @@ def main() -> int:
         print(f"{r['mode']:8} {r['floor_p50_ms']:9.2f}ms {r['tail_wall_p50_ms']:15.2f}ms "
               f"{r['tail_work_p50_ms']:9.2f}ms {r['tail_fixed_p50_ms']:9.2f}ms "
               f"{r['tail_fixed_p50_ms'] / r['floor_p50_ms']:11.2f}x")
+    for r in results:
+        if "session_wall_p50_ms" not in r:
+            continue
+        fixed = r["session_fixed_p50_ms"]
+        print(f"{r['mode']:8} session: WebSocket no-op echo p50 {r['ws_floor_p50_ms']:.2f} ms; frame over "
+              f"a session {r['session_wall_p50_ms']:.2f} ms, less the tail's {r['session_tail_ms']:.2f} ms = "
+              f"fixed {fixed:.2f} ms: {fixed / r['ws_floor_p50_ms']:.2f}x "
+              f"the echo, {fixed / r['tail_fixed_p50_ms']:.2f}x POST /v1/tail's fixed; the replica's own "
+              f"time per frame (read to answered, tail included) {r['session_server_ms'] or 0:.2f} ms")
+        print(f"  bytes per frame: session message {r['session_message_bytes']:.0f} B ({r['frame_bytes']} B "
+              f"wire frame over HTTP), with its WebSocket header {r['session_app_up_bytes']:.0f} B up and "
+              f"{r['session_app_down_bytes']:.0f} B down; HTTP: "
+              f"{r['request_head_bytes'] + r['frame_bytes']:.0f} B up, {r['response_bytes']:.0f} B down")
+        print(f"  on an Ethernet link: session up {r['session_link_up_bytes']:.0f} B, down "
+              f"{r['session_link_down_bytes']:.0f} B; HTTP up {r['link_up_bytes']:.0f} B, down "
+              f"{r['link_down_bytes']:.0f} B")
     for r in results:
         print(f"{r['mode']}: {r['line']}")
         print(f"  HTTP bytes per device request: {r['request_head_bytes']:.0f} B request head + "

@@ -114,8 +114,13 @@ class Session:
     refused: int = 0
     errors: int = 0
     closing: bool = False
+    server_ms: float | None = None
     _tokens: float = 0.0
     _refill: float = field(default_factory=time.monotonic)
+
+    def note_server_ms(self, ms: float) -> None:
+        """Running mean of the replica's time per frame (read to answer sent)."""
+        self.server_ms = ms if self.server_ms is None else self.server_ms + 0.1 * (ms - self.server_ms)
 
     def take_token(self, max_fps: float) -> bool:
         """A token bucket of one second of frames: False when the session is over its rate."""
@@ -130,7 +135,8 @@ class Session:
     def summary(self) -> dict:
         return {"id": self.id, "link": self.link, "routes": len(self.routes), "frames": self.frames,
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "refused": self.refused,
-                "errors": self.errors, "age_s": round(time.monotonic() - self.opened, 1)}
+                "errors": self.errors, "age_s": round(time.monotonic() - self.opened, 1),
+                "server_ms": None if self.server_ms is None else round(self.server_ms, 4)}
 
 
 def _find_replica() -> Any | None:
@@ -264,7 +270,8 @@ async def _close(websocket: Any, code: int, reason: str) -> None:
 async def _receive(websocket: Any, timeout_s: float, code: int, what: str) -> bytes | str | None:
     """The next message (bytes or text), or None when the peer went away."""
     try:
-        message = await asyncio.wait_for(websocket.receive(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # no task per message, unlike wait_for
+            message = await websocket.receive()
     except TimeoutError:
         raise SessionTimeout(f"no {what} within {timeout_s:g} s", code) from None
     if message["type"] == "websocket.disconnect":
@@ -324,10 +331,12 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
             if len(message) > max_bytes:
                 raise MessageTooBig(f"message of {len(message)} bytes; this session's frames are "
                                     f"at most {max_bytes}")
+            received = time.perf_counter()
             answer = await _frame(host, session, message, hello.logits, limits.max_fps)
             out = pack_answer(answer)
             session.bytes_out += len(out)
             await websocket.send_bytes(out)
+            session.note_server_ms((time.perf_counter() - received) * 1000)
             if time.monotonic() - last_stats > STATS_PERIOD_S:
                 last_stats = time.monotonic()
                 await websocket.send_text(_stats_message(host, session))
@@ -353,7 +362,8 @@ def _stats_message(host: SessionHost, session: Session) -> str:
         mean = host.tail_mean_ms(route.variant, route.split)
         if mean is not None:
             tail_ms[str(route.id)] = round(mean, 4)
-    return json.dumps({"type": "stats", "tail_ms": tail_ms, "frames": session.frames},
+    return json.dumps({"type": "stats", "tail_ms": tail_ms, "frames": session.frames,
+                       "server_ms": None if session.server_ms is None else round(session.server_ms, 4)},
                       separators=(",", ":"))
 
 

@@ -98,6 +98,7 @@ class DeviceSession:
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
         self.tail_ms: dict[int, float] = {}
+        self.server_ms: float | None = None  # the replica's mean time per frame, read to answered
         self.accept: dict = {}
         self.last_close: tuple[int | None, str] | None = None
         self.close_codes: list[int | None] = []  # every close this session heard (None: abrupt)
@@ -203,8 +204,16 @@ class DeviceSession:
 
     def send(self, variant: str, split: str, features: np.ndarray) -> int:
         """Code `features` (1, C, H, W) for (variant, split), send it; returns its sequence number."""
+        return self.send_coded(variant, split, self.encode(variant, split, features))
+
+    def encode(self, variant: str, split: str, features: np.ndarray) -> tuple[bool, int, int, bytes]:
+        """The coded values of `features` for (variant, split) (`encode_values` of its route)."""
+        return encode_values(features, self.route(variant, split))
+
+    def send_coded(self, variant: str, split: str, coded: tuple[bool, int, int, bytes]) -> int:
+        """Send values coded by `encode` as the next frame; returns its sequence number."""
         route = self.route(variant, split)
-        lz4, scale_bits, zero_bits, payload = encode_values(features, route)
+        lz4, scale_bits, zero_bits, payload = coded
         seq = self._seq
         self._seq = (self._seq + 1) % SEQ_MODULO
         if seq in self.pending:
@@ -240,6 +249,7 @@ class DeviceSession:
     def _on_text(self, document: dict) -> None:
         if document.get("type") == "stats":
             self.tail_ms.update({int(k): float(v) for k, v in document.get("tail_ms", {}).items()})
+            self.server_ms = document.get("server_ms")
         elif document.get("type") == "routes":
             self._take_routes(document["routes"])
 

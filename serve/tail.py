@@ -111,6 +111,7 @@ class EdgeTail:
         self._links_app, self._estimator = links_app, estimator
         self._board: LinkBoardClient | None = None
         self.series_sha256 = self.series.ref["manifest_sha256"]
+        self._session_runners: dict[str, VariantRunner] = {}
         self.sessions = SessionTable(StreamLimits(**(stream or {})), _replica_id(),
                                      self._link_board() if links_app else None)
 
@@ -163,7 +164,8 @@ class EdgeTail:
         alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
         cost, result = self.work.start(key), {}
         try:
-            runner = await self.get_runner(variant_id)
+            # the runner a session's route opened, without the multiplexing call per frame
+            runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
             tail = runner.calls(split)[1]
             start = time.perf_counter_ns()
             if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
@@ -190,9 +192,14 @@ class EdgeTail:
         if not self.series.store.has(variant_id):
             raise UnknownRoute(f"unknown variant {variant_id!r}; GET /v1/variants lists them")
         try:
-            return (await self.get_runner(variant_id)).session_route(route_id, split)
+            runner = await self.get_runner(variant_id)
+            route = runner.session_route(route_id, split)
         except (RequestError, SeriesError) as err:
             raise UnknownRoute(f"{variant_id}@{split}: {err}") from None
+        self._session_runners[variant_id] = runner
+        while len(self._session_runners) > MAX_MODELS_PER_REPLICA:
+            self._session_runners.pop(next(iter(self._session_runners)))
+        return route
 
     def report_uplink(self, link_id: str, uplink_bps: float) -> None:
         self._report(link_id, uplink_bps)

@@ -43,6 +43,11 @@ class BenchConfig(ConfigModel):
     runtime: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime", description="what runs heads and tails on the device and the edge, and "
                                    "what the edge profile times")
+    transport: Literal["stream", "http"] = Field(
+        "stream", description="how the device sends frames and raw inputs: over one device "
+                              "session (WS /v1/tail/stream; the raw input as the base's frame at "
+                              "split input) or as one HTTP request each; JPEG input always goes "
+                              "over HTTP (/v1/classify)")
     profile_idle_ms: float = Field(5.0, ge=0.0, le=10_000.0, description="the edge profile idles "
                                    "this long before each timed call, as between the "
                                    "benchmark's requests (a call after a gap is slower)")

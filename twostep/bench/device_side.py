@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.session_wire import FRAME_HEADER_BYTES
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
 from twostep.bench.strategies import Execution, execution_for
@@ -54,6 +55,7 @@ class Setup:
     throttle: bool = False  # emulated link: sleep for the bytes of each request
     jpeg_quality: int = 90
     runtime: str = "onnxruntime"  # what runs the device's heads: onnxruntime or torch
+    transport: str = "http"  # frames and raw inputs: "stream" (one device session) or "http"
 
     @classmethod
     def load(cls, path: str) -> Setup:
@@ -93,6 +95,11 @@ class Device:
         self.filler = b"\0" * max(0, setup.burst_bytes - UDP_OVERHEAD)
         self.bandwidth_bps = 1e9
         self.client.info()
+        self.session = None
+        if setup.transport == "stream":
+            from serve.stream_client import DeviceSession
+
+            self.session = DeviceSession(setup.url, link="bench", timeout_s=120.0)
 
     # ---- one request ----
     def _post(self, target: str, body: bytes, content_type: str, variant: str | None = None) -> dict:
@@ -143,11 +150,13 @@ class Device:
         row: dict = {"payload_bytes": 0, "device_ms": 0.0, "device_cpu_ms": 0.0, "send_ms": 0.0,
                      "edge_ms": 0.0, "edge_compute_ms": 0.0}
         start = time.perf_counter_ns()
-        if execution.mode in ("device", "frame"):
+        if self.session is not None and execution.mode in ("frame", "raw"):
+            prediction, answer = self._over_session(execution, pixels, slowdown, row), None
+        elif execution.mode in ("device", "frame"):
             # Head and frame encoding are both the device's work, both slowed down.
             output = self._device_work(self.head_work(execution, pixels), slowdown, row)
             if execution.mode == "device":
-                prediction = int(output[0].argmax())
+                prediction, answer = int(output[0].argmax()), {}
             else:
                 frame = output
                 query = urllib.parse.urlencode({"split": execution.split})
@@ -172,7 +181,9 @@ class Device:
             row["payload_bytes"] = len(body)
             prediction = answer["prediction"]
         row["total_ms"] = _ms(start)
-        if execution.mode != "device":
+        if answer is None:  # over the session: the edge's mean tail time for the route
+            row["edge_ms"] = row["edge_compute_ms"] = row["edge_model_ms"] = row.pop("_tail_ms")
+        elif execution.mode != "device":
             timings = answer["timings_ms"]
             row["edge_ms"] = timings["total"]
             row["edge_compute_ms"] = sum(timings.get(k, 0.0) for k in
@@ -182,10 +193,35 @@ class Device:
         row["correct"] = prediction == label
         return row
 
+    def _over_session(self, execution: Execution, pixels: np.ndarray, slowdown: float, row: dict) -> int:
+        """One frame over the device session (a raw input as the variant's frame at `input`):
+        head and coding are the device's work; returns the predicted class."""
+        split = "input" if execution.mode == "raw" else execution.split
+        coded = self._device_work(self.head_work(execution, pixels), slowdown, row)
+        message_bytes = FRAME_HEADER_BYTES + len(coded[3])
+        if self.setup.throttle:  # the message, its WebSocket header and one segment's headers
+            time.sleep((message_bytes + 8 + TCP_SEGMENT_OVERHEAD) * 8.0 / self.bandwidth_bps)
+        if self.udp is not None:
+            self.udp.sendto(self.filler, (self.setup.prime_host, self.setup.prime_port))
+        send = time.perf_counter_ns()
+        answer, _ = self.session.wait(self.session.send_coded(execution.variant, split, coded))
+        row["send_ms"] = _ms(send)
+        row["payload_bytes"] = message_bytes
+        if not answer.ok:
+            raise RuntimeError(f"session frame answered {answer.value}: {answer.error}")
+        route = self.session.routes[(execution.variant, split)]
+        row["_tail_ms"] = self.session.tail_ms.get(route.id, 0.0)
+        return answer.value
+
     def head_work(self, execution: Execution, pixels: np.ndarray):
         """The device's work for a device or frame execution: its head, then (frame) encoding."""
-        work = self.client.device_work(execution.variant, execution.split)
         pixels = np.ascontiguousarray(pixels)
+        if self.session is not None and execution.mode in ("frame", "raw"):
+            split = "input" if execution.mode == "raw" else execution.split
+            head = self.client.fetch_head(execution.variant, split)
+            self.session.route(execution.variant, split)  # declared now, not inside the timing
+            return lambda: self.session.encode(execution.variant, split, head(pixels))
+        work = self.client.device_work(execution.variant, execution.split)
         return lambda: work(pixels)
 
     # ---- jobs ----
@@ -272,6 +308,9 @@ class Device:
         else:
             overhead = self.request_head_bytes(execution) + TCP_SEGMENT_OVERHEAD
             source = "HTTP request head + one TCP segment's headers (emulated link)"
+            if self.session is not None:
+                overhead = 8 + TCP_SEGMENT_OVERHEAD
+                source = "WebSocket header + one TCP segment's headers (emulated link)"
         # a JPEG goes through /v1/classify: the Router's hops and the decode on the edge
         jpeg_fixed = float(np.median([r["send_ms"] - r["edge_model_ms"] for r in both["jpeg"]["rows"]])
                            ) if jpeg is not None else None

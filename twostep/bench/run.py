@@ -255,7 +255,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         edge.wait_ready(config.startup_timeout_s)
         setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),
                  "labels": str((out / "labels.npy").resolve()), "jpeg_quality": config.jpeg_quality,
-                 "runtime": config.runtime, "throttle": link.shaped is None}
+                 "runtime": config.runtime, "throttle": link.shaped is None,
+                 "transport": config.transport}
         if link.shaped is not None:
             setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
                          prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
