@@ -513,3 +513,38 @@ class DeviceClient:
         prediction = answer["predictions"][0]
         return DeviceResult(prediction, answer["labels"][0], answer["logits"][0], variant, split,
                             len(frame), timings, self.uplink_bps)
+
+    def classify_stream(self, images: Iterable[np.ndarray], variant: str, split: str,
+                        window: int = 4) -> Iterable[DeviceResult]:
+        """Classify a stream of uint8 (1, C, S, S) images at (variant, split) over the session,
+        pipelined: up to `window` frames go before their answers come back. Yields one result
+        per image, in order (falls back to `classify` one by one without a session)."""
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 1024:
+            raise ValueError(f"window must be an integer in [1, 1024], got {window!r}")
+        session = self.session() if split != "output" else None
+        if session is None:
+            for pixels in images:
+                yield self.classify(pixels, variant, split)
+            return
+        classes = self.info()["data"]["classes"]
+        head = self.fetch_head(variant, split)
+        in_flight: list[tuple[int, int, float]] = []  # (seq, bytes, start)
+
+        def answered() -> DeviceResult:
+            seq, sent, start = in_flight.pop(0)
+            answer, at = session.wait(seq)
+            if not answer.ok:
+                raise DeviceError(answer.value, answer.error)
+            return DeviceResult(answer.value, classes[answer.value], list(answer.logits), variant, split,
+                                sent, {"total": (at - start) * 1000}, session.uplink_bps, "stream")
+
+        for pixels in images:
+            start = time.perf_counter()
+            seq = session.send(variant, split, head(np.ascontiguousarray(pixels, dtype=np.uint8)))
+            in_flight.append((seq, len(session.pending[seq].message) if seq in session.pending else 0,
+                              start))
+            if len(in_flight) >= window:
+                yield answered()
+        while in_flight:
+            yield answered()
+

@@ -192,9 +192,14 @@ class DeviceSession:
             elif len(self.decls) == 1 or not self.accept:
                 self._resync()
             else:
-                self._ws.send(json.dumps({"type": "routes", "routes": [
-                    {"variant": variant, "split": split}]}, separators=(",", ":")))
-                self._take_routes(self._with_reconnect(lambda: self._await_text("routes"))["routes"])
+                def declare() -> None:
+                    if key in self.routes:  # a reconnect meanwhile declared it in its hello
+                        return
+                    self._ws.send(json.dumps({"type": "routes", "routes": [
+                        {"variant": variant, "split": split}]}, separators=(",", ":")))
+                    self._take_routes(self._await_text("routes")["routes"])
+
+                self._with_reconnect(declare)
         return self.routes[key]
 
     def _resync(self) -> None:

@@ -351,6 +351,12 @@ def test_device_client_over_a_session(served):
             assert result.bytes_sent == message_bytes
         session = client.session()
         assert session.reconnects == 1 and len(session.routes) == 2
+        # pipelined: up to 3 frames in flight, answers in order
+        stream = list(client.classify_stream((im[None] for im in served.images[:6]), "vgg11-base",
+                                             "pool3", window=3))
+        assert [r.prediction for r in stream] == [
+            int(session_expected(served, "vgg11-base", "pool3", im[None])[0].argmax())
+            for im in served.images[:6]]
         assert client.uplink_bps is not None and client.uplink_bps > 0
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -274,3 +274,18 @@ def _server_loop(edge):
     for server_socket in server.servers:
         return server_socket.get_loop() if hasattr(server_socket, "get_loop") else None
     raise AssertionError("no server loop")
+
+
+def test_an_edge_without_sessions_leaves_the_client_on_http(edge, tiny_store):
+    from serve.client import DeviceClient
+    from serve.stream_client import SessionUnavailable
+
+    with pytest.raises(SessionUnavailable):
+        DeviceSession(_url(edge, "nowhere")).send(VARIANT, "pool3", _features(tiny_store, "pool3"))
+    client = DeviceClient(_url(edge, "nowhere"), transport="auto")
+    assert client._send_over_session(client.session(), _features(tiny_store, "pool3"), VARIANT,
+                                     "pool3", {}) is None
+    assert client.transport == "http" and client.session() is None
+    strict = DeviceClient(_url(edge, "nowhere"), transport="stream")
+    with pytest.raises(SessionUnavailable):
+        strict._send_over_session(strict.session(), _features(tiny_store, "pool3"), VARIANT, "pool3", {})
