@@ -176,7 +176,7 @@ class SessionTable:
     async def admit(self, websocket: Any) -> Session | None:
         """Accept the connection; close it at once (and return None) when the replica drains,
         holds its cap of sessions, or the token is wrong."""
-        self._start_monitor()
+        self.ensure_monitor()
         await websocket.accept()
         refusal = None
         if self.draining:
@@ -202,7 +202,8 @@ class SessionTable:
         self.sessions.pop(session.id, None)
 
     # ---- drain and rebalance ----
-    def _start_monitor(self) -> None:
+    def ensure_monitor(self) -> None:
+        """Start the drain and rebalance monitor (once) on the running loop."""
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.get_running_loop().create_task(self._watch())
 

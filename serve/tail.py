@@ -290,6 +290,12 @@ class EdgeTail:
                                           wait_ready=False)  # reports queue until it is up
         return self._board
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check; it also starts the session monitor of a replica that
+        holds no session yet, so that a new replica reports its share and the others rebalance
+        towards it."""
+        self.sessions.ensure_monitor()
+
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
         return {**replica_health(self.series, self.faults), "stream": self.sessions.health()}
