@@ -21,20 +21,29 @@ POLICY_PATH = "serve.autoscaling:WorkInFlightPolicy"
 FRAMES_POLICY_PATH = "serve.autoscaling:FramesInFlightPolicy"
 
 
+def _positive(name: str, value: Any) -> float:
+    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _replicas_for(ctx: Any, metric: str, target: float) -> tuple[float, dict]:
+    """The sum over replicas of `metric` (as Serve aggregated it) / `target`; the current
+    target while no replica has reported."""
+    per_replica = (ctx.aggregated_metrics or {}).get(metric) or {}
+    if ctx.current_num_replicas == 0 or not per_replica:
+        return ctx.target_num_replicas, {}
+    return sum(per_replica.values()) / target, {}
+
+
 class WorkInFlightPolicy:
     """Desired replicas = total measured tail work in flight / `target_work_ms`."""
 
     def __init__(self, target_work_ms: float = 20.0):
-        if not (isinstance(target_work_ms, int | float) and target_work_ms > 0
-                and math.isfinite(target_work_ms)):
-            raise ValueError(f"target_work_ms must be a number > 0, got {target_work_ms!r}")
-        self.target_work_ms = float(target_work_ms)
+        self.target_work_ms = _positive("target_work_ms", target_work_ms)
 
     def __call__(self, ctx: Any) -> tuple[float, dict]:
-        per_replica = (ctx.aggregated_metrics or {}).get(WORK_METRIC) or {}
-        if ctx.current_num_replicas == 0 or not per_replica:
-            return ctx.target_num_replicas, {}
-        return sum(per_replica.values()) / self.target_work_ms, {}
+        return _replicas_for(ctx, WORK_METRIC, self.target_work_ms)
 
 
 class FramesInFlightPolicy:
@@ -43,16 +52,10 @@ class FramesInFlightPolicy:
     one "ongoing request" to Serve for its whole life, busy or idle)."""
 
     def __init__(self, target_frames: float = 2.0):
-        if not (isinstance(target_frames, int | float) and target_frames > 0
-                and math.isfinite(target_frames)):
-            raise ValueError(f"target_frames must be a number > 0, got {target_frames!r}")
-        self.target_frames = float(target_frames)
+        self.target_frames = _positive("target_frames", target_frames)
 
     def __call__(self, ctx: Any) -> tuple[float, dict]:
-        per_replica = (ctx.aggregated_metrics or {}).get(FRAMES_METRIC) or {}
-        if ctx.current_num_replicas == 0 or not per_replica:
-            return ctx.target_num_replicas, {}
-        return sum(per_replica.values()) / self.target_frames, {}
+        return _replicas_for(ctx, FRAMES_METRIC, self.target_frames)
 
 
 class WorkMeter:
