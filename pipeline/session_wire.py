@@ -55,10 +55,11 @@ CLOSE_BAD_FRAME = 4402
 CLOSE_UNKNOWN_ROUTE = 4404
 CLOSE_HANDSHAKE_TIMEOUT = 4408
 CLOSE_SERIES_MISMATCH = 4409
-CLOSE_IDLE = 4410
+CLOSE_IDLE = 4410  # a device with a frame to send after it reconnects
+CLOSE_EDGE_FAULT = 1011
 CLOSE_UNSUPPORTED = 4415  # a text message where a frame was expected, or an unknown control type
 # Codes after which a client reconnects (and resends); after any other it gives the session up.
-RECONNECT_CODES = (1001, 1006, 1011, CLOSE_RECONNECT, CLOSE_TRY_LATER)
+RECONNECT_CODES = (1001, 1006, 1011, CLOSE_RECONNECT, CLOSE_TRY_LATER, CLOSE_IDLE)
 
 
 class SessionError(ValueError):
@@ -89,6 +90,18 @@ class SeriesMismatch(SessionError):
     """The device's series is not the one the edge serves."""
 
     close_code = CLOSE_SERIES_MISMATCH
+
+
+class TooManyMessages(SessionError):
+    """Control messages faster than the session's frame rate."""
+
+    close_code = 1008  # policy violation
+
+
+class EdgeFault(SessionError):
+    """The edge failed (a variant that cannot be loaded, a runtime error): not the device's fault."""
+
+    close_code = CLOSE_EDGE_FAULT
 
 
 class MessageTooBig(SessionError):

@@ -9,7 +9,6 @@ config file (`serve/serve.yaml`) can override them per deployment, as Ray's conf
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -184,15 +183,9 @@ class AppArgs(BaseModel):
     def stream_limits(self) -> dict:
         """The EdgeTail's session limits (`serve.stream.StreamLimits` fields), with the token
         read from `token_file` here: replicas on other nodes cannot open it."""
-        token = None
-        if self.token_file is not None:
-            path = Path(self.token_file).expanduser()
-            if not path.is_file():
-                raise ValueError(f"token_file {self.token_file!r} does not exist")
-            token = path.read_text().strip()
-            if not token or len(token) > 4096 or any(c.isspace() for c in token):
-                raise ValueError(f"token_file {self.token_file!r} must hold one token of 1-4096 "
-                                 "characters without spaces")
+        from serve.stream_client import read_token
+
+        token = read_token(self.token_file) if self.token_file is not None else None
         return {"max_sessions": self.stream_max_sessions, "max_fps": self.stream_max_fps,
                 "idle_timeout_s": self.stream_idle_timeout_s,
                 "handshake_timeout_s": self.stream_handshake_timeout_s,

@@ -39,12 +39,15 @@ from pipeline.session_wire import (
     PROTOCOL,
     VERSION,
     Answer,
+    BadHello,
+    EdgeFault,
     FrameError,
     Hello,
     MessageTooBig,
     Route,
     SeriesMismatch,
     SessionError,
+    TooManyMessages,
     Unauthorized,
     Unsupported,
     close_reason,
@@ -56,6 +59,7 @@ from pipeline.session_wire import (
 )
 
 logger = logging.getLogger("ray.serve")
+MAX_VARIANTS_PER_SESSION = 16  # as many models as a replica's multiplexing cache holds
 STATS_PERIOD_S = 2.0  # how often a busy session hears the edge's tail time per route
 
 
@@ -245,11 +249,12 @@ class SessionTable:
             await self.ask_reconnect(newest, "rebalance")
 
     async def ask_reconnect(self, sessions: list[Session], why: str) -> None:
-        for session in sessions:
-            if not session.closing:
-                session.closing = True
-                self.reconnects_asked += 1
-                await _close(session.websocket, CLOSE_RECONNECT, f"{why}; reconnect")
+        """Close `sessions` with 1012, all at once (a close waits for the device's reply)."""
+        asked = [s for s in sessions if not s.closing]
+        for session in asked:
+            session.closing = True
+        self.reconnects_asked += len(asked)
+        await asyncio.gather(*(_close(s.websocket, CLOSE_RECONNECT, f"{why}; reconnect") for s in asked))
 
     def health(self) -> dict:
         return {"sessions": len(self.sessions), "opened": self.opened, "refused": self.refused,
@@ -290,10 +295,27 @@ def _accept_message(session: Session, routes: list[Route], limits: StreamLimits,
                       separators=(",", ":"))
 
 
+def _max_message_bytes(limits: StreamLimits, session: Session) -> int:
+    """A session's largest message: its limit, and never more than its largest route needs."""
+    return min(limits.max_message_bytes, FRAME_HEADER_BYTES + max(
+        r.max_payload_bytes for r in session.routes.values()))
+
+
 async def _declare(host: SessionHost, session: Session, decls) -> list[Route]:
+    variants = {r.variant for r in session.routes.values()} | {d.variant for d in decls}
+    if len(variants) > MAX_VARIANTS_PER_SESSION:
+        raise BadHello(f"a session's routes name at most {MAX_VARIANTS_PER_SESSION} variants, "
+                       f"got {len(variants)} (each one is a model a replica loads)")
     routes = []
     for decl in decls:
-        route = await host.open_route(len(session.routes), decl.variant, decl.split)
+        try:
+            route = await host.open_route(len(session.routes), decl.variant, decl.split)
+        except SessionError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the edge's fault, said as such (1011)
+            logger.exception("session route %s@%s", decl.variant, decl.split)
+            raise EdgeFault(f"{decl.variant}@{decl.split} could not be opened: "
+                            f"{type(err).__name__}: {err}") from None
         session.routes[route.id] = route
         routes.append(route)
     return routes
@@ -317,17 +339,17 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         routes = await _declare(host, session, hello.routes)
         await websocket.send_text(_accept_message(session, routes, limits, host.series_sha256,
                                                   table.replica_id))
-        max_bytes = min(limits.max_message_bytes, FRAME_HEADER_BYTES + max(
-            r.max_payload_bytes for r in session.routes.values()))
+        max_bytes = _max_message_bytes(limits, session)
         last_stats = 0.0
         while True:
             message = await _receive(websocket, limits.idle_timeout_s, CLOSE_IDLE, "message")
             if message is None or session.closing:
                 return
             if isinstance(message, str):
+                if not session.take_token(limits.max_fps):  # control messages count as frames
+                    raise TooManyMessages(f"control messages over {limits.max_fps:g}/s")
                 await _control(websocket, host, session, message)
-                max_bytes = min(limits.max_message_bytes, FRAME_HEADER_BYTES + max(
-                    r.max_payload_bytes for r in session.routes.values()))
+                max_bytes = _max_message_bytes(limits, session)
                 continue
             if len(message) > max_bytes:
                 raise MessageTooBig(f"message of {len(message)} bytes; this session's frames are "

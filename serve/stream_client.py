@@ -35,6 +35,21 @@ from pipeline.session_wire import (
 )
 
 STREAM_PATH = "/v1/tail/stream"
+# Upgrade refusals that mean "this edge has no session route" (before any session was accepted)
+NO_SESSIONS_STATUSES = (403, 404, 405, 426)
+
+
+def read_token(path: str) -> str:
+    """A bearer token from a file: one word of 1-4096 characters (ValueError naming the file)."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"token file {path!r} does not exist")
+    token = file.read_text().strip()
+    if not token or len(token) > 4096 or any(c.isspace() for c in token):
+        raise ValueError(f"token file {path!r} must hold one token of 1-4096 characters without spaces")
+    return token
 
 
 class SessionUnavailable(RuntimeError):
@@ -58,6 +73,7 @@ class Pending:
     message: bytes
     sent: float
     alone: bool  # nothing else was in flight when it went: its answer time is a clean sample
+    generation: int = -1  # the connection it was last sent on
 
 
 def _connect(url: str, headers: dict[str, str], timeout_s: float):
@@ -103,6 +119,8 @@ class DeviceSession:
         self.last_close: tuple[int | None, str] | None = None
         self.close_codes: list[int | None] = []  # every close this session heard (None: abrupt)
         self._noted: Any = None  # the connection whose close is in close_codes
+        self._generation = 0  # connections opened so far: a frame records the one it went on
+        self._accepted = False  # a session was accepted once: later refusals are outages
 
     # ---- connection ----
     def open(self) -> DeviceSession:
@@ -117,14 +135,21 @@ class DeviceSession:
         try:
             self._ws = _connect(self.url, headers, self.timeout_s)
         except InvalidStatus as err:
-            raise SessionUnavailable(f"{self.url}: {err}") from err
+            status = err.response.status_code
+            if status in NO_SESSIONS_STATUSES and not self._accepted:
+                raise SessionUnavailable(f"{self.url}: {err}") from err
+            # a 5xx (no live replica behind the ingress, e.g. the only tail being replaced)
+            raise ConnectionError(f"cannot open a session at {self.url}: {err}") from err
         except (InvalidHandshake, OSError, TimeoutError) as err:
             raise ConnectionError(f"cannot open a session at {self.url}: {err}") from err
+        self._generation += 1
         if self.decls:
             hello = Hello(self.link, tuple(self.decls), self.logits, self.series)
             self._ws.send(hello.to_json())
             self.accept = self._await_text("accept")
+            self.routes.clear()
             self._take_routes(self.accept["routes"])
+            self._accepted = True
         self._ping()
 
     def _ping(self) -> None:
@@ -185,10 +210,12 @@ class DeviceSession:
     def route(self, variant: str, split: str) -> Route:
         """The route of (variant, split), declared in-band if new (one control message)."""
         key = (variant, split)
-        if key not in self.routes:
+        if RouteDecl(variant, split) in self.decls and key in self.routes:
+            return self.routes[key]
+        if RouteDecl(variant, split) not in self.decls:
             self.decls.append(RouteDecl(variant, split))
-            if self._ws is None:
-                self._reconnect_loop()
+            if self._ws is None or key in self.routes:
+                self._with_reconnect(lambda: None)
             elif len(self.decls) == 1 or not self.accept:
                 self._resync()
             else:
@@ -224,9 +251,17 @@ class DeviceSession:
         if seq in self.pending:
             raise RuntimeError(f"{SEQ_MODULO} frames unanswered: the window is too large")
         message = pack_session_frame(route.id, seq, lz4, scale_bits, zero_bits, payload)
-        self.pending[seq] = Pending((variant, split), message, time.perf_counter(), not self.pending)
-        self._with_reconnect(lambda: self._send_message(message))
+        self.answers.pop(seq, None)  # an answer of 65,536 frames ago nobody waited for
+        pending = Pending((variant, split), message, time.perf_counter(), not self.pending)
+        self.pending[seq] = pending
+        self._with_reconnect(lambda: self._transmit(pending))
         return seq
+
+    def _transmit(self, pending: Pending) -> None:
+        """Send a pending frame on the current connection, unless a reconnect already resent it."""
+        if pending.generation != self._generation:
+            self._send_message(pending.message)
+            pending.generation = self._generation
 
     def _send_message(self, message: bytes) -> None:
         if self.throttle_bps is not None:
@@ -266,8 +301,8 @@ class DeviceSession:
         if not answer.ok and answer.value == 429:
             self.rate_limited += 1
             time.sleep(0.05)  # over the session's frame rate: the same frame goes again
-            pending.sent, pending.alone = time.perf_counter(), False
-            self._with_reconnect(lambda: self._send_message(pending.message))
+            pending.sent, pending.alone, pending.generation = time.perf_counter(), False, -1
+            self._with_reconnect(lambda: self._transmit(pending))
             return
         now = time.perf_counter()
         del self.pending[answer.seq]
@@ -289,20 +324,24 @@ class DeviceSession:
             {"type": "uplink", "uplink_bps": float(uplink_bps)}, separators=(",", ":"))))
 
     # ---- failures ----
+    def _give_up(self, code: int | None) -> bool:
+        """After this close code the session is not reconnected (see RECONNECT_CODES)."""
+        return code is not None and code not in RECONNECT_CODES
+
     def _with_reconnect(self, action):
         from websockets.exceptions import ConnectionClosed
 
-        while True:
+        for _ in range(self.max_reconnects):
             try:
                 if self._ws is None:
                     self._reconnect_loop()
                 return action()
             except (ConnectionClosed, ConnectionError, OSError) as err:
                 code = self._closed(err) if isinstance(err, ConnectionClosed) else None
-                if code is not None and code not in RECONNECT_CODES and code != 1000:
+                if self._give_up(code):
                     raise SessionClosed(code, self.last_close[1] if self.last_close else "") from err
                 self._ws = None
-                self._reconnect_loop()
+        raise ConnectionError(f"the session at {self.url} closed {self.max_reconnects} times in a row")
 
     def _closed(self, err) -> int | None:
         """Note a close (once per connection) and return its code (None: no close frame)."""
@@ -317,13 +356,13 @@ class DeviceSession:
         """Connect again (backing off), declare the routes, resend every unanswered frame."""
         for attempt in range(self.max_reconnects):
             try:
-                self.routes.clear()
                 self._connect()
                 for pending in self.pending.values():
                     # route ids follow the declaration order, which a reconnect keeps
-                    assert pending.message[0] == self.routes[pending.route].id
+                    if pending.message[0] != self.routes[pending.route].id:
+                        raise RuntimeError(f"route {pending.route} changed id on reconnect")
                     pending.sent, pending.alone = time.perf_counter(), False
-                    self._send_message(pending.message)
+                    self._transmit(pending)
                 self.reconnects += 1
                 return
             except (ConnectionError, OSError, TimeoutError):
@@ -334,7 +373,7 @@ class DeviceSession:
                 if not isinstance(err, ConnectionClosed):
                     raise
                 code = self._closed(err)
-                if code is not None and code not in RECONNECT_CODES:
+                if self._give_up(code):
                     raise SessionClosed(code, err.rcvd.reason) from err
                 time.sleep(min(0.05 * 2 ** attempt, 1.0) if code != CLOSE_TRY_LATER else 0.2)
         raise ConnectionError(f"no session at {self.url} after {self.max_reconnects} attempts")

@@ -98,12 +98,9 @@ def run(args: argparse.Namespace) -> int:
     throttle = parse_bandwidth(args.throttle) if getattr(args, "throttle", None) else None
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    token = None
-    if args.token_file:
-        path = Path(args.token_file)
-        if not path.is_file():
-            raise ValueError(f"--token-file {args.token_file!r} does not exist")
-        token = path.read_text().strip()
+    from serve.stream_client import read_token
+
+    token = read_token(args.token_file) if args.token_file else None
     client = DeviceClient(args.url, args.link, args.timeout_s, throttle_bps=throttle,
                           runtime=args.runtime, threads=args.threads, transport=args.transport,
                           token=token, logits=getattr(args, "logits", False))
