@@ -309,8 +309,9 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         def device_ms(mbit: float, slowdown: float) -> dict:
             return device_times_at(timed[gaps[mbit]], known, slowdown, costs.device_request_ms)
         log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
-            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed (HTTP + Serve hop; "
-            f"Serve's own no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
+            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed ("
+            f"{'a device session' if config.transport == 'stream' else 'an HTTP request'} + Serve hop; "
+            f"Serve's own HTTP no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
             f"{costs.fixed_ms / calibration['floor_ms']:.2f}x); "
             f"device call back to back = {costs.device_factor:.2f} x profile + "
             f"{costs.device_overhead_ms:.2f} ms (on {base_id} and {smallest}; the predictions use "
