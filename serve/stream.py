@@ -82,6 +82,7 @@ class StreamLimits:
     handshake_timeout_s: float = 10.0
     token: str | None = None
     monitor_period_s: float = 1.0
+    settle_s: float = 2.0  # a rebalance leaves sessions younger than this where they are
 
     def public(self) -> dict:
         return {"max_sessions": self.max_sessions, "max_message_bytes": self.max_message_bytes,
@@ -243,7 +244,10 @@ class SessionTable:
         cooled = time.monotonic() - self._last_rebalance > 3 * self.limits.monitor_period_s
         if replicas > 1 and excess > max(1, fair // 10) and cooled:
             self._last_rebalance = time.monotonic()
-            newest = sorted(self.sessions.values(), key=lambda s: s.opened)[-excess:]
+            # sessions that just moved here stay: moving them again would only churn
+            settled = [s for s in self.sessions.values()
+                       if time.monotonic() - s.opened > self.limits.settle_s]
+            newest = sorted(settled, key=lambda s: s.opened)[-excess:] if settled else []
             logger.info("rebalance: %d of %d session(s) to the %d other replica(s)",
                         excess, len(self.sessions), replicas - 1)
             await self.ask_reconnect(newest, "rebalance")

@@ -37,6 +37,7 @@ from pipeline.session_wire import (
 STREAM_PATH = "/v1/tail/stream"
 # Upgrade refusals that mean "this edge has no session route" (before any session was accepted)
 NO_SESSIONS_STATUSES = (403, 404, 405, 426)
+PING_TIMEOUT_S = 2.0
 
 
 def read_token(path: str) -> str:
@@ -155,7 +156,8 @@ class DeviceSession:
     def _ping(self) -> None:
         start = time.perf_counter()
         pong = self._ws.ping()
-        if pong.wait(self.timeout_s):
+        # a pong never comes if the edge closes meanwhile (a rebalance): do not wait for long
+        if pong.wait(min(self.timeout_s, PING_TIMEOUT_S)):
             rtt = (time.perf_counter() - start) * 1000
             self.rtt_ms = rtt if self.rtt_ms is None else min(self.rtt_ms, rtt)
 

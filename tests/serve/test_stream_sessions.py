@@ -95,7 +95,7 @@ def edge(tiny_store):
                                           max_fps=1000.0, monitor_period_s=3600)),
         "auth": SessionTable(StreamLimits(token=TOKEN, monitor_period_s=3600)),
         "slow": SessionTable(StreamLimits(max_fps=2.0, monitor_period_s=3600)),
-        "a": SessionTable(StreamLimits(monitor_period_s=3600), "a", board),
+        "a": SessionTable(StreamLimits(monitor_period_s=3600, settle_s=0.0), "a", board),
         "b": SessionTable(StreamLimits(monitor_period_s=3600), "b", board),
     }
     app = FastAPI()
