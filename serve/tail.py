@@ -122,69 +122,63 @@ class EdgeTail:
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
+        if self.batch_size > 1:
+            return await self._counted(variant_id, split, len(frame),
+                                       lambda alone: self._batched((variant_id, frame, split)))
+        return await self._counted(variant_id, split, len(frame),
+                                   lambda alone: self._run_one(variant_id, frame, split, alone))
+
+    async def _counted(self, variant_id: str, split: str, nbytes: int, work) -> dict:
+        """`await work(alone)`, the frame counted in flight (bytes, frames, tail work) meanwhile."""
         key = (variant_id, split)
-        self.bytes_in_flight += len(frame)
+        self.bytes_in_flight += nbytes
         self.frames_in_flight += 1
         # alone: no other frame held, and none just finished (under load the next request is
         # read right after the last one ends, while more wait unread in the socket buffers)
         alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
         cost, result = self.work.start(key), {}
         try:
-            if self.batch_size > 1:
-                result = await self._batched((variant_id, frame, split))
-            else:
-                result = await self._run_one(variant_id, frame, split, alone)
-            return result
-        finally:
-            self.bytes_in_flight -= len(frame)
-            self.frames_in_flight -= 1
-            self._last_done = time.monotonic()
-            self.work.finish(key, cost, result.get("tail_ms"))
-
-    async def _run_one(self, variant_id: str, frame: bytes, split: str, alone: bool = False) -> dict:
-        try:
-            runner = await self.get_runner(variant_id)
-            # Handing a tail to a thread costs about 0.6 ms here (measured in the handler,
-            # bench/bench_edge_path.py). A tail runs inline when the replica is idle but for
-            # this frame or when it was measured to take under INLINE_TAIL_MS; otherwise in a
-            # thread, keeping the event loop free for the frames queued behind it.
-            if alone or self.work.mean_ms.get((variant_id, split), INLINE_TAIL_MS) < INLINE_TAIL_MS:
-                out = runner.run_tail(frame, split)
-            else:
-                out = await asyncio.to_thread(runner.run_tail, frame, split)
-        except (RequestError, SeriesError) as err:
-            return error_entry(err)
-        return _answer(out)
-
-    async def run_tensor(self, variant_id: str, split: str, tensor, nbytes: int) -> dict:
-        """The tail of a session frame already decoded (`serve.stream`), counted as `_run`."""
-        key = (variant_id, split)
-        self.bytes_in_flight += nbytes
-        self.frames_in_flight += 1
-        alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
-        cost, result = self.work.start(key), {}
-        try:
-            # the runner a session's route opened, without the multiplexing call per frame
-            runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
-            tail = runner.calls(split)[1]
-            start = time.perf_counter_ns()
-            if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
-                logits = tail(tensor)
-            else:
-                logits = await asyncio.to_thread(tail, tensor)
-            result = {"logits": logits, "tail_ms": _ms(start)}
-            return result
-        except (RequestError, SeriesError) as err:
-            result = error_entry(err)
-            return result
-        except Exception as err:  # noqa: BLE001 - a fault of the edge, answered as a 500
-            result = {"error": f"tail failed: {type(err).__name__}: {err}", "status": 500}
+            result = await work(alone)
             return result
         finally:
             self.bytes_in_flight -= nbytes
             self.frames_in_flight -= 1
             self._last_done = time.monotonic()
             self.work.finish(key, cost, result.get("tail_ms"))
+
+    async def _call(self, key: tuple[str, str], alone: bool, fn, *args):
+        """`fn(*args)` inline or in a thread. Handing a tail to a thread costs about 0.6 ms here
+        (measured in the handler, bench/bench_edge_path.py): a tail runs inline when the replica
+        is idle but for this frame or when it was measured to take under INLINE_TAIL_MS;
+        otherwise in a thread, keeping the event loop free for the frames queued behind it."""
+        if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _run_one(self, variant_id: str, frame: bytes, split: str, alone: bool = False) -> dict:
+        try:
+            runner = await self.get_runner(variant_id)
+            out = await self._call((variant_id, split), alone, runner.run_tail, frame, split)
+        except (RequestError, SeriesError) as err:
+            return error_entry(err)
+        return _answer(out)
+
+    async def run_tensor(self, variant_id: str, split: str, tensor, nbytes: int) -> dict:
+        """The tail of a session frame already decoded (`serve.stream`), counted as `_run`."""
+        return await self._counted(variant_id, split, nbytes,
+                                   lambda alone: self._tail_tensor(variant_id, split, tensor, alone))
+
+    async def _tail_tensor(self, variant_id: str, split: str, tensor, alone: bool) -> dict:
+        try:
+            # the runner a session's route opened, without the multiplexing call per frame
+            runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
+            start = time.perf_counter_ns()
+            logits = await self._call((variant_id, split), alone, runner.calls(split)[1], tensor)
+            return {"logits": logits, "tail_ms": _ms(start)}
+        except (RequestError, SeriesError) as err:
+            return error_entry(err)
+        except Exception as err:  # noqa: BLE001 - a fault of the edge, answered as a 500
+            return {"error": f"tail failed: {type(err).__name__}: {err}", "status": 500}
 
     async def open_route(self, route_id: int, variant_id: str, split: str) -> Route:
         """What a session fixes for frames of (variant, split) (`VariantRunner.session_route`);
