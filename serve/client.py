@@ -538,9 +538,22 @@ class DeviceClient:
             return DeviceResult(answer.value, classes[answer.value], list(answer.logits), variant, split,
                                 sent, {"total": (at - start) * 1000}, session.uplink_bps, "stream")
 
+        from serve.stream_client import SessionUnavailable
+
+        images = iter(images)
         for pixels in images:
             start = time.perf_counter()
-            seq = session.send(variant, split, head(np.ascontiguousarray(pixels, dtype=np.uint8)))
+            features = head(np.ascontiguousarray(pixels, dtype=np.uint8))
+            try:
+                seq = session.send(variant, split, features)
+            except SessionUnavailable:
+                if self.transport == "stream" or in_flight:
+                    raise
+                self.transport, self._session = "http", None  # the edge has no sessions
+                yield self.classify(pixels, variant, split)
+                for rest in images:
+                    yield self.classify(rest, variant, split)
+                return
             in_flight.append((seq, len(session.pending[seq].message) if seq in session.pending else 0,
                               start))
             if len(in_flight) >= window:
