@@ -215,8 +215,8 @@ class DeviceClient:
                                           min_sample_bytes=self.min_report_bytes)
         return self._session
 
-    def _send_over_session(self, session, features: np.ndarray, variant: str, split: str,
-                           timings: dict) -> tuple[int, list[float], int] | None:
+    def _send_over_session(self, session, features: np.ndarray, variant: str,
+                           split: str) -> tuple[int, list[float], int] | None:
         """(class, logits or [], bytes sent) of a frame sent over the session, or None when
         the edge has none (transport auto then stays on HTTP)."""
         from serve.stream_client import SessionUnavailable
@@ -489,7 +489,7 @@ class DeviceClient:
         session = self.session()
         if session is not None:
             send_start = time.perf_counter_ns()
-            answered = self._send_over_session(session, features, variant, split, timings)
+            answered = self._send_over_session(session, features, variant, split)
             if answered is not None:
                 prediction, logits, sent = answered
                 timings["send"] = _ms(send_start)

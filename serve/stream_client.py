@@ -124,11 +124,6 @@ class DeviceSession:
         self._accepted = False  # a session was accepted once: later refusals are outages
 
     # ---- connection ----
-    def open(self) -> DeviceSession:
-        """Connect and send the hello (raises SessionUnavailable where the edge has no sessions)."""
-        self._connect()
-        return self
-
     def _connect(self) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 

@@ -284,8 +284,8 @@ def test_an_edge_without_sessions_leaves_the_client_on_http(edge, tiny_store):
         DeviceSession(_url(edge, "nowhere")).send(VARIANT, "pool3", _features(tiny_store, "pool3"))
     client = DeviceClient(_url(edge, "nowhere"), transport="auto")
     assert client._send_over_session(client.session(), _features(tiny_store, "pool3"), VARIANT,
-                                     "pool3", {}) is None
+                                     "pool3") is None
     assert client.transport == "http" and client.session() is None
     strict = DeviceClient(_url(edge, "nowhere"), transport="stream")
     with pytest.raises(SessionUnavailable):
-        strict._send_over_session(strict.session(), _features(tiny_store, "pool3"), VARIANT, "pool3", {})
+        strict._send_over_session(strict.session(), _features(tiny_store, "pool3"), VARIANT, "pool3")
