@@ -61,6 +61,7 @@ from pipeline.session_wire import (
 logger = logging.getLogger("ray.serve")
 MAX_VARIANTS_PER_SESSION = 16  # as many models as a replica's multiplexing cache holds
 STATS_PERIOD_S = 2.0  # how often a busy session hears the edge's tail time per route
+CLOSE_REPLY_TIMEOUT_S = 2.0  # how long a closing session waits for the device's close frame
 
 
 class SessionTimeout(SessionError):
@@ -196,6 +197,7 @@ class SessionTable:
             self.refused += 1
             logger.warning("session refused (%d): %s", *refusal)
             await _close(websocket, *refusal)
+            await _await_close_reply(websocket)
             return None
         session = Session(next(self._ids), websocket)
         session._tokens = self.limits.max_fps
@@ -277,6 +279,18 @@ async def _close(websocket: Any, code: int, reason: str) -> None:
         pass
 
 
+async def _await_close_reply(websocket: Any, timeout_s: float = CLOSE_REPLY_TIMEOUT_S) -> None:
+    """Read (and drop) what the device still sends until its close frame answers ours. Ending
+    the session before then would close the TCP connection with the device's frames unread,
+    and the reset that follows can discard our close frame, code and reason, on the device."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+    except Exception:  # noqa: BLE001 - timed out or already gone: the close is all we owed
+        pass
+
+
 async def _receive(websocket: Any, timeout_s: float, code: int, what: str) -> bytes | str | None:
     """The next message (bytes or text), or None when the peer went away."""
     try:
@@ -347,7 +361,10 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         last_stats = 0.0
         while True:
             message = await _receive(websocket, limits.idle_timeout_s, CLOSE_IDLE, "message")
-            if message is None or session.closing:
+            if message is None:
+                return
+            if session.closing:  # asked to reconnect: wait for the device's close reply
+                await _await_close_reply(websocket)
                 return
             if isinstance(message, str):
                 if not session.take_token(limits.max_fps):  # control messages count as frames
@@ -371,10 +388,12 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         session.errors += 1
         logger.warning("session %d (%s) closed: %s", session.id, session.link, close_reason(err))
         await _close(websocket, err.close_code, close_reason(err))
+        await _await_close_reply(websocket)
     except FrameError as err:
         session.errors += 1
         logger.warning("session %d (%s) closed: %s", session.id, session.link, close_reason(err))
         await _close(websocket, CLOSE_BAD_FRAME, close_reason(err))
+        await _await_close_reply(websocket)
     except (RuntimeError, OSError):  # the socket closed under us (drain, rebalance, peer gone)
         pass
     finally:

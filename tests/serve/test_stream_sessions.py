@@ -264,7 +264,7 @@ def test_rebalance_moves_sessions_without_losing_a_frame(edge, tiny_store):
     assert all(x.ok for x in answers)
     moved = [s for s in sessions if s.reconnects > 1]
     assert len(moved) == 6 - math.ceil(6 / 2) and a.reconnects_asked == len(moved)
-    assert all(s.last_close[0] == CLOSE_RECONNECT for s in moved)
+    assert all(CLOSE_RECONNECT in s.close_codes for s in moved)
     for s in sessions:
         s.close()
 
