@@ -10,9 +10,9 @@ It then sends, interleaved so that other load hits all alike, `--requests` seque
 of each over one keep-alive connection each: the no-op, and a device's frame to `/v1/tail`
 exactly as `serve.client.DeviceClient.send_frame` sends it; and over one WebSocket each, a
 16-byte message to a no-op echo deployment (Serve's floor for a session message), and the same
-frame over a device session (`serve.stream_client.DeviceSession`), whose fixed time is its wall
-time less the tail time the edge reports for the route (target: <= 1.2x the echo, below the
-HTTP path's fixed time). The device path's *fixed* time per
+frame over a device session (`serve.stream_client.DeviceSession`, asking for timings), whose
+fixed time is its wall time less the decode and tail time the edge reports in that frame's answer
+(target: <= 1.2x the echo, below the HTTP path's fixed time). The device path's *fixed* time per
 request is its wall time minus the tail's own decode and compute time (reported by the
 replica); the ratio fixed / floor is the target (<= 1.5x). Bytes: the HTTP bytes each request
 and its answer put on the wire (counted on the client's socket), and how they split.
@@ -217,12 +217,19 @@ def child(mode: str, series: str | None, requests: int) -> dict:
 
     coded = sessions["device"].encode(variant, split, features) if sessions else None
 
-    def session_once() -> float:
+    def session_once() -> tuple[float, float]:
         # values coded once, as the HTTP path's frame: the request, not the encoder, is timed
         start = time.perf_counter_ns()
         device_session = sessions["device"]
-        device_session.wait(device_session.send_coded(variant, split, coded))
-        return (time.perf_counter_ns() - start) / 1e6
+        answer, _ = device_session.wait(device_session.send_coded(variant, split, coded))
+        wall = (time.perf_counter_ns() - start) / 1e6
+        # the edge's decode and tail time for this very frame (the session asked for timings;
+        # a checkout whose answers carry none: its mean tail time per route, from its stats)
+        work_us = getattr(answer, "work_us", None)
+        if work_us is None:
+            route_id = device_session.routes[(variant, split)].id
+            return wall, device_session.tail_ms.get(route_id, 0.0)
+        return wall, work_us / 1000.0
 
     for _ in range(30):  # warm-up: first loads, connection set-up
         noop_once()
@@ -236,7 +243,7 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         session_sock = sessions["device"]._ws.socket
         session_before = tcp_counters(session_sock)
         up_before, down_before = sessions["device"].bytes_sent, sessions["device"].bytes_received
-    floor, wall, work, ws_floor, session_wall = [], [], [], [], []
+    floor, wall, work, ws_floor, session_wall, session_work = [], [], [], [], [], []
     for _ in range(requests):
         floor.append(noop_once())
         w, k = tail_once()
@@ -244,7 +251,9 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         work.append(k)
         if sessions:
             ws_floor.append(ws_noop_once())
-            session_wall.append(session_once())
+            w, k = session_once()
+            session_wall.append(w)
+            session_work.append(k)
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
     acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
                                                               strict=True))
@@ -255,13 +264,14 @@ def child(mode: str, series: str | None, requests: int) -> dict:
             session_before, tcp_counters(session_sock), strict=True))
         message_up = (device_session.bytes_sent - up_before) / requests
         message_down = (device_session.bytes_received - down_before) / requests
-        route_id = device_session.routes[(variant, split)].id
-        tail_ms = device_session.tail_ms.get(route_id, 0.0)  # the edge's mean tail time
+        session_fixed = [w - k for w, k in zip(session_wall, session_work, strict=True)]
         stream = {
-            "ws_floor_p50_ms": float(np.median(ws_floor)),
-            "session_wall_p50_ms": float(np.median(session_wall)), "session_tail_ms": tail_ms,
+            "ws_floor_p50_ms": float(np.median(ws_floor)), "ws_floor_p95_ms": float(np.percentile(ws_floor, 95)),
+            "session_wall_p50_ms": float(np.median(session_wall)),
+            "session_tail_ms": float(np.median(session_work)),
             "session_server_ms": device_session.server_ms,
-            "session_fixed_p50_ms": float(np.median(session_wall)) - tail_ms,
+            "session_fixed_p50_ms": float(np.median(session_fixed)),
+            "session_fixed_p95_ms": float(np.percentile(session_fixed, 95)),
             "session_message_bytes": message_up, "session_answer_bytes": message_down,
             # WebSocket headers: 6 bytes a client message (<= 125 B payload; 8 up to 64 KiB), 2 a
             # server message
@@ -305,7 +315,11 @@ def _session_clients(port: int, variant: str, split: str) -> dict | None:
     except ImportError:
         return None
     noop = connect(f"ws://127.0.0.1:{port}/noop/ws", compression=None, legacy=True)
-    return {"noop": noop, "device": DeviceSession(f"http://127.0.0.1:{port}", link="bench")}
+    try:
+        device = DeviceSession(f"http://127.0.0.1:{port}", link="bench", timings=True)
+    except TypeError:  # a checkout whose sessions have no per-frame timings
+        device = DeviceSession(f"http://127.0.0.1:{port}", link="bench")
+    return {"noop": noop, "device": device}
 
 
 def main() -> int:
@@ -346,8 +360,9 @@ def main() -> int:
             continue
         fixed = r["session_fixed_p50_ms"]
         print(f"{r['mode']:8} session: WebSocket no-op echo p50 {r['ws_floor_p50_ms']:.2f} ms; frame over "
-              f"a session {r['session_wall_p50_ms']:.2f} ms, less the tail's {r['session_tail_ms']:.2f} ms = "
-              f"fixed {fixed:.2f} ms: {fixed / r['ws_floor_p50_ms']:.2f}x "
+              f"a session {r['session_wall_p50_ms']:.2f} ms, less the edge's decode and tail "
+              f"{r['session_tail_ms']:.2f} ms = fixed {fixed:.2f} ms (p95 {r['session_fixed_p95_ms']:.2f}, "
+              f"echo p95 {r['ws_floor_p95_ms']:.2f}): {fixed / r['ws_floor_p50_ms']:.2f}x "
               f"the echo, {fixed / r['tail_fixed_p50_ms']:.2f}x POST /v1/tail's fixed; the replica's own "
               f"time per frame (read to answered, tail included) {r['session_server_ms'] or 0:.2f} ms")
         print(f"  bytes per frame: session message {r['session_message_bytes']:.0f} B ({r['frame_bytes']} B "

@@ -34,6 +34,8 @@ FLAG_LZ4 = 0x01
 ANSWER_HEADER = struct.Struct("<HBH")
 ANSWER_HEADER_BYTES = ANSWER_HEADER.size
 KIND_CLASS, KIND_LOGITS, KIND_ERROR = 0, 1, 2
+KIND_TIMED = 0x80  # kind bit 7: a u32 of the edge's work on the frame (us) follows the header
+WORK_US = struct.Struct("<I")
 SEQ_MODULO = 1 << 16
 MAX_ROUTES = 255
 MAX_HELLO_BYTES = 32768  # 255 routes with long variant ids fit
@@ -176,10 +178,11 @@ class Hello:
     routes: tuple[RouteDecl, ...]
     logits: bool = False
     series: str | None = None
+    timings: bool = False
 
     def to_json(self) -> str:
         return json.dumps({"protocol": PROTOCOL, "version": VERSION, "link": self.link,
-                           "logits": self.logits,
+                           "logits": self.logits, **({"timings": True} if self.timings else {}),
                            **({"series": self.series} if self.series else {}),
                            "routes": [{"variant": r.variant, "split": r.split} for r in self.routes]},
                           separators=(",", ":"))
@@ -222,7 +225,7 @@ def parse_route_decls(routes: object, already: int = 0) -> tuple[RouteDecl, ...]
 def parse_hello(text: str | bytes) -> Hello:
     """The device's hello, every field checked before anything is looked up or allocated."""
     document = _load_json(text, "hello")
-    allowed = {"protocol", "version", "link", "logits", "series", "routes"}
+    allowed = {"protocol", "version", "link", "logits", "timings", "series", "routes"}
     extra = sorted(set(document) - allowed)
     if extra:
         raise BadHello(f"unknown hello field(s) {extra}; known are {sorted(allowed)}")
@@ -237,10 +240,13 @@ def parse_hello(text: str | bytes) -> Hello:
     logits = document.get("logits", False)
     if not isinstance(logits, bool):
         raise BadHello(f"logits must be true or false, got {str(logits)[:20]}")
+    timings = document.get("timings", False)
+    if not isinstance(timings, bool):
+        raise BadHello(f"timings must be true or false, got {str(timings)[:20]}")
     series = document.get("series")
     if series is not None and (not isinstance(series, str) or not SERIES_ID.match(series)):
         raise BadHello(f"series must be a hex manifest sha256 (prefix), got {str(series)[:80]!r}")
-    return Hello(link, parse_route_decls(document.get("routes")), logits, series)
+    return Hello(link, parse_route_decls(document.get("routes")), logits, series, timings)
 
 
 def parse_control(text: str | bytes) -> dict:
@@ -326,6 +332,7 @@ class Answer:
     value: int  # the class, or the status of an error
     logits: tuple[float, ...] = ()
     error: str = ""
+    work_us: int | None = None  # the edge's decode and tail time, when the session asked
 
     @property
     def ok(self) -> bool:
@@ -333,7 +340,11 @@ class Answer:
 
 
 def pack_answer(answer: Answer) -> bytes:
-    head = ANSWER_HEADER.pack(answer.seq, answer.kind, answer.value)
+    if answer.work_us is not None and answer.kind != KIND_ERROR:
+        head = ANSWER_HEADER.pack(answer.seq, answer.kind | KIND_TIMED, answer.value)
+        head += WORK_US.pack(min(max(int(answer.work_us), 0), 0xFFFFFFFF))
+    else:
+        head = ANSWER_HEADER.pack(answer.seq, answer.kind, answer.value)
     if answer.kind == KIND_LOGITS:
         return head + struct.pack(f"<{len(answer.logits)}f", *answer.logits)
     if answer.kind == KIND_ERROR:
@@ -348,14 +359,20 @@ def parse_answer(message: bytes | memoryview, max_classes: int = 65535) -> Answe
         raise LengthMismatch(f"answer is {len(view)} bytes, shorter than {ANSWER_HEADER_BYTES}")
     seq, kind, value = ANSWER_HEADER.unpack_from(view)
     rest = view[ANSWER_HEADER_BYTES:]
+    work_us = None
+    if kind & KIND_TIMED and kind & ~KIND_TIMED in (KIND_CLASS, KIND_LOGITS):
+        if len(rest) < WORK_US.size:
+            raise LengthMismatch(f"a timed answer is {len(view)} bytes, shorter than "
+                                 f"{ANSWER_HEADER_BYTES + WORK_US.size}")
+        kind, work_us, rest = kind & ~KIND_TIMED, WORK_US.unpack_from(rest)[0], rest[WORK_US.size:]
     if kind == KIND_CLASS:
         if rest:
             raise LengthMismatch(f"a class answer has no body, got {len(rest)} bytes")
-        return Answer(seq, kind, value)
+        return Answer(seq, kind, value, work_us=work_us)
     if kind == KIND_LOGITS:
         if len(rest) % 4 or not 0 < len(rest) // 4 <= max_classes:
             raise LengthMismatch(f"logits body of {len(rest)} bytes is not 1..{max_classes} float32")
-        return Answer(seq, kind, value, struct.unpack(f"<{len(rest) // 4}f", rest))
+        return Answer(seq, kind, value, struct.unpack(f"<{len(rest) // 4}f", rest), work_us=work_us)
     if kind == KIND_ERROR:
         if len(rest) > MAX_ERROR_TEXT:
             raise LengthMismatch(f"error text of {len(rest)} bytes, at most {MAX_ERROR_TEXT}")

@@ -376,7 +376,7 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
                 raise MessageTooBig(f"message of {len(message)} bytes; this session's frames are "
                                     f"at most {max_bytes}")
             received = time.perf_counter()
-            answer = await _frame(host, session, message, hello.logits, limits.max_fps)
+            answer = await _frame(host, session, message, hello, limits.max_fps)
             out = pack_answer(answer)
             session.bytes_out += len(out)
             await websocket.send_bytes(out)
@@ -413,14 +413,16 @@ def _stats_message(host: SessionHost, session: Session) -> str:
                       separators=(",", ":"))
 
 
-async def _frame(host: SessionHost, session: Session, message: bytes, logits: bool,
+async def _frame(host: SessionHost, session: Session, message: bytes, hello: Hello,
                  max_fps: float) -> Answer:
     frame = parse_session_frame(message, session.routes)
     session.bytes_in += len(message)
     if not session.take_token(max_fps):
         session.refused += 1
         return Answer(frame.seq, KIND_ERROR, 429, error=f"over {max_fps:g} frames/s; resend later")
+    decode_start = time.perf_counter_ns()
     tensor = decode_values(frame)
+    decode_ms = (time.perf_counter_ns() - decode_start) / 1e6
     route = frame.route
     result = await host.run_tensor(route.variant, route.split, tensor, len(message))
     if "error" in result:
@@ -429,9 +431,10 @@ async def _frame(host: SessionHost, session: Session, message: bytes, logits: bo
     session.frames += 1
     row = result["logits"][0]
     best = int(np.argmax(row))
-    if logits:
-        return Answer(frame.seq, KIND_LOGITS, best, tuple(float(v) for v in row))
-    return Answer(frame.seq, KIND_CLASS, best)
+    work_us = round((decode_ms + result.get("tail_ms", 0.0)) * 1000) if hello.timings else None
+    if hello.logits:
+        return Answer(frame.seq, KIND_LOGITS, best, tuple(float(v) for v in row), work_us=work_us)
+    return Answer(frame.seq, KIND_CLASS, best, work_us=work_us)
 
 
 async def _control(websocket: Any, host: SessionHost, session: Session, text: str) -> None:

@@ -95,10 +95,11 @@ class DeviceSession:
     def __init__(self, url: str, link: str = "device", token: str | None = None,
                  series: str | None = None, logits: bool = False, timeout_s: float = 30.0,
                  throttle_bps: float | None = None, max_reconnects: int = 20,
-                 min_sample_bytes: int = 512):
+                 min_sample_bytes: int = 512, timings: bool = False):
         host = url.split("://", 1)[-1].rstrip("/")
         self.url = f"ws://{host}{STREAM_PATH}"
         self.link, self.token, self.series, self.logits = link, token, series, logits
+        self.timings = timings  # answers carry the edge's work on each frame (4 bytes more)
         self.timeout_s = timeout_s
         self.throttle_bps = throttle_bps
         self.max_reconnects = max_reconnects
@@ -140,7 +141,7 @@ class DeviceSession:
             raise ConnectionError(f"cannot open a session at {self.url}: {err}") from err
         self._generation += 1
         if self.decls:
-            hello = Hello(self.link, tuple(self.decls), self.logits, self.series)
+            hello = Hello(self.link, tuple(self.decls), self.logits, self.series, self.timings)
             self._ws.send(hello.to_json())
             self.accept = self._await_text("accept")
             self.routes.clear()
@@ -304,13 +305,16 @@ class DeviceSession:
         now = time.perf_counter()
         del self.pending[answer.seq]
         self.answers[answer.seq] = (answer, now)
-        self._learn_uplink(pending, now)
+        self._learn_uplink(pending, now, answer.work_us)
 
-    def _learn_uplink(self, pending: Pending, answered: float) -> None:
+    def _learn_uplink(self, pending: Pending, answered: float, work_us: int | None = None) -> None:
         if not pending.alone or len(pending.message) < self.min_sample_bytes:
             return
         route = self.routes.get(pending.route)
-        tail_ms = self.tail_ms.get(route.id, 0.0) if route else 0.0
+        if work_us is not None:  # this frame's own work on the edge (a session with timings)
+            tail_ms = work_us / 1000.0
+        else:
+            tail_ms = self.tail_ms.get(route.id, 0.0) if route else 0.0
         upload_ms = (answered - pending.sent) * 1000 - (self.rtt_ms or 0.0) - tail_ms
         if upload_ms > 0:
             self.uplink_bps = len(pending.message) * 8.0 / (upload_ms / 1000.0)

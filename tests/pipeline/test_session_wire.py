@@ -20,6 +20,7 @@ from pipeline.session_wire import (
     KIND_CLASS,
     KIND_ERROR,
     KIND_LOGITS,
+    KIND_TIMED,
     MAX_ROUTES,
     Answer,
     BadHello,
@@ -80,6 +81,20 @@ def test_a_frame_costs_its_values_plus_16_bytes_and_an_answer_7_with_websocket_h
     assert with_logits.logits == (0.5, 2.0, -1.0) and with_logits.value == 1
     error = parse_answer(pack_answer(Answer(4, KIND_ERROR, 429, error="slow down " * 50)))
     assert not error.ok and error.value == 429 and len(error.error) == 200
+
+
+def test_a_session_with_timings_gets_the_edges_work_in_4_more_bytes():
+    timed = pack_answer(Answer(7, KIND_CLASS, 2, work_us=1234))
+    assert len(timed) == ANSWER_HEADER_BYTES + 4 and timed[2] == KIND_CLASS | KIND_TIMED
+    assert parse_answer(timed) == Answer(7, KIND_CLASS, 2, work_us=1234)
+    logits = parse_answer(pack_answer(Answer(8, KIND_LOGITS, 0, (1.5, -2.0), work_us=2**40)))
+    assert logits.logits == (1.5, -2.0) and logits.work_us == 2**32 - 1  # clamped, not wrapped
+    error = pack_answer(Answer(9, KIND_ERROR, 500, error="tail failed", work_us=10))
+    assert error[2] == KIND_ERROR and parse_answer(error).work_us is None  # errors carry none
+    with pytest.raises(LengthMismatch, match="timed answer"):
+        parse_answer(timed[:-1])
+    with pytest.raises(BadHeader):
+        parse_answer(bytes([0, 0, KIND_ERROR | KIND_TIMED, 0, 0]) + b"\0" * 4)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-(2.0 ** 127),
@@ -167,6 +182,8 @@ def test_the_hello_is_checked_field_by_field():
     hello = parse_hello(_hello(logits=True, series="ab" * 8))
     assert hello == Hello("phone-7", (RouteDecl("vgg16-base", "pool4"),), True, "ab" * 8)
     assert parse_hello(hello.to_json()) == hello
+    timed = Hello("phone-7", (RouteDecl("vgg16-base", "pool4"),), timings=True)
+    assert parse_hello(timed.to_json()).timings and not hello.timings
     bad = {
         "not JSON": "{routes",
         "must be a JSON object": "[1]",
@@ -175,6 +192,7 @@ def test_the_hello_is_checked_field_by_field():
         "unknown hello field": _hello(extra=1),
         "link must match": _hello(link="a b"),
         "logits must be": _hello(logits="yes"),
+        "timings must be": _hello(timings=1),
         "series must be": _hello(series="zz"),
         "routes must be a non-empty list": _hello(routes=[]),
         "variant must match": _hello(routes=[{"variant": "../x", "split": "pool4"}]),
@@ -255,6 +273,7 @@ def test_fuzz_answers(message):
     except FrameError:
         return
     assert answer.kind in (KIND_CLASS, KIND_LOGITS, KIND_ERROR) and len(answer.logits) <= 64
+    assert answer.work_us is None or answer.kind != KIND_ERROR
 
 
 @FUZZ

@@ -167,6 +167,10 @@ def test_answers_equal_the_tail_on_the_decoded_frame_pipelined_and_over_two_rout
         session.report_uplink(2.5e6)
         time.sleep(0.2)
     assert ("phone-1", 2.5e6) in edge["host"].uplinks
+    with DeviceSession(_url(edge, "open"), link="phone-2", timings=True) as timed:
+        answer, _ = timed.wait(timed.send(VARIANT, "pool3", _features(tiny_store, "pool3")))
+        # the host's tail reports 0.1 ms; the decode adds its own, measured
+        assert answer.ok and answer.work_us is not None and answer.work_us >= 100
 
 
 def test_a_bad_message_closes_its_own_session_only(edge, tiny_store):
