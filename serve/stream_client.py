@@ -13,6 +13,7 @@ Uses the `websockets` package (pure Python); no torch, no Ray.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import OrderedDict
@@ -75,6 +76,15 @@ class Pending:
     sent: float
     alone: bool  # nothing else was in flight when it went: its answer time is a clean sample
     generation: int = -1  # the connection it was last sent on
+
+
+@functools.cache
+def _connection_closed() -> type[Exception]:
+    """websockets' ConnectionClosed, imported once (its lazy module attribute costs ~4 us a look-up,
+    three per frame)."""
+    from websockets.exceptions import ConnectionClosed
+
+    return ConnectionClosed
 
 
 def _connect(url: str, headers: dict[str, str], timeout_s: float):
@@ -192,13 +202,11 @@ class DeviceSession:
                 self._on_answer(message)
 
     def _recv(self, timeout_s: float) -> bytes | str | None:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             message = self._ws.recv(timeout=timeout_s)
         except TimeoutError:
             return None
-        except ConnectionClosed as err:
+        except _connection_closed() as err:
             self._closed(err)
             raise
         self.bytes_received += len(message)
@@ -330,8 +338,7 @@ class DeviceSession:
         return code is not None and code not in RECONNECT_CODES
 
     def _with_reconnect(self, action):
-        from websockets.exceptions import ConnectionClosed
-
+        ConnectionClosed = _connection_closed()  # noqa: N806 - a class
         for _ in range(self.max_reconnects):
             try:
                 if self._ws is None:
@@ -369,9 +376,7 @@ class DeviceSession:
             except (ConnectionError, OSError, TimeoutError):
                 time.sleep(min(0.05 * 2 ** attempt, 1.0))
             except Exception as err:  # noqa: BLE001 - closed during the hello: 1013, 1012
-                from websockets.exceptions import ConnectionClosed
-
-                if not isinstance(err, ConnectionClosed):
+                if not isinstance(err, _connection_closed()):
                     raise
                 code = self._closed(err)
                 if self._give_up(code):
