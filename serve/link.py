@@ -6,6 +6,9 @@ time later (the request/response round trip the cost model charges once per requ
 schedule is computed, not measured, so the time it reports for a transfer is exact and free of
 event-loop jitter; the caller then sleeps that long. Bandwidth and RTT can change at run time;
 transfers already scheduled keep their times. With no bandwidth set the link is not emulated.
+The link can also replay a measured trace (`replay`, `pipeline.traces.Trace`, looping): a
+transfer then takes the trace's rate integrated over its time on the wire, so one that starts in
+a dip speeds up when the link comes back, as on a real link.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pipeline.traces import Trace
 from serve.bandwidth import MAX_BANDWIDTH_BPS
 
 MAX_RTT_MS = 3_600_000.0
@@ -77,14 +81,30 @@ class LinkEmulator:
         self._free_at = clock()
         self.transfers = 0
         self.bytes_sent = 0
+        self.trace: Trace | None = None
+        self._trace_origin = 0.0
 
     @property
     def enabled(self) -> bool:
-        return self.bandwidth_bps is not None
+        return self.bandwidth_bps is not None or self.trace is not None
 
     def configure(self, bandwidth_bps: float | None, rtt_ms: float = 0.0) -> None:
-        """Change the link; transfers already scheduled keep their times."""
+        """Change the link to a fixed rate (ends a trace replay); transfers already scheduled
+        keep their times."""
         self.bandwidth_bps, self.rtt_ms = check_link_settings(bandwidth_bps, rtt_ms)
+        self.trace = None
+
+    def replay(self, trace: Trace, rtt_ms: float | None = None) -> None:
+        """Follow `trace` from now on, looping, until `configure` sets a fixed rate."""
+        if rtt_ms is not None:
+            self.rtt_ms = check_link_settings(None, rtt_ms)[1]
+        self.trace, self._trace_origin = trace, self._clock()
+
+    def rate_now(self) -> float | None:
+        """The link's rate at this moment (the trace's, when one is replayed)."""
+        if self.trace is not None:
+            return self.trace.rate_at(self._clock() - self._trace_origin)
+        return self.bandwidth_bps
 
     def schedule(self, nbytes: int) -> Transfer:
         """Reserve the link for `nbytes` now and return the transfer's timing (no waiting).
@@ -98,11 +118,15 @@ class LinkEmulator:
             return Transfer(nbytes, 0.0, 0.0, 0.0)
         now = self._clock()
         start = max(now, self._free_at)
-        wire_s = nbytes * 8.0 / self.bandwidth_bps
+        if self.trace is not None:
+            origin = self._trace_origin
+            wire_s = self.trace.arrival(start - origin, nbytes) + origin - start
+        else:
+            wire_s = nbytes * 8.0 / self.bandwidth_bps
         transfer = Transfer(nbytes, start - now, wire_s, self.rtt_ms / 1000.0)
         if transfer.total_s > self.max_delay_s:
             raise LinkSaturated(
-                f"the emulated link ({self.bandwidth_bps:g} bit/s) would take "
+                f"the emulated link ({self.rate_now():g} bit/s now) would take "
                 f"{transfer.total_s:.1f} s for {nbytes} bytes, more than {self.max_delay_s:g} s"
             )
         self._free_at = start + wire_s
@@ -121,7 +145,10 @@ class LinkEmulator:
         """A JSON-ready description of the link."""
         return {
             "emulated": self.enabled,
-            "bandwidth_bps": self.bandwidth_bps,
+            "bandwidth_bps": self.rate_now(),
+            "trace": None if self.trace is None else {
+                "name": self.trace.name, "seconds": self.trace.duration_s,
+                "at_s": (self._clock() - self._trace_origin) % self.trace.duration_s},
             "rtt_ms": self.rtt_ms,
             "backlog_s": max(0.0, self._free_at - self._clock()),
             "transfers": self.transfers,

@@ -33,6 +33,8 @@ from pipeline.cost import Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
 from pipeline.onnx_graphs import head_graph
 from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
+from pipeline.traces import TraceError, load_trace, parse_trace
+from serve.deadline import censored_seconds, deadline_ms, fallback_candidate
 from serve.head import replica_health
 from serve.inputs import HttpError, decode_pixels, read_body, read_json
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
@@ -61,6 +63,7 @@ api = FastAPI(title="twostep split inference", version="1",
               description="Bandwidth-aware split inference of a pruned model series. See docs/serve.md.")
 
 MAX_JSON_BYTES = 4096
+MAX_TRACE_JSON_BYTES = 1 << 20  # PUT /v1/link with a trace: ~50,000 steps
 MAX_DEVICE_TIMES_BYTES = 256 * 1024  # ~4,000 (variant, split) times
 HEAD_CACHE = 32
 PLAN_TABLE_CACHE = 64
@@ -165,10 +168,13 @@ class Router:
         self.tail_app = f"{context.app_name}-tail"
         self.board = LinkBoardClient(context.app_name, self.args.estimator_config())
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
+        if self.args.link_trace:
+            self.link.replay(load_trace(self.args.link_trace).sped_up(self.args.link_trace_speed))
         self.codec = codec_config(manifest["codec"])
         self._heads: OrderedDict[tuple[str, str, str], tuple[bytes, str]] = OrderedDict()
         self._tables: OrderedDict[tuple, list[dict]] = OrderedDict()
         self._probes: dict[str, asyncio.Task] = {}
+        self.deadline_hits = 0
         logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
                     len(self.planner.table), self.profile_source)
 
@@ -230,6 +236,28 @@ class Router:
             x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
         return encode_frame(x, self.codec, variant_tag(variant_id)), _ms(start)
 
+    async def _carry(self, link_id: str, nbytes: int, floor: float | None,
+                     deadline: bool = True) -> tuple[Candidate | None, float | None]:
+        """Carry a frame over the emulated link and learn its time on the wire; past its deadline
+        (planned requests: a forced split is kept), stop waiting and return the on-device
+        fallback that finishes the request instead. Returns (that fallback or None, the deadline)."""
+        transfer = self.link.schedule(nbytes)
+        fallback = fallback_candidate(self.planner.table.candidates, floor) if deadline else None
+        limit_ms = deadline_ms(fallback, self.args.frame_deadline_ms, self.args.deadline_factor)
+        if limit_ms is None or transfer.total_s * 1000.0 <= limit_ms:
+            await asyncio.sleep(transfer.total_s)
+            self.board.add_transfer(link_id, nbytes, transfer.wire_s + transfer.rtt_s, self.link.rtt_ms,
+                                    exact=True)
+            return None, limit_ms
+        await asyncio.sleep(limit_ms / 1000.0)
+        # slower than nbytes in that time: what the estimate must learn
+        wire = censored_seconds(limit_ms / 1000.0, transfer.queue_s)
+        self.board.add_transfer(link_id, nbytes, wire + transfer.rtt_s, self.link.rtt_ms, exact=True)
+        self.deadline_hits += 1
+        logger.info("link %s: frame of %d B past its %.0f ms deadline; finished on the device (%s)",
+                    link_id, nbytes, limit_ms, fallback.label)
+        return fallback, limit_ms
+
     def _maybe_probe(self, link_id: str, age_s: float) -> None:
         """Send a probe over the emulated link when its estimate has had no sample for a while,
         so a plan that sends nothing (all on device) can still see the link get better."""
@@ -264,7 +292,8 @@ class Router:
         faulty = any(r.get("faults") for r in replicas.values())
         return {"status": "degraded" if faulty else "ok", "variants": len(self.planner.variants),
                 "candidates": len(self.planner.table), "profiles": self.profile_source,
-                "link": self.link.snapshot(), "replicas": replicas}
+                "link": self.link.snapshot(), "deadline_hits": self.deadline_hits,
+                "probes_in_flight": sorted(self._probes), "replicas": replicas}
 
     @api.get("/v1/variants")
     async def variants(self) -> dict:
@@ -402,14 +431,23 @@ class Router:
             raise HttpError(403, "link emulation is off on this server: start it with "
                                  "--emulate-link (twostep serve) or emulate_link: true")
         settings = await read_json(request.stream(), request.headers.get("content-length"),
-                                   MAX_JSON_BYTES)
-        if not isinstance(settings, dict) or not set(settings) <= {"bandwidth_bps", "rtt_ms"}:
-            raise HttpError(400, 'body must be {"bandwidth_bps": number or null, "rtt_ms": number}')
+                                   MAX_TRACE_JSON_BYTES)
+        fixed, replay = {"bandwidth_bps", "rtt_ms"}, {"trace", "trace_speed", "rtt_ms"}
+        if not isinstance(settings, dict) or not (set(settings) <= fixed or set(settings) <= replay):
+            raise HttpError(400, 'body must be {"bandwidth_bps": number or null, "rtt_ms": number} or '
+                                 '{"trace": "time_s Mbit/s lines", "trace_speed": number, "rtt_ms": number}')
         try:
-            bandwidth, rtt = check_link_settings(settings.get("bandwidth_bps"), settings.get("rtt_ms", 0.0))
-        except ValueError as err:
+            if "trace" in settings:
+                if not isinstance(settings["trace"], str):
+                    raise ValueError("trace must be the text of a trace file ('time_s Mbit/s' lines)")
+                trace = parse_trace(settings["trace"], "PUT /v1/link")
+                trace = trace.sped_up(settings.get("trace_speed", 1.0))
+                self.link.replay(trace, settings.get("rtt_ms", self.link.rtt_ms))
+            else:
+                self.link.configure(*check_link_settings(settings.get("bandwidth_bps"),
+                                                         settings.get("rtt_ms", 0.0)))
+        except (ValueError, TraceError) as err:
             raise HttpError(400, str(err)) from None
-        self.link.configure(bandwidth, rtt)
         return {"emulation": self.link.snapshot()}
 
     # The two inference routes answer with JSONResponse directly: FastAPI's generic encoding of
@@ -461,14 +499,23 @@ class Router:
         timings.update(head=head["head_ms"], encode=head["encode_ms"], head_call=_ms(head_start))
         bytes_sent = 0 if frame is None else len(frame)
         link_ms = decode_ms = tail_ms = 0.0
+        given_up = limit_ms = None
         if frame is None:
             logits = head["logits"][0]
         else:
             link_start = time.perf_counter_ns()
             if self.link.enabled:
-                transfer = await self.link.transmit(bytes_sent)
-                self.board.add_transfer(link_id, bytes_sent, transfer.total_s, self.link.rtt_ms, exact=True)
+                given_up, limit_ms = await self._carry(link_id, bytes_sent, floor, deadline=not forced)
             link_ms = _ms(link_start)
+        if given_up is not None:  # the frame missed its deadline: the device finishes it
+            candidate = given_up
+            vid, split = candidate.variant_id, candidate.split
+            head, fallback_retries = await self._call(self.head, vid, "run", split, pixels.tobytes(),
+                                                      pixels.shape)
+            retries += fallback_retries
+            logits = head["logits"][0]
+            timings.update(head=timings["head"] + head["head_ms"])
+        elif frame is not None:
             tail_start = time.perf_counter_ns()
             tail, tail_retries = await self._call(self.tail, vid, "finish", frame, split)
             tail_call_ms = _ms(tail_start)
@@ -489,6 +536,7 @@ class Router:
             "variant": vid, "split": split, "strategy": candidate.strategy,
             "accuracy": candidate.accuracy, "bytes_sent": bytes_sent, "link": link_id,
             "bandwidth_bps": link.bandwidth_bps, "forced": forced, "kept": kept, "switched": switched,
+            "past_deadline": given_up is not None, "deadline_ms": limit_ms,
             "planned_ms": {"device": breakdown.device_ms, "transfer": breakdown.transfer_ms,
                            "edge": breakdown.edge_ms, "total": breakdown.total_ms},
             "timings_ms": timings, "retries": retries, "router": self.replica,

@@ -58,20 +58,34 @@ class AppArgs(BaseModel):
                                   "head -> tail handoff when the link is not emulated (a cluster "
                                   "where that hop crosses the real device-edge network; set "
                                   "rtt_ms to its fixed latency); on one machine it measures Serve")
-    estimator_window: int = Field(8, ge=1, le=1024, description="uplink samples the estimate keeps")
-    estimator_max_age_s: float = Field(30.0, gt=0.0, description="samples older than this are dropped")
-    estimator_band: float = Field(0.25, ge=0.0, le=10.0, description="a sample this far (relative) "
-                                  "from the estimate restarts it")
+    # The link-following defaults were tuned on 34 HSDPA traces and reported on the other 34
+    # (bench/bench_traces.py, docs/serve.md "Measured: real links").
+    estimator_window: int = Field(2, ge=1, le=1024, description="uplink samples the estimate keeps")
+    estimator_max_age_s: float = Field(0.5, gt=0.0, description="samples older than this are dropped "
+                                       "(the held estimate stays until a new sample moves it)")
+    estimator_band: float = Field(0.25, ge=0.0, le=10.0, description="the held estimate moves to the "
+                                  "raw one when that leaves this relative band around it")
     min_sample_bytes: int = Field(256, ge=0, description="smaller transfers do not count as samples")
     switch_margin: float = Field(0.1, ge=0.0, lt=1.0, description="hysteresis: switch choice only "
                                  "when the new one is this much (relative) faster")
-    probe_interval_s: float = Field(2.0, gt=0.0, description="seconds between bandwidth probes of "
+    probe_interval_s: float = Field(0.5, gt=0.0, description="seconds between bandwidth probes of "
                                     "a link that sends no frames")
-    probe_bytes: int = Field(4096, ge=1, le=1 << 24, description="bytes of a bandwidth probe")
+    probe_bytes: int = Field(1024, ge=1, le=1 << 24, description="bytes of a bandwidth probe (with "
+                             "the interval: 16 kbit/s while the device runs everything)")
     link_bandwidth_bps: Bandwidth | None = Field(None, le=MAX_BANDWIDTH_BPS, description="emulate "
                                                  "the head -> tail handoff link at this rate "
                                                  "(1mbit, 250kbit, 2e6; none: not emulated)")
     link_rtt_ms: float = Field(0.0, ge=0.0, le=MAX_RTT_MS, description="round trip of the emulated link")
+    link_trace: str | None = Field(None, description="replay this measured trace on the emulated "
+                                   "link from start-up, looping ('time_s Mbit/s' lines or a "
+                                   "mahimahi file; read where the Router runs)")
+    link_trace_speed: float = Field(1.0, gt=0.0, le=1e4, description="replay the trace this many "
+                                    "times faster")
+    frame_deadline_ms: float | None = Field(None, gt=0.0, description="a frame not across the link "
+                                            "after this long is given up and finished on the device "
+                                            "(default: deadline_factor x the on-device time)")
+    deadline_factor: float = Field(2.0, ge=0.0, le=1e3, description="the derived frame deadline "
+                                   "in on-device times (0: no deadline)")
     emulate_link: bool = Field(False, description="let clients set the emulated link at run time "
                                "(PUT /v1/link); off by default: anyone reaching the server could "
                                "slow every request down")
@@ -147,7 +161,8 @@ class AppArgs(BaseModel):
         if self.tail_max_replicas < self.tail_min_replicas:
             raise ValueError(f"tail_max_replicas ({self.tail_max_replicas}) must be >= "
                              f"tail_min_replicas ({self.tail_min_replicas})")
-        for name in ("slowdown", "initial_bandwidth_bps", "estimator_max_age_s", "probe_interval_s"):
+        for name in ("slowdown", "initial_bandwidth_bps", "estimator_max_age_s", "probe_interval_s",
+                     "link_trace_speed"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         return self

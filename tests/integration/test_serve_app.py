@@ -155,6 +155,37 @@ def test_router_switches_to_fewer_bytes_when_bandwidth_drops_and_back(http, serv
     assert estimate["samples"] > 0
 
 
+def test_a_replayed_trace_with_a_tunnel_gives_frames_up_and_offloads_again_after_it(http, served):
+    """The emulated link replays 2 s at 10 Mbit/s, a 4-second tunnel and 10 Mbit/s again: the
+    frame caught in the tunnel is given up at its deadline and finished on the device, requests
+    stay on the device in the tunnel, and frames go to the edge again within 3 s of its end."""
+    link = "tunnel-test"
+    response = http.put(f"{served.url}/v1/link", json={"trace": "0 10\n2 0\n6 10\n600 10\n"})
+    assert response.status_code == 200, response.text
+    replay_start = time.monotonic()
+    answers = []
+    try:
+        assert response.json()["emulation"]["trace"]["name"] == "PUT /v1/link"
+        while time.monotonic() - replay_start < 12.0:
+            answer = classify(http, served, served.images[len(answers) % 12][None], link=link)
+            answers.append((time.monotonic() - replay_start, answer))
+            if answer["bytes_sent"] and not answer["past_deadline"] and answers[-1][0] > 6.0:
+                break
+    finally:
+        set_link(http, served, None)
+    assert answers[0][1]["bytes_sent"] > 0  # a fast link: the frame goes to the edge
+    given_up = [a for _, a in answers if a["past_deadline"]]
+    assert given_up and all(a["split"] == "output" for a in given_up)
+    late = given_up[0]
+    assert late["timings_ms"]["link"] == pytest.approx(late["deadline_ms"], abs=50.0)
+    in_tunnel = [a for t, a in answers if 3.5 < t < 5.5]
+    assert in_tunnel and all(a["bytes_sent"] == 0 for a in in_tunnel)  # on the device meanwhile
+    back = [t for t, a in answers if t > 6.0 and a["bytes_sent"] and not a["past_deadline"]]
+    assert back and back[0] - 6.0 <= 3.0, [(round(t, 2), a["split"]) for t, a in answers]
+    health = http.get(f"{served.url}/v1/health").json()
+    assert health["deadline_hits"] >= 1
+
+
 def test_plan_endpoint(http, served):
     fast = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "1gbit", "top": 3}).json()
     slow = http.get(f"{served.url}/v1/plan", params={"bandwidth_bps": "10kbit"}).json()

@@ -67,3 +67,20 @@ def test_transmit_waits_the_scheduled_time():
 def test_settings_are_validated(bandwidth, rtt):
     with pytest.raises(ValueError):
         check_link_settings(bandwidth, rtt)
+
+
+def test_a_replayed_trace_integrates_the_rate_over_each_transfer():
+    from pipeline.traces import parse_trace
+
+    clock = Clock()
+    clock.now = 100.0
+    link = LinkEmulator(1e6, rtt_ms=5.0, clock=clock)
+    link.replay(parse_trace("0 1\n1 0\n3 2\n"))  # 1 s at 1 Mbit/s, a 2-second stall, 2 Mbit/s
+    assert link.enabled and link.rate_now() == 1e6
+    clock.now = 100.5
+    frame = link.schedule(125_000)  # 1 Mbit: half before the stall, the rest after it
+    assert frame.wire_s == pytest.approx(2.5 + (0.5e6 - 2e3) / 2e6)
+    clock.now = 101.5
+    assert link.rate_now() == 1e3 and link.snapshot()["trace"]["at_s"] == pytest.approx(1.5)
+    link.configure(5e6)  # a fixed rate ends the replay
+    assert link.trace is None and link.rate_now() == 5e6
