@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import call_time
+from pipeline import call_time, prune_schedule
 from pipeline.checkpoint import load_checkpoint
 from pipeline.codec import CodecConfig
 from pipeline.config import PruneConfig
@@ -256,14 +256,29 @@ def prune_step2_layer(
     return entries
 
 
+def announce_schedule(store: SeriesStore, ctx: PruneContext, base_model: StagedNet, base_spec: ArchSpec,
+                      steps: str = "both", log: Log = print) -> None:
+    """Log what the run will do and about how long it takes (`pipeline.prune_schedule`)."""
+    config, finished = ctx.config, store.manifest["step1"] is not None
+    model, spec = (store.load_model(store.manifest["step1"])[:2]) if finished else (base_model, base_spec)
+    layers = step2_layers(spec, config) if steps != "1" else {}
+    done2 = sum(1 for v in store.variants if v["step"] == 2)
+    left2 = max(0, sum(len(step2_ladder(spec, layer, config)) for layer in layers) - done2)
+    done1 = max((v["iteration"] for v in store.variants if v["step"] == 1), default=0)
+    found = prune_schedule.estimate(model, ctx.splits, config, left2, ctx.teacher, done1)
+    for line in prune_schedule.describe(config, ctx.splits, found, layers, finished or steps == "2"):
+        log(line)
+
+
 def prune_series(config: PruneConfig, steps: str = "both", progress: bool = True,
                  log: Log = print) -> SeriesStore:
     """The whole in-process procedure: base -> step 1 -> step 2 for every chosen layer."""
     if steps not in ("1", "2", "both"):
         raise ValueError(f"steps must be 1, 2 or both, got {steps!r}")
-    store, ctx, _, _ = prepare(config, log)
+    store, ctx, base_model, base_spec = prepare(config, log)
     if steps == "2" and store.manifest["step1"] is None:
         raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
+    announce_schedule(store, ctx, base_model, base_spec, steps, log)
     step1_model, step1_spec = prune_step1(store, ctx, progress, log)
     time_step1_calls(store, config, log)
     if steps == "1":
