@@ -40,14 +40,20 @@ def test_series_resumes_after_an_interruption_without_redoing_work(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(prune_job, "describe_variant", interrupted)
+    first = []
     with pytest.raises(KeyboardInterrupt):
-        prune_job.prune_series(config, progress=False, log=lambda m: None)
+        prune_job.prune_series(config, progress=False, log=first.append)
     monkeypatch.undo()
+    assert first[1].startswith("  step 1: 1/16 of the filters") and "for the 2 left" in first[1]
     partial = SeriesStore.open(config.out)
     assert len(partial.variants) == 5
     hashes = {v["id"]: v["sha256"] for v in partial.variants}
 
-    store = prune_job.prune_series(config, progress=False, log=lambda m: None)
+    said = []
+    store = prune_job.prune_series(config, progress=False, log=said.append)
+    # the schedule comes first, with a time for what is left (step 1 was finished)
+    assert said[0].startswith("schedule:") and "ms per batch of 32" in said[0]
+    assert said[1] == "  step 1: finished (resumed from the series store)"
     step1 = store.get(store.manifest["step1"])
     layers = prune_job.step2_layers(step1_spec := store.load_model(step1["id"])[1], config)
     assert set(layers) == {"conv1_1", "conv2_1", "conv5_2"}  # pool2 shares conv2_1's series
@@ -55,6 +61,7 @@ def test_series_resumes_after_an_interruption_without_redoing_work(
     expected = sum(len(step2_ladder(step1_spec, layer, config)) for layer in layers)
     step2 = [v for v in store.variants if v["step"] == 2]
     assert len(step2) == expected  # one variant per iteration per layer, none repeated
+    assert said[2].startswith(f"  step 2: {expected - 2} iterations over ")  # 2 were done
     for v in step2:
         assert sorted(v["splits"]) == sorted(layers[v["layer"]])
     for vid, sha in hashes.items():  # finished variants were not recomputed
