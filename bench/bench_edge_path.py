@@ -266,7 +266,8 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         message_down = (device_session.bytes_received - down_before) / requests
         session_fixed = [w - k for w, k in zip(session_wall, session_work, strict=True)]
         stream = {
-            "ws_floor_p50_ms": float(np.median(ws_floor)), "ws_floor_p95_ms": float(np.percentile(ws_floor, 95)),
+            "ws_floor_p50_ms": float(np.median(ws_floor)),
+            "ws_floor_p95_ms": float(np.percentile(ws_floor, 95)),
             "session_wall_p50_ms": float(np.median(session_wall)),
             "session_tail_ms": float(np.median(session_work)),
             "session_server_ms": device_session.server_ms,

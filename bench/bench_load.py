@@ -75,7 +75,7 @@ def device_plans(url: str, store, devices: int) -> list[dict]:
         for i in range(devices):
             rate = math.exp(math.log(0.2e6) + (math.log(50e6) - math.log(0.2e6)) * i / max(devices - 1, 1))
             floor = round(best - 0.01 * (i % 6), 4)
-            client.uplink_bps = rate
+            client.assume_uplink(rate)
             client._current.clear()
             row = client.choose(accuracy_floor=floor)
             key = (row["variant"], row["split"])

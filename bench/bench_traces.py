@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.profiler import derive_profile  # noqa: E402
 from pipeline.series import SeriesStore  # noqa: E402
 from pipeline.traces import Trace, load_trace  # noqa: E402
 from serve.planner import Planner  # noqa: E402
@@ -92,14 +93,15 @@ class Bench:
         manifest = self.store.manifest
         profiles = resolve_profiles(args.series, manifest, slowdown=args.slowdown,
                                     ms_per_mmac=args.ms_per_mmac, layer_ms=args.layer_ms)
-        self.planner = Planner(manifest, profiles.device, profiles.edge)
+        # the device is --slowdown x the edge, whatever device profile the series holds
+        self.planner = Planner(manifest, derive_profile(profiles.edge, args.slowdown), profiles.edge)
         self.candidates = self.planner.table.candidates
         best = max(c.accuracy for c in self.candidates)
         self.floor = best - args.accuracy_drop
         local = [c for c in self.candidates if c.bytes_sent == 0 and c.accuracy >= self.floor]
         self.device_ms = min(c.head_ms for c in local)
         self.families = fixed_strategies(self.candidates, manifest)
-        self.profile_source = profiles.source
+        self.profile_source = f"edge: {profiles.source.split(';')[0]}; device = {args.slowdown:g} x edge"
         self._oracles: dict = {}
 
     def run(self, trace: Trace, setting: Setting, fixed: bool = True) -> dict:
@@ -209,21 +211,29 @@ def picture(row: dict, trace: Trace, path: Path, fps: float) -> None:
     import matplotlib.pyplot as plt
 
     router, oracle = row["_router"], row["_oracle"]
-    t = router.starts_s
+    # the 300 s with the most changes of choice (a whole commute is too dense to read)
+    changes = np.r_[0, np.cumsum([a != b for a, b in zip(router.labels, router.labels[1:], strict=False)])]
+    span = min(len(changes) - 1, int(300 * fps))
+    first = int(np.argmax(changes[span:] - changes[:len(changes) - span])) if span > 0 else 0
+    shown = slice(first, first + span + 1)
+    t = router.starts_s[shown]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    top.step(trace.starts_s, trace.rates_bps / 1e6, where="post", color="tab:gray", label="link rate (trace)")
-    top.plot(t, router.estimates_bps / 1e6, color="tab:blue", lw=1, label="twostep's estimate")
+    steps = (trace.starts_s >= t[0] - 5) & (trace.starts_s <= t[-1])
+    top.step(trace.starts_s[steps], trace.rates_bps[steps] / 1e6, where="post", color="tab:gray",
+             label="link rate (trace)")
+    top.plot(t, router.estimates_bps[shown] / 1e6, color="tab:blue", lw=1, label="twostep's estimate")
     top.set_yscale("log")
     top.set_ylabel("Mbit/s")
     top.legend(fontsize=8, loc="upper right")
-    labels = sorted(set(router.labels), key=router.labels.count, reverse=True)
+    chosen = router.labels[shown]
+    labels = sorted(set(chosen), key=chosen.count, reverse=True)
     index = {label: i for i, label in enumerate(labels)}
-    bottom.plot(t, router.latency_ms, color="tab:blue", lw=0.8, label="twostep latency")
-    bottom.plot(t, oracle.latency_ms, color="black", lw=0.8, ls="--", label="oracle latency")
+    bottom.plot(t, router.latency_ms[shown], color="tab:blue", lw=0.8, label="twostep latency")
+    bottom.plot(t, oracle.latency_ms[shown], color="black", lw=0.8, ls="--", label="oracle latency")
     bottom.set_ylabel("ms per request")
     bottom.set_yscale("log")
     twin = bottom.twinx()
-    twin.scatter(t, [index[label] for label in router.labels], s=2, color="tab:orange",
+    twin.scatter(t, [index[label] for label in chosen], s=2, color="tab:orange",
                  label="twostep's choice")
     twin.set_yticks(range(len(labels)), [label[-28:] for label in labels], fontsize=6)
     bottom.set_xlabel(f"seconds ({fps:g} requests/s)")

@@ -251,10 +251,16 @@ def parse_hello(text: str | bytes) -> Hello:
 
 def parse_control(text: str | bytes) -> dict:
     """A control message after the hello: {"type": "routes", "routes": [...]} (declare more
-    routes) or {"type": "uplink", "uplink_bps": B} (the device's measured uplink)."""
+    routes), {"type": "uplink", "uplink_bps": B} (the device's measured uplink) or
+    {"type": "probe", "pad": "..."} (a bandwidth probe of the device's uplink: the edge answers
+    {"type": "probe", "bytes": N} at once)."""
     document = _load_json(text, "control message")
     kind = document.get("type")
     if kind == "routes" and set(document) == {"type", "routes"}:
+        return document
+    if kind == "probe" and set(document) == {"type", "pad"}:
+        if not isinstance(document["pad"], str):
+            raise BadHello("a probe's pad must be a string")
         return document
     if kind == "uplink" and set(document) == {"type", "uplink_bps"}:
         bps = document["uplink_bps"]
@@ -262,8 +268,9 @@ def parse_control(text: str | bytes) -> dict:
                 math.isfinite(bps) and 1.0 <= bps <= 1e12):
             raise BadHello(f"uplink_bps must be a number in [1, 1e12], got {str(bps)[:40]}")
         return document
-    raise Unsupported(f"control message must be {{\"type\": \"routes\", \"routes\": [...]}} or "
-                      f"{{\"type\": \"uplink\", \"uplink_bps\": B}}, got {str(document)[:80]}")
+    raise Unsupported(f"control message must be {{\"type\": \"routes\", \"routes\": [...]}}, "
+                      f"{{\"type\": \"uplink\", \"uplink_bps\": B}} or {{\"type\": \"probe\", "
+                      f"\"pad\": \"...\"}}, got {str(document)[:80]}")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,12 @@ class EstimatorConfig:
             raise ValueError(f"max_age_s must be > 0, got {self.max_age_s!r}")
 
 
+# How a link is followed, tuned on measured HSDPA traces (bench/bench_traces.py): the router's
+# defaults (serve.settings.AppArgs) and the device client's own estimate use these.
+LINK_WINDOW, LINK_MAX_AGE_S, LINK_BAND = 2, 0.5, 0.25
+PROBE_BYTES, PROBE_INTERVAL_S = 1024, 0.5  # 16 kbit/s while the device runs everything
+
+
 @dataclass(frozen=True)
 class Sample:
     """One observation: `nbytes` took `seconds` of pure transfer (RTT removed) at time `at`."""

@@ -7,13 +7,17 @@ codec, POSTs the frame to `/v1/tail` (one hop to a tail replica, retried if that
 and returns the prediction with the time of every stage. It
 measures its own uplink from each upload (request time minus the server's time minus the round
 trip measured by pinging `/v1/health`) and reports it with the next request (`uplink_bps`), so the
-edge's planner knows this device's link. `throttle_bps` makes the client hold each frame back as
-a link of that rate would (link emulation on the device side, for one-machine runs).
+edge's planner knows this device's link. It plans from its own estimate of those measurements
+(the router's settings) and, while it runs everything on the device, probes its uplink over its
+session every half second so that it offloads again when the link comes back. `throttle_bps`
+makes the client hold each frame back as a link of that rate would (link emulation on the device
+side, for one-machine runs).
 Standard library HTTP (one keep-alive connection), no Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -27,6 +31,15 @@ import numpy as np
 from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.device_times import DeviceTimes, device_times_document
 from pipeline.onnx_session import normalizer
+from serve.bandwidth import (
+    LINK_BAND,
+    LINK_MAX_AGE_S,
+    LINK_WINDOW,
+    PROBE_BYTES,
+    PROBE_INTERVAL_S,
+    BandwidthEstimator,
+    EstimatorConfig,
+)
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
 
@@ -128,7 +141,11 @@ class DeviceClient:
         self._info: dict | None = None
         self._heads: dict[tuple[str, str], tuple[HeadCall, str]] = {}
         self.rtt_ms: float | None = None
-        self.uplink_bps: float | None = None
+        # this device's own uplink estimate, from its uploads and probes (the router's settings)
+        self.estimator = BandwidthEstimator(EstimatorConfig(
+            initial_bps, LINK_WINDOW, LINK_MAX_AGE_S, min_report_bytes, LINK_BAND))
+        self.probe_bytes, self.probe_interval_s = PROBE_BYTES, PROBE_INTERVAL_S
+        self.probes = 0
         self.initial_bps = initial_bps
         self.min_report_change = 0.1
         self._reported_bps: float | None = None
@@ -232,13 +249,46 @@ class DeviceClient:
         answer, _ = session.wait(seq)
         if not answer.ok:
             raise DeviceError(answer.value, answer.error)
-        if session.uplink_bps is not None:
-            self.uplink_bps = session.uplink_bps
+        if session.last_sample is not None:
+            self._learn(*session.last_sample)
+            session.last_sample = None
             if self._reported_bps is None or abs(self.uplink_bps / self._reported_bps - 1) > \
                     self.min_report_change:
                 session.report_uplink(self.uplink_bps)
                 self._reported_bps = self.uplink_bps
         return answer.value, list(answer.logits), sent
+
+    @property
+    def uplink_bps(self) -> float | None:
+        """This device's uplink estimate (None until an upload or probe was timed)."""
+        return self.estimator.estimate_bps if self.estimator.samples_seen > self.estimator.samples_ignored \
+            else None
+
+    def assume_uplink(self, bandwidth_bps: float) -> None:
+        """Forget what was measured and plan as if the uplink ran at `bandwidth_bps`."""
+        self.estimator = BandwidthEstimator(dataclasses.replace(self.estimator.config,
+                                                                initial_bps=bandwidth_bps))
+        self.estimator.report(bandwidth_bps)
+
+    def _learn(self, nbytes: int, seconds: float) -> None:
+        self.estimator.add_transfer(nbytes, seconds)
+
+    def maybe_probe(self) -> bool:
+        """While the device runs everything (it sends nothing), time a small upload over its
+        session every `probe_interval_s` so that its estimate sees the link come back. Needs a
+        session that has sent a frame before (its routes are declared); HTTP-only devices do not
+        probe. Returns whether a probe went."""
+        if self.estimator.age_s() < self.probe_interval_s or self.transport == "http":
+            return False
+        session = self._session
+        if session is None or not session.decls:
+            return False
+        sample = session.probe(self.probe_bytes)
+        self.probes += 1
+        session.last_sample = None
+        if sample is not None:
+            self._learn(*sample)
+        return True
 
     def __enter__(self) -> DeviceClient:
         return self
@@ -483,6 +533,7 @@ class DeviceClient:
         if split == "output":
             logits = features[0].tolist()
             prediction = int(np.argmax(logits))
+            self.maybe_probe()
             timings["total"] = _ms(start)
             return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant, split,
                                 0, timings)
@@ -507,8 +558,8 @@ class DeviceClient:
         timings["edge"] = answer["timings_ms"]["total"]
         timings["edge_tail"] = answer["timings_ms"]["tail"]
         timings["uplink"] = max(0.0, timings["send"] - timings["edge"] - (self.rtt_ms or 0.0))
-        if len(frame) >= self.min_report_bytes and timings["uplink"] > 0:
-            self.uplink_bps = len(frame) * 8.0 / (timings["uplink"] / 1000.0)
+        if timings["uplink"] > 0:
+            self._learn(len(frame), timings["uplink"] / 1000.0)
         timings["total"] = _ms(start)
         prediction = answer["predictions"][0]
         return DeviceResult(prediction, answer["labels"][0], answer["logits"][0], variant, split,

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.config import Bandwidth
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
 from serve.autoscaling import FRAMES_POLICY_PATH, POLICY_PATH
-from serve.bandwidth import EstimatorConfig
+from serve.bandwidth import (
+    LINK_BAND,
+    LINK_MAX_AGE_S,
+    LINK_WINDOW,
+    PROBE_BYTES,
+    PROBE_INTERVAL_S,
+    EstimatorConfig,
+)
 
 
 class AppArgs(BaseModel):
@@ -60,17 +67,17 @@ class AppArgs(BaseModel):
                                   "rtt_ms to its fixed latency); on one machine it measures Serve")
     # The link-following defaults were tuned on 34 HSDPA traces and reported on the other 34
     # (bench/bench_traces.py, docs/serve.md "Measured: real links").
-    estimator_window: int = Field(2, ge=1, le=1024, description="uplink samples the estimate keeps")
-    estimator_max_age_s: float = Field(0.5, gt=0.0, description="samples older than this are dropped "
-                                       "(the held estimate stays until a new sample moves it)")
-    estimator_band: float = Field(0.25, ge=0.0, le=10.0, description="the held estimate moves to the "
+    estimator_window: int = Field(LINK_WINDOW, ge=1, le=1024, description="uplink samples the estimate keeps")
+    estimator_max_age_s: float = Field(LINK_MAX_AGE_S, gt=0.0, description="samples older than this "
+                                       "are dropped (the held estimate stays until a new sample moves it)")
+    estimator_band: float = Field(LINK_BAND, ge=0.0, le=10.0, description="the held estimate moves to the "
                                   "raw one when that leaves this relative band around it")
     min_sample_bytes: int = Field(256, ge=0, description="smaller transfers do not count as samples")
     switch_margin: float = Field(0.1, ge=0.0, lt=1.0, description="hysteresis: switch choice only "
                                  "when the new one is this much (relative) faster")
-    probe_interval_s: float = Field(0.5, gt=0.0, description="seconds between bandwidth probes of "
-                                    "a link that sends no frames")
-    probe_bytes: int = Field(1024, ge=1, le=1 << 24, description="bytes of a bandwidth probe (with "
+    probe_interval_s: float = Field(PROBE_INTERVAL_S, gt=0.0, description="seconds between bandwidth "
+                                    "probes of a link that sends no frames")
+    probe_bytes: int = Field(PROBE_BYTES, ge=1, le=1 << 24, description="bytes of a bandwidth probe (with "
                              "the interval: 16 kbit/s while the device runs everything)")
     link_bandwidth_bps: Bandwidth | None = Field(None, le=MAX_BANDWIDTH_BPS, description="emulate "
                                                  "the head -> tail handoff link at this rate "

@@ -442,6 +442,9 @@ async def _control(websocket: Any, host: SessionHost, session: Session, text: st
     if control["type"] == "uplink":
         host.report_uplink(session.link, float(control["uplink_bps"]))
         return
+    if control["type"] == "probe":  # answered at once: the device times its upload
+        await websocket.send_text(json.dumps({"type": "probe", "bytes": len(text)}, separators=(",", ":")))
+        return
     if control["type"] == "routes":
         routes = await _declare(host, session, parse_route_decls(control["routes"], len(session.routes)))
         await websocket.send_text(json.dumps({"type": "routes", "routes": [r.to_json() for r in routes]},

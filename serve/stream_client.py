@@ -125,6 +125,7 @@ class DeviceSession:
         self.frames_sent = self.bytes_sent = self.bytes_received = 0
         self.rtt_ms: float | None = None
         self.uplink_bps: float | None = None
+        self.last_sample: tuple[int, float] | None = None  # (bytes, seconds) of the newest upload timed
         self.tail_ms: dict[int, float] = {}
         self.server_ms: float | None = None  # the replica's mean time per frame, read to answered
         self.accept: dict = {}
@@ -326,6 +327,25 @@ class DeviceSession:
         upload_ms = (answered - pending.sent) * 1000 - (self.rtt_ms or 0.0) - tail_ms
         if upload_ms > 0:
             self.uplink_bps = len(pending.message) * 8.0 / (upload_ms / 1000.0)
+            self.last_sample = (len(pending.message), upload_ms / 1000.0)
+
+    def probe(self, nbytes: int = 1024) -> tuple[int, float] | None:
+        """Time an upload of about `nbytes` (a probe control message the edge answers at once):
+        (bytes, seconds on the uplink: time to the answer less the ping round trip), or None
+        when the time is within the round trip (too fast to measure)."""
+        pad = "." * max(0, int(nbytes) - len('{"type":"probe","pad":""}'))
+        message = json.dumps({"type": "probe", "pad": pad}, separators=(",", ":"))
+        start = time.perf_counter()
+        if self.throttle_bps is not None:  # the device side of an emulated link
+            time.sleep(len(message) * 8.0 / self.throttle_bps)
+        self._with_reconnect(lambda: self._ws.send(message))
+        self._await_text("probe")
+        seconds = time.perf_counter() - start - (self.rtt_ms or 0.0) / 1000.0
+        self.bytes_sent += len(message)
+        if seconds <= 0:
+            return None
+        self.last_sample = (len(message), seconds)
+        return self.last_sample
 
     def report_uplink(self, uplink_bps: float) -> None:
         """Tell the edge this device's measured uplink (for its planner's link state)."""

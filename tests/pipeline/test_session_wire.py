@@ -217,8 +217,13 @@ def test_control_messages():
     for text in ('{"type": "uplink", "uplink_bps": -1}', '{"type": "uplink", "uplink_bps": true}'):
         with pytest.raises(BadHello, match="uplink_bps"):
             parse_control(text)
+    assert parse_control('{"type": "probe", "pad": "...."}')["pad"] == "...."
+    with pytest.raises(BadHello, match="pad"):
+        parse_control('{"type": "probe", "pad": 7}')
     with pytest.raises(Unsupported, match="control message"):
         parse_control('{"type": "shutdown"}')
+    with pytest.raises(Unsupported, match="control message"):
+        parse_control('{"type": "probe", "pad": "", "more": 1}')
 
 
 def test_close_reasons_fit_a_close_frame():
