@@ -1,0 +1,204 @@
+"""One measured trace replayed live through the Router, priced and compared with the model.
+
+Starts Ray and Serve on 127.0.0.1 with the series (emulated link, the Router's default link
+settings), warms the variants up, then replays a segment of a trace on the emulated link
+(`PUT /v1/link {"trace": ...}`) while real test images go to `POST /v1/classify` at `--fps`.
+Each answer's choice is priced with the cost model on the true trace (as issue 27 priced the
+router's choices with `/v1/plan` at the true rate) and set against the oracle's, the model's
+replay of the same segment (`serve.trace_replay`) and the fixed strategies; the recoveries after
+each dip come from the live choices.
+
+    .venv/bin/python bench/bench_trace_live.py --series runs/demo/series --slowdown 100 \\
+        --trace ../shared/traces/hsdpa-norway/car.aarnes-elverum-report.2011-02-10_1611CET.log \\
+        --start 400 --seconds 120 [--out docs/results/trace-live-demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_traces import RECOVERY_TARGET_S, picture  # noqa: E402
+
+from pipeline.profiler import derive_profile, save_profile  # noqa: E402
+from pipeline.series import SeriesStore  # noqa: E402
+from pipeline.series_images import series_test_images  # noqa: E402
+from pipeline.traces import Trace, load_trace  # noqa: E402
+from serve.planner import Planner  # noqa: E402
+from serve.profiles import resolve_profiles  # noqa: E402
+from serve.settings import AppArgs  # noqa: E402
+from serve.trace_replay import (  # noqa: E402
+    Outcome,
+    RouterPolicy,
+    best_fixed,
+    fixed_strategies,
+    recovery_delays,
+    replay_oracle,
+    replay_router,
+)
+
+
+def segment(trace: Trace, start_s: float, seconds: float) -> Trace:
+    """The part of `trace` from `start_s`, `seconds` long, starting at 0."""
+    keep = (trace.starts_s >= start_s) & (trace.starts_s < start_s + seconds)
+    index = int(np.searchsorted(trace.starts_s, start_s, side="right") - 1)
+    starts = np.r_[0.0, trace.starts_s[keep] - start_s]
+    rates = np.r_[trace.rates_bps[index], trace.rates_bps[keep]]
+    if len(starts) > 1 and starts[1] == 0.0:
+        starts, rates = starts[1:], rates[1:]
+    return Trace(f"{trace.name}[{start_s:g}s+{seconds:g}s]", starts, rates, seconds, trace.min_bps)
+
+
+def trace_text(trace: Trace) -> str:
+    return "".join(f"{s:.3f} {r / 1e6:.6f}\n" for s, r in trace.steps())
+
+
+def png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", required=True)
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--start", type=float, default=0.0)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--fps", type=float, default=5.0)
+    parser.add_argument("--slowdown", type=float, default=100.0)
+    parser.add_argument("--rtt-ms", type=float, default=20.0)
+    parser.add_argument("--accuracy-drop", type=float, default=0.01)
+    parser.add_argument("--app-args", default="{}", help="JSON of AppArgs fields to override, e.g. the "
+                        "settings before issue 27: '{\"estimator_window\": 8, \"estimator_max_age_s\": 30, "
+                        "\"probe_bytes\": 4096, \"probe_interval_s\": 2, \"deadline_factor\": 0}'")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import ray
+    import requests
+    from ray import serve
+
+    from serve.app import deploy
+    from serve.startup import start_http
+    from twostep.ports import free_port
+
+    store = SeriesStore.open(args.series)
+    manifest = store.manifest
+    trace = segment(load_trace(args.trace), args.start, args.seconds)
+    work = Path(tempfile.mkdtemp(prefix="trace-live-"))
+    profiles = resolve_profiles(args.series, manifest, slowdown=args.slowdown, ms_per_mmac=0.02,
+                                layer_ms=0.02)
+    edge_path, device_path = work / "profile.edge.json", work / "profile.device.json"
+    save_profile(edge_path, profiles.edge)
+    save_profile(device_path, derive_profile(profiles.edge, args.slowdown))
+    planner = Planner(manifest, derive_profile(profiles.edge, args.slowdown), profiles.edge)
+    candidates = planner.table.candidates
+    floor = max(c.accuracy for c in candidates) - args.accuracy_drop
+    images, _ = series_test_images(manifest, 64)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    port = free_port()
+    start_http("127.0.0.1", port)
+    app = AppArgs(series_dir=str(store.directory), edge_profile=str(edge_path),
+                  device_profile=str(device_path), accuracy_floor=floor, emulate_link=True,
+                  link_rtt_ms=args.rtt_ms, placement="local", call_timeout_s=60.0,
+                  **json.loads(args.app_args))
+    deploy(app)
+    url = f"http://127.0.0.1:{port}"
+    http = requests.Session()
+    by_key = {(c.variant_id, c.split): c for c in candidates}
+    # every variant's head and tail loaded before the clock starts: one frame and one on-device call
+    for variant in sorted({c.variant_id for c in candidates if c.accuracy >= floor}):
+        splits = [c for c in candidates if c.variant_id == variant and c.bytes_sent > 0]
+        smallest = [min(splits, key=lambda c: c.bytes_sent).split] if splits else []
+        for split in ["output", *smallest]:
+            http.post(f"{url}/v1/classify", params={"variant": variant, "split": split, "link": "warm-up"},
+                      data=png(images[0]), headers={"Content-Type": "image/png"}, timeout=120)
+    put = http.put(f"{url}/v1/link", json={"trace": trace_text(trace), "rtt_ms": args.rtt_ms}, timeout=30)
+    put.raise_for_status()
+    started = time.monotonic()
+    rows = []
+    count = int(args.seconds * args.fps)
+    for i in range(count):
+        wait = started + i / args.fps - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        sent = time.monotonic() - started
+        answer = http.post(f"{url}/v1/classify", params={"link": "live"}, data=png(images[i % len(images)]),
+                           headers={"Content-Type": "image/png"}, timeout=120).json()
+        rows.append({"t": sent, "variant": answer["variant"], "split": answer["split"],
+                     "bytes": answer["bytes_sent"], "past_deadline": answer["past_deadline"],
+                     "estimate_bps": answer["bandwidth_bps"], "wall_ms": answer["timings_ms"]["total"]})
+    serve.shutdown()
+    ray.shutdown()
+
+    # price the live choices on the true trace (an empty link, as the oracle) at their send times
+    starts = np.array([r["t"] for r in rows])
+    policy = RouterPolicy.from_settings(app, candidates, floor)
+    priced = []
+    for r in rows:
+        candidate = by_key[(r["variant"], r["split"])]
+        if candidate.bytes_sent == 0:
+            priced.append(candidate.head_ms + candidate.tail_ms)
+        else:
+            ready = r["t"] + candidate.head_ms / 1000.0
+            arrived = trace.arrival(ready, candidate.bytes_sent + 66)
+            priced.append((arrived - r["t"]) * 1000.0 + args.rtt_ms + candidate.tail_ms)
+    live = Outcome(starts, np.array(priced), [f"{r['variant']}@{r['split']}" for r in rows],
+                   np.array([by_key[(r["variant"], r["split"])].accuracy for r in rows]),
+                   np.array([r["bytes"] > 0 and not r["past_deadline"] for r in rows]),
+                   deadline_hits=sum(r["past_deadline"] for r in rows),
+                   switches=sum(a["variant"] != b["variant"] or a["split"] != b["split"]
+                                for a, b in zip(rows, rows[1:], strict=False)),
+                   estimates_bps=np.array([r["estimate_bps"] for r in rows]))
+    oracle = replay_oracle(trace, candidates, floor, args.fps, args.rtt_ms)
+    model = replay_router(trace, planner, candidates, floor, policy, args.fps, args.rtt_ms)
+    n = min(len(live.latency_ms), len(oracle.latency_ms))
+    seconds = n / args.fps
+    fixed = {k: best_fixed(trace, family, args.fps, args.rtt_ms).summary(seconds)
+             for k, family in fixed_strategies(candidates, manifest).items()}
+    result = {"trace": trace.name, "seconds": seconds, "app_args": json.loads(args.app_args),
+              "fps": args.fps, "slowdown": args.slowdown,
+              "live": live.summary(seconds), "model": model.summary(seconds),
+              "oracle": oracle.summary(seconds),
+              "fixed": fixed, "live_recovery_s": recovery_delays(live, oracle, RECOVERY_TARGET_S),
+              "model_recovery_s": recovery_delays(model, oracle, RECOVERY_TARGET_S),
+              "late_sends": int(np.count_nonzero(np.diff(starts) > 2.0 / args.fps)),
+              "deadline_ms": policy.deadline_ms}
+    print(f"{trace.name}: {count} requests at {args.fps:g}/s over {seconds:.0f} s "
+          f"(device {args.slowdown:g}x)")
+    for name in ("live", "model", "oracle"):
+        s = result[name]
+        print(f"  {name:7} priced mean {s['mean_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
+              f"switches/min {s['switches_per_min']:.1f}, deadline hits {s['deadline_hits']}")
+    for k, s in fixed.items():
+        print(f"  ({k})     mean {s['mean_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms")
+    print(f"  live / oracle {result['live']['mean_ms'] / result['oracle']['mean_ms']:.3f}; "
+          f"offloading again after a dip (live): {[round(d, 1) for d in result['live_recovery_s']]} s; "
+          f"model: {[round(d, 1) for d in result['model_recovery_s']]} s")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "live.json").write_text(json.dumps({**result, "rows": rows}, indent=1))
+        row = {"_router": live, "_oracle": oracle, "twostep": result["live"], "oracle": result["oracle"]}
+        picture(row, trace, out / "live.png", args.fps)
+        print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
