@@ -16,12 +16,10 @@ each dip come from the live choices.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +27,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_traces import RECOVERY_TARGET_S, picture  # noqa: E402
+from bench_traces import RECOVERY_TARGET_S  # noqa: E402
 
+from pipeline.plots import plot_trace  # noqa: E402
 from pipeline.profiler import derive_profile, save_profile  # noqa: E402
 from pipeline.series import SeriesStore  # noqa: E402
 from pipeline.series_images import series_test_images  # noqa: E402
-from pipeline.traces import Trace, load_trace  # noqa: E402
+from pipeline.traces import load_trace  # noqa: E402
 from serve.planner import Planner  # noqa: E402
 from serve.profiles import resolve_profiles  # noqa: E402
 from serve.settings import AppArgs  # noqa: E402
 from serve.trace_replay import (  # noqa: E402
-    Outcome,
     RouterPolicy,
     best_fixed,
     fixed_strategies,
@@ -47,29 +45,7 @@ from serve.trace_replay import (  # noqa: E402
     replay_oracle,
     replay_router,
 )
-
-
-def segment(trace: Trace, start_s: float, seconds: float) -> Trace:
-    """The part of `trace` from `start_s`, `seconds` long, starting at 0."""
-    keep = (trace.starts_s >= start_s) & (trace.starts_s < start_s + seconds)
-    index = int(np.searchsorted(trace.starts_s, start_s, side="right") - 1)
-    starts = np.r_[0.0, trace.starts_s[keep] - start_s]
-    rates = np.r_[trace.rates_bps[index], trace.rates_bps[keep]]
-    if len(starts) > 1 and starts[1] == 0.0:
-        starts, rates = starts[1:], rates[1:]
-    return Trace(f"{trace.name}[{start_s:g}s+{seconds:g}s]", starts, rates, seconds, trace.min_bps)
-
-
-def trace_text(trace: Trace) -> str:
-    return "".join(f"{s:.3f} {r / 1e6:.6f}\n" for s, r in trace.steps())
-
-
-def png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
+from twostep.trace_live import price, replay, segment, warm_up  # noqa: E402
 
 
 def main() -> int:
@@ -89,7 +65,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import ray
-    import requests
     from ray import serve
 
     from serve.app import deploy
@@ -119,52 +94,14 @@ def main() -> int:
                   **json.loads(args.app_args))
     deploy(app)
     url = f"http://127.0.0.1:{port}"
-    http = requests.Session()
-    by_key = {(c.variant_id, c.split): c for c in candidates}
-    # every variant's head and tail loaded before the clock starts: one frame and one on-device call
-    for variant in sorted({c.variant_id for c in candidates if c.accuracy >= floor}):
-        splits = [c for c in candidates if c.variant_id == variant and c.bytes_sent > 0]
-        smallest = [min(splits, key=lambda c: c.bytes_sent).split] if splits else []
-        for split in ["output", *smallest]:
-            http.post(f"{url}/v1/classify", params={"variant": variant, "split": split, "link": "warm-up"},
-                      data=png(images[0]), headers={"Content-Type": "image/png"}, timeout=120)
-    put = http.put(f"{url}/v1/link", json={"trace": trace_text(trace), "rtt_ms": args.rtt_ms}, timeout=30)
-    put.raise_for_status()
-    started = time.monotonic()
-    rows = []
-    count = int(args.seconds * args.fps)
-    for i in range(count):
-        wait = started + i / args.fps - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        sent = time.monotonic() - started
-        answer = http.post(f"{url}/v1/classify", params={"link": "live"}, data=png(images[i % len(images)]),
-                           headers={"Content-Type": "image/png"}, timeout=120).json()
-        rows.append({"t": sent, "variant": answer["variant"], "split": answer["split"],
-                     "bytes": answer["bytes_sent"], "past_deadline": answer["past_deadline"],
-                     "estimate_bps": answer["bandwidth_bps"], "wall_ms": answer["timings_ms"]["total"]})
+    warm_up(url, candidates, floor, images[0])
+    rows = replay(url, trace, images, args.fps, args.rtt_ms, link="live")
     serve.shutdown()
     ray.shutdown()
 
-    # price the live choices on the true trace (an empty link, as the oracle) at their send times
-    starts = np.array([r["t"] for r in rows])
     policy = RouterPolicy.from_settings(app, candidates, floor)
-    priced = []
-    for r in rows:
-        candidate = by_key[(r["variant"], r["split"])]
-        if candidate.bytes_sent == 0:
-            priced.append(candidate.head_ms + candidate.tail_ms)
-        else:
-            ready = r["t"] + candidate.head_ms / 1000.0
-            arrived = trace.arrival(ready, candidate.bytes_sent + 66)
-            priced.append((arrived - r["t"]) * 1000.0 + args.rtt_ms + candidate.tail_ms)
-    live = Outcome(starts, np.array(priced), [f"{r['variant']}@{r['split']}" for r in rows],
-                   np.array([by_key[(r["variant"], r["split"])].accuracy for r in rows]),
-                   np.array([r["bytes"] > 0 and not r["past_deadline"] for r in rows]),
-                   deadline_hits=sum(r["past_deadline"] for r in rows),
-                   switches=sum(a["variant"] != b["variant"] or a["split"] != b["split"]
-                                for a, b in zip(rows, rows[1:], strict=False)),
-                   estimates_bps=np.array([r["estimate_bps"] for r in rows]))
+    live = price(rows, trace, candidates, args.rtt_ms)
+    count = len(rows)
     oracle = replay_oracle(trace, candidates, floor, args.fps, args.rtt_ms)
     model = replay_router(trace, planner, candidates, floor, policy, args.fps, args.rtt_ms)
     n = min(len(live.latency_ms), len(oracle.latency_ms))
@@ -177,7 +114,7 @@ def main() -> int:
               "oracle": oracle.summary(seconds),
               "fixed": fixed, "live_recovery_s": recovery_delays(live, oracle, RECOVERY_TARGET_S),
               "model_recovery_s": recovery_delays(model, oracle, RECOVERY_TARGET_S),
-              "late_sends": int(np.count_nonzero(np.diff(starts) > 2.0 / args.fps)),
+              "late_sends": int(np.count_nonzero(np.diff(live.starts_s) > 2.0 / args.fps)),
               "deadline_ms": policy.deadline_ms}
     print(f"{trace.name}: {count} requests at {args.fps:g}/s over {seconds:.0f} s "
           f"(device {args.slowdown:g}x)")
@@ -194,8 +131,7 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "live.json").write_text(json.dumps({**result, "rows": rows}, indent=1))
-        row = {"_router": live, "_oracle": oracle, "twostep": result["live"], "oracle": result["oracle"]}
-        picture(row, trace, out / "live.png", args.fps)
+        plot_trace(trace, live, oracle, out / "live.png", args.fps)
         print(f"-> {out}")
     return 0
 

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.plots import plot_trace  # noqa: E402
 from pipeline.profiler import derive_profile  # noqa: E402
 from pipeline.series import SeriesStore  # noqa: E402
 from pipeline.traces import Trace, load_trace  # noqa: E402
@@ -204,47 +205,6 @@ def markdown(rows: list[dict], total: dict, setting: Setting, before: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def picture(row: dict, trace: Trace, path: Path, fps: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    router, oracle = row["_router"], row["_oracle"]
-    # the 300 s with the most changes of choice (a whole commute is too dense to read)
-    changes = np.r_[0, np.cumsum([a != b for a, b in zip(router.labels, router.labels[1:], strict=False)])]
-    span = min(len(changes) - 1, int(300 * fps))
-    first = int(np.argmax(changes[span:] - changes[:len(changes) - span])) if span > 0 else 0
-    shown = slice(first, first + span + 1)
-    t = router.starts_s[shown]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    steps = (trace.starts_s >= t[0] - 5) & (trace.starts_s <= t[-1])
-    top.step(trace.starts_s[steps], trace.rates_bps[steps] / 1e6, where="post", color="tab:gray",
-             label="link rate (trace)")
-    top.plot(t, router.estimates_bps[shown] / 1e6, color="tab:blue", lw=1, label="twostep's estimate")
-    top.set_yscale("log")
-    top.set_ylabel("Mbit/s")
-    top.legend(fontsize=8, loc="upper right")
-    chosen = router.labels[shown]
-    labels = sorted(set(chosen), key=chosen.count, reverse=True)
-    index = {label: i for i, label in enumerate(labels)}
-    bottom.plot(t, router.latency_ms[shown], color="tab:blue", lw=0.8, label="twostep latency")
-    bottom.plot(t, oracle.latency_ms[shown], color="black", lw=0.8, ls="--", label="oracle latency")
-    bottom.set_ylabel("ms per request")
-    bottom.set_yscale("log")
-    twin = bottom.twinx()
-    twin.scatter(t, [index[label] for label in chosen], s=2, color="tab:orange",
-                 label="twostep's choice")
-    twin.set_yticks(range(len(labels)), [label[-28:] for label in labels], fontsize=6)
-    bottom.set_xlabel(f"seconds ({fps:g} requests/s)")
-    bottom.legend(fontsize=8, loc="upper left")
-    top.set_title(f"{trace.name}: twostep follows the link (mean {row['twostep']['mean_ms']:.1f} ms, "
-                  f"oracle {row['oracle']['mean_ms']:.1f} ms)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", required=True)
@@ -285,7 +245,8 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         worst = max(rows, key=lambda r: len(r["recovery_s"]) + r["twostep"]["deadline_hits"])
-        picture(worst, next(t for t in report if t.name == worst["trace"]), out / "trace.png", args.fps)
+        plot_trace(next(t for t in report if t.name == worst["trace"]), worst["_router"], worst["_oracle"],
+                   out / "trace.png", args.fps)
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         document = {"args": vars(args), "setting": dataclasses.asdict(setting),
                     "tuning": [t.name for t in tuning], "report": [t.name for t in report],

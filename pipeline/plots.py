@@ -87,3 +87,46 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
     plt.close(fig)
     return path
+
+
+def plot_trace(trace, router, oracle, path: str | os.PathLike, fps: float, window_s: float = 300.0) -> Path:
+    """One trace replayed: the link's rate and the router's estimate over time (top); the
+    router's latency and choice per request, and the oracle's latency (bottom). `router` and
+    `oracle` have per-request `starts_s`, `latency_ms`, `labels` (and the router
+    `estimates_bps`), as `serve.trace_replay.Outcome`; `trace` is a `pipeline.traces.Trace`.
+    Draws the `window_s` with the most changes of choice (a whole commute is too dense)."""
+    import numpy as np
+
+    plt = _pyplot()
+    changed = [a != b for a, b in zip(router.labels, router.labels[1:], strict=False)]
+    changes = np.r_[0, np.cumsum(changed)]
+    span = min(len(changes) - 1, int(window_s * fps))
+    first = int(np.argmax(changes[span:] - changes[:len(changes) - span])) if span > 0 else 0
+    shown = slice(first, first + span + 1)
+    t = router.starts_s[shown]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    steps = (trace.starts_s >= t[0] - 5) & (trace.starts_s <= t[-1])
+    top.step(trace.starts_s[steps], trace.rates_bps[steps] / 1e6, where="post", color="tab:gray",
+             label="link rate (trace)")
+    top.plot(t, router.estimates_bps[shown] / 1e6, color="tab:blue", lw=1, label="twostep's estimate")
+    top.set_yscale("log")
+    top.set_ylabel("Mbit/s")
+    top.legend(fontsize=8, loc="upper right")
+    chosen = router.labels[shown]
+    labels = sorted(set(chosen), key=chosen.count, reverse=True)
+    index = {label: i for i, label in enumerate(labels)}
+    bottom.plot(t, router.latency_ms[shown], color="tab:blue", lw=0.8, label="twostep latency")
+    bottom.plot(t, oracle.latency_ms[shown], color="black", lw=0.8, ls="--", label="oracle latency")
+    bottom.set_ylabel("ms per request")
+    bottom.set_yscale("log")
+    twin = bottom.twinx()
+    twin.scatter(t, [index[label] for label in chosen], s=2, color="tab:orange", label="twostep's choice")
+    twin.set_yticks(range(len(labels)), [label[-28:] for label in labels], fontsize=6)
+    bottom.set_xlabel(f"seconds ({fps:g} requests/s)")
+    bottom.legend(fontsize=8, loc="upper left")
+    top.set_title(f"{trace.name}: twostep follows the link (mean {np.mean(router.latency_ms):.1f} ms, "
+                  f"oracle {np.mean(oracle.latency_ms):.1f} ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

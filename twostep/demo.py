@@ -120,6 +120,8 @@ def _http(url: str, method: str = "GET", body: bytes | None = None, content_type
         raise RuntimeError(f"{method} {url} answered {err.code}: {err.read()[:300]!r}") from None
 
 
+TRACE_RTT_MS = 20.0  # the round trip of the emulated link while a trace is replayed
+
 # The lines of the latency picture: the paper's baselines and twostep, all measured through the
 # same serving path (forced choices through /v1/classify; twostep is the router's own choice).
 LINES = ("all on device", "raw input to edge", "best split, original", "best split, step 1", "twostep")
@@ -145,6 +147,44 @@ def line_candidates(store: SeriesStore, edge_path: Path, device_path: Path,
         "twostep": [c for c in every + baseline_candidates(manifest, device, edge)
                     if c.accuracy >= accuracy_floor],
     }
+
+
+def served_candidates(store: SeriesStore, edge_path: Path, device_path: Path) -> list:
+    """Every (variant, split) the router may choose, with the demo's profiles."""
+    from pipeline.profiler import load_profile
+    from pipeline.selection import baseline_candidates, candidates_from_series
+
+    device, edge = load_profile(device_path), load_profile(edge_path)
+    return (candidates_from_series(store.manifest, device, edge)
+            + baseline_candidates(store.manifest, device, edge))
+
+
+def replay_trace(url: str, settings, candidates: list, floor: float, images, log: Log) -> dict:
+    """Replay `settings.trace` live on the served series (`twostep.trace_live`)."""
+    from pipeline.traces import load_trace
+    from twostep.trace_live import replay, segment, warm_up
+
+    trace = segment(load_trace(settings.trace), settings.trace_start_s, settings.trace_seconds)
+    log(f"   replaying {trace.name} on the emulated link: {settings.trace_fps:g} images/s for "
+        f"{trace.duration_s:g} s")
+    warm_up(url, candidates, floor, images[0])
+    rows = replay(url, trace, images, settings.trace_fps, TRACE_RTT_MS, link="trace")
+    return {"trace": trace, "rows": rows}
+
+
+def trace_report(replayed: dict, candidates: list, floor: float, settings, picture: Path) -> dict:
+    """The replay's choices priced on the true trace, against the oracle; the picture."""
+    from pipeline.plots import plot_trace
+    from serve.trace_replay import recovery_delays, replay_oracle
+    from twostep.trace_live import price
+
+    trace, rows = replayed["trace"], replayed["rows"]
+    live = price(rows, trace, candidates, TRACE_RTT_MS)
+    oracle = replay_oracle(trace, candidates, floor, settings.trace_fps, TRACE_RTT_MS)
+    plot_trace(trace, live, oracle, picture, settings.trace_fps)
+    seconds = len(rows) / settings.trace_fps
+    return {"name": trace.name, "live": live.summary(seconds), "oracle": oracle.summary(seconds),
+            "recovery_s": recovery_delays(live, oracle), "picture": str(picture), "rows": rows}
 
 
 def best_of(candidates: list, bps: float):
@@ -337,8 +377,12 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                                test_subset=max(64, config.demo.requests_per_bandwidth + 4),
                                seed=config.prune.seed).test
             choices = forced_choices(lines, config.demo.bandwidths)
-            return measure_lines(url, test.images, test.labels, choices,
-                                 config.demo.requests_per_bandwidth, log, progress)
+            measured = measure_lines(url, test.images, test.labels, choices,
+                                     config.demo.requests_per_bandwidth, log, progress)
+            if config.demo.trace:
+                candidates = served_candidates(store, edge_path, device_path)
+                served["trace"] = replay_trace(url, config.demo, candidates, floor, test.images, log)
+            return measured
 
         rows = stages.run("serve on Ray Serve and send requests", serve_and_measure)
 
@@ -358,11 +402,17 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                     f"All lines measured through Ray Serve (p50); device = "
                     f"{config.demo.slowdown:g}x edge; floor {floor:.3f}")),
             }
+            trace_result = None
+            if "trace" in served:
+                candidates = served_candidates(store, edge_path, device_path)
+                trace_result = trace_report(served["trace"], candidates, floor, config.demo,
+                                            out / "trace.png")
+                pictures["trace"] = trace_result["picture"]
             table = markdown_table(summary, store.manifest)
             (out / "results.md").write_text(table + "\n")
             write_json_atomic(out / "results.json", {"summary": summary, "requests": rows,
                                               "predicted": curves, "pictures": pictures,
-                                              "stage_seconds": stages.times})
+                                              "trace": trace_result, "stage_seconds": stages.times})
             return table, pictures
 
         table, pictures = stages.run("results table and pictures", report)

@@ -45,6 +45,13 @@ class DemoSettings(ConfigModel):
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024.0, description="CPUs per pruning trial")
     gpus_per_trial: float = Field(0.0, ge=0.0, le=64.0, description="GPUs per pruning trial")
     port: int = Field(0, ge=0, le=65535, description="HTTP port of the served series (0 = a free one)")
+    trace: str | None = Field(None, description="also replay this measured link trace ('time_s "
+                              "Mbit/s' lines or a mahimahi file) live on the served series and draw "
+                              "it (trace.png): the link, the router's estimate, choice and latency, "
+                              "the oracle's latency")
+    trace_start_s: float = Field(0.0, ge=0.0, description="where in the trace the replay starts")
+    trace_seconds: float = Field(60.0, gt=0.0, le=3600.0, description="how long the replay lasts")
+    trace_fps: float = Field(5.0, gt=0.0, le=100.0, description="images per second during the replay")
 
 
 # What the demo changes from the bare defaults: a base model trained on all of Fashion-MNIST

@@ -42,7 +42,10 @@ augment = false
 bandwidths = ["100kbit", "10mbit"]
 requests_per_bandwidth = 3
 accuracy_drop = 0.5
+trace = "{tmp_path / 'tunnel.log'}"
+trace_seconds = 6
 """)
+    (tmp_path / "tunnel.log").write_text("0 10\n2 0.001\n4 10\n")  # 2 s fast, a 2 s tunnel, fast
     config = load_demo_config(tmp_path / "tiny.toml", out=str(out))
     logged = []
     result = run_demo(config, progress=False, log=logged.append)
@@ -53,7 +56,7 @@ accuracy_drop = 0.5
     profile = json.loads((out / "series" / "profile.json").read_text())
     assert set(profile["variants"]) == {v["id"] for v in manifest["variants"]}
     assert (out / "series" / "profile.device.json").is_file()
-    for name in ("split_sizes", "accuracy_vs_bytes", "latency_vs_bandwidth"):
+    for name in ("split_sizes", "accuracy_vs_bytes", "latency_vs_bandwidth", "trace"):
         with Image.open(out / f"{name}.png") as picture:
             assert picture.size[0] > 300 and picture.size[1] > 200
     results = json.loads((out / "results.json").read_text())
@@ -73,6 +76,11 @@ accuracy_drop = 0.5
     assert all(r["variant"] == manifest["step1"] for r in requests if r["line"] == "best split, step 1")
     # a slower link never makes the router send more bytes
     assert summary[0.1]["bytes_sent"] <= summary[10.0]["bytes_sent"]
+    # the trace replayed live: 5 images a second for 6 s, each choice priced on the trace
+    trace = results["trace"]
+    assert trace["name"] == "tunnel.log[0s+6s]" and len(trace["rows"]) == 30
+    assert trace["live"]["mean_ms"] >= trace["oracle"]["mean_ms"] - 1e-6
+    assert {r["variant"] for r in trace["rows"]} <= {v["id"] for v in manifest["variants"]}
     table = (out / "results.md").read_text()
     assert "0.1 Mbit/s" in table and "10 Mbit/s" in table
     assert result["table"] == table.strip()
