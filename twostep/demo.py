@@ -331,6 +331,11 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
     apply_ray_env()
     # Serve's own INFO lines (apps deployed, ready, shut down) are not the demo's story
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    if config.demo.trace:  # a bad trace file is said now, not after training and pruning
+        from pipeline.traces import load_trace
+        from twostep.trace_live import segment
+
+        segment(load_trace(config.demo.trace), config.demo.trace_start_s, config.demo.trace_seconds)
     out = Path(config.demo.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"train": config.train.model_dump(mode="json"),
