@@ -27,6 +27,7 @@ def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | No
         running on this cluster (started by someone else), its own, which cannot change.
     """
     from ray import serve
+    from ray.exceptions import RayActorError
 
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
@@ -36,7 +37,10 @@ def start_http(host: str, port: int, attempts: int = 3, proxy_location: str | No
                         logging_config={"enable_access_log": False, "log_level": log_level},
                         **({"proxy_location": proxy_location} if proxy_location else {}))
             return _listening(host, port)
-        except TimeoutError as err:  # what serve.start raises when its proxy is not up in time
+        # what serve.start raises when its proxy is not up in time, and when the controller gave
+        # up on a proxy that missed its readiness checks and killed it (both cores busy: seen
+        # with the HAProxy manager beside a pruning job)
+        except (TimeoutError, RayActorError) as err:
             if attempt == attempts:
                 raise
             serve.shutdown()

@@ -7,14 +7,14 @@ from ray import serve
 from serve.startup import start_http
 
 
-def _flaky_start(monkeypatch, failures):
+def _flaky_start(monkeypatch, failures, error=None):
     calls = {"start": 0, "shutdown": 0}
 
     def start(http_options, logging_config):
         calls["start"] += 1
         assert http_options == {"host": "127.0.0.1", "port": 8123}
         if calls["start"] <= failures:
-            raise TimeoutError("HTTP proxy not ready in 60 s")
+            raise error or TimeoutError("HTTP proxy not ready in 60 s")
 
     monkeypatch.setattr(serve, "start", start)
     monkeypatch.setattr(serve, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
@@ -25,6 +25,14 @@ def test_a_proxy_that_misses_its_deadline_is_started_again(monkeypatch):
     calls = _flaky_start(monkeypatch, failures=2)
     start_http("127.0.0.1", 8123, attempts=3)
     assert calls == {"start": 3, "shutdown": 2}
+
+
+def test_a_proxy_killed_after_missing_its_readiness_checks_is_started_again(monkeypatch):
+    from ray.exceptions import ActorDiedError
+
+    calls = _flaky_start(monkeypatch, failures=1, error=ActorDiedError())
+    start_http("127.0.0.1", 8123, attempts=3)
+    assert calls == {"start": 2, "shutdown": 1}
 
 
 def test_the_last_failure_is_raised(monkeypatch):
