@@ -22,6 +22,9 @@ import numpy as np
 
 MAHIMAHI_PACKET_BYTES = 1500
 DEFAULT_MIN_BPS = 1_000.0
+MAX_STEPS = 1_000_000  # a week of 1-second steps
+MAX_RATE_BPS = 1e12  # as pipeline.cost.Link: anything above is a unit mistake
+MAX_SPEED = 1e4
 
 
 class TraceError(ValueError):
@@ -43,10 +46,14 @@ class Trace:
         starts, rates = np.asarray(self.starts_s, float), np.asarray(self.rates_bps, float)
         if starts.ndim != 1 or starts.shape != rates.shape or len(starts) == 0:
             raise TraceError(f"{self.name}: starts and rates must be two equal, non-empty 1-d arrays")
+        if len(starts) > MAX_STEPS:
+            raise TraceError(f"{self.name}: {len(starts)} steps, more than {MAX_STEPS:,}")
         if starts[0] != 0 or np.any(np.diff(starts) <= 0) or not self.duration_s > starts[-1]:
             raise TraceError(f"{self.name}: step times must start at 0 and increase")
-        if not np.all(np.isfinite(rates)) or np.any(rates < 0):
-            raise TraceError(f"{self.name}: rates must be finite and >= 0")
+        if not math.isfinite(self.duration_s):
+            raise TraceError(f"{self.name}: the trace must last a finite time")
+        if not np.all(np.isfinite(rates)) or np.any(rates < 0) or np.any(rates > MAX_RATE_BPS):
+            raise TraceError(f"{self.name}: rates must be finite, >= 0 and <= {MAX_RATE_BPS / 1e6:g} Mbit/s")
         if not self.min_bps > 0:
             raise TraceError(f"min_bps must be > 0, got {self.min_bps!r}")
         object.__setattr__(self, "starts_s", starts)
@@ -62,8 +69,10 @@ class Trace:
 
     def sped_up(self, speed: float) -> Trace:
         """The same trace played `speed` times faster (steps shorter, rates unchanged)."""
-        if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
-            raise TraceError(f"trace speed must be a number > 0, got {speed!r}")
+        if isinstance(speed, bool) or not (isinstance(speed, int | float) and math.isfinite(speed)
+                                           and 1 / MAX_SPEED <= speed <= MAX_SPEED):
+            raise TraceError(f"trace speed must be a number in [{1 / MAX_SPEED:g}, {MAX_SPEED:g}], "
+                             f"got {speed!r}")
         return Trace(self.name, self.starts_s / speed, self.rates_bps, self.duration_s / speed, self.min_bps)
 
     def rate_at(self, t: float) -> float:
@@ -97,6 +106,8 @@ def parse_trace(text: str, name: str = "trace", bin_s: float = 1.0,
                 min_bps: float = DEFAULT_MIN_BPS) -> Trace:
     """A trace from the text of a file in either format (see the module docstring)."""
     rows: list[list[float]] = []
+    if len(text) > MAX_STEPS * 40:
+        raise TraceError(f"{name}: {len(text):,} characters, more than a trace of {MAX_STEPS:,} steps")
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
@@ -124,7 +135,7 @@ def parse_trace(text: str, name: str = "trace", bin_s: float = 1.0,
         bad = int(np.argmax(np.diff(times) <= 0)) + 2
         raise TraceError(f"{name}: step times must increase (line {bad} of the steps does not)")
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-    return Trace(name, times, table[:, 1] * 1e6, float(times[-1] + step), min_bps)
+    return Trace(name, times, table[:, 1] * 1e6, float(times[-1]) + step, min_bps)
 
 
 def _from_mahimahi(ms: np.ndarray, name: str, bin_s: float, min_bps: float) -> Trace:
@@ -134,6 +145,8 @@ def _from_mahimahi(ms: np.ndarray, name: str, bin_s: float, min_bps: float) -> T
         raise TraceError(f"bin_s must be > 0, got {bin_s!r}")
     duration = max(float(ms[-1]) / 1000.0, bin_s)
     bins = max(1, math.ceil(duration / bin_s))
+    if bins > MAX_STEPS:
+        raise TraceError(f"{name}: {duration:g} s in {bin_s:g}-second bins is more than {MAX_STEPS:,} steps")
     counts = np.bincount(np.minimum((ms / 1000.0 / bin_s).astype(int), bins - 1), minlength=bins)
     rates = counts * MAHIMAHI_PACKET_BYTES * 8.0 / bin_s
     return Trace(name, np.arange(bins) * bin_s, rates, bins * bin_s, min_bps)

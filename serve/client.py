@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import http.client
 import json
+import math
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ import numpy as np
 from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.device_times import DeviceTimes, device_times_document
 from pipeline.onnx_session import normalizer
+from pipeline.session_wire import CLOSE_UNSUPPORTED
 from serve.bandwidth import (
     LINK_BAND,
     LINK_MAX_AGE_S,
@@ -44,6 +46,7 @@ from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
+PROBE_STALL_S = 2.0  # what a probe that timed out counts as (its bytes took at least this long)
 TRANSPORTS = ("auto", "stream", "http")
 HeadCall = Callable[[np.ndarray], np.ndarray]  # uint8 pixels -> the features it sends
 
@@ -145,7 +148,9 @@ class DeviceClient:
         self.estimator = BandwidthEstimator(EstimatorConfig(
             initial_bps, LINK_WINDOW, LINK_MAX_AGE_S, min_report_bytes, LINK_BAND))
         self.probe_bytes, self.probe_interval_s = PROBE_BYTES, PROBE_INTERVAL_S
-        self.probes = 0
+        self.probing = True  # off once the edge refused a probe (an edge without them)
+        self.probes = self.probe_failures = 0
+        self._last_probe = -math.inf
         self.initial_bps = initial_bps
         self.min_report_change = 0.1
         self._reported_bps: float | None = None
@@ -264,6 +269,10 @@ class DeviceClient:
         return self.estimator.estimate_bps if self.estimator.samples_seen > self.estimator.samples_ignored \
             else None
 
+    @uplink_bps.setter
+    def uplink_bps(self, bandwidth_bps: float) -> None:
+        self.assume_uplink(bandwidth_bps)
+
     def assume_uplink(self, bandwidth_bps: float) -> None:
         """Forget what was measured and plan as if the uplink ran at `bandwidth_bps`."""
         self.estimator = BandwidthEstimator(dataclasses.replace(self.estimator.config,
@@ -277,14 +286,32 @@ class DeviceClient:
         """While the device runs everything (it sends nothing), time a small upload over its
         session every `probe_interval_s` so that its estimate sees the link come back. Needs a
         session that has sent a frame before (its routes are declared); HTTP-only devices do not
-        probe. Returns whether a probe went."""
-        if self.estimator.age_s() < self.probe_interval_s or self.transport == "http":
+        probe. A probe that fails (a stalled link, a closed session, an edge without probes) is
+        counted and never fails the inference it rode along with. Returns whether one went."""
+        now = time.monotonic()
+        if (not self.probing or self.transport == "http" or now - self._last_probe < self.probe_interval_s
+                or self.estimator.age_s() < self.probe_interval_s):
             return False
         session = self._session
         if session is None or not session.decls:
             return False
-        sample = session.probe(self.probe_bytes)
+        from serve.stream_client import SessionClosed, _connection_closed
+
+        self._last_probe = now
         self.probes += 1
+        try:
+            sample = session.probe(max(self.probe_bytes, self.min_report_bytes))
+        except TimeoutError:  # stalled: the link is slower than the probe over the timeout
+            self.probe_failures += 1
+            self._learn(max(self.probe_bytes, self.min_report_bytes), PROBE_STALL_S)
+            return True
+        except (SessionClosed, ConnectionError, OSError, _connection_closed()) as err:
+            self.probe_failures += 1
+            code = getattr(err, "code", None) or getattr(getattr(err, "rcvd", None), "code", None)
+            if code == CLOSE_UNSUPPORTED:  # an edge that predates probes: stop asking it
+                self.probing = False
+            session.close()  # the next frame reconnects
+            return True
         session.last_sample = None
         if sample is not None:
             self._learn(*sample)

@@ -507,7 +507,9 @@ class Router:
             if self.link.enabled:
                 given_up, limit_ms = await self._carry(link_id, bytes_sent, floor, deadline=not forced)
             link_ms = _ms(link_start)
+        given_up_from = None
         if given_up is not None:  # the frame missed its deadline: the device finishes it
+            given_up_from = {"variant": vid, "split": split}
             candidate = given_up
             vid, split = candidate.variant_id, candidate.split
             head, fallback_retries = await self._call(self.head, vid, "run", split, pixels.tobytes(),
@@ -536,7 +538,7 @@ class Router:
             "variant": vid, "split": split, "strategy": candidate.strategy,
             "accuracy": candidate.accuracy, "bytes_sent": bytes_sent, "link": link_id,
             "bandwidth_bps": link.bandwidth_bps, "forced": forced, "kept": kept, "switched": switched,
-            "past_deadline": given_up is not None, "deadline_ms": limit_ms,
+            "past_deadline": given_up is not None, "deadline_ms": limit_ms, "given_up_from": given_up_from,
             "planned_ms": {"device": breakdown.device_ms, "transfer": breakdown.transfer_ms,
                            "edge": breakdown.edge_ms, "total": breakdown.total_ms},
             "timings_ms": timings, "retries": retries, "router": self.replica,

@@ -169,8 +169,8 @@ class AppArgs(BaseModel):
             raise ValueError(f"tail_max_replicas ({self.tail_max_replicas}) must be >= "
                              f"tail_min_replicas ({self.tail_min_replicas})")
         for name in ("slowdown", "initial_bandwidth_bps", "estimator_max_age_s", "probe_interval_s",
-                     "link_trace_speed"):
-            if not math.isfinite(getattr(self, name)):
+                     "link_trace_speed", "frame_deadline_ms"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         return self
 

@@ -395,7 +395,8 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         await _close(websocket, CLOSE_BAD_FRAME, close_reason(err))
         await _await_close_reply(websocket)
     except (RuntimeError, OSError):  # the socket closed under us (drain, rebalance, peer gone)
-        pass
+        if session.closing:  # asked to reconnect while a frame ran: still owe the close reply
+            await _await_close_reply(websocket)
     finally:
         table.release(session)
 

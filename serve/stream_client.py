@@ -39,6 +39,7 @@ STREAM_PATH = "/v1/tail/stream"
 # Upgrade refusals that mean "this edge has no session route" (before any session was accepted)
 NO_SESSIONS_STATUSES = (403, 404, 405, 426)
 PING_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 2.0  # a probe not answered by then: the link has stalled (or the edge is old)
 
 
 def read_token(path: str) -> str:
@@ -187,13 +188,14 @@ class DeviceSession:
             route = Route.from_json(entry)
             self.routes[(route.variant, route.split)] = route
 
-    def _await_text(self, kind: str) -> dict:
+    def _await_text(self, kind: str, timeout_s: float | None = None) -> dict:
         """Read until the text message of `kind` (answers that arrive meanwhile are kept)."""
-        deadline = time.monotonic() + self.timeout_s
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             message = self._recv(max(0.01, deadline - time.monotonic()))
             if message is None:
-                raise TimeoutError(f"no {kind} message from the edge in {self.timeout_s:g} s")
+                raise TimeoutError(f"no {kind} message from the edge in {timeout_s:g} s")
             if isinstance(message, str):
                 document = json.loads(message)
                 if document.get("type") == kind:
@@ -329,17 +331,18 @@ class DeviceSession:
             self.uplink_bps = len(pending.message) * 8.0 / (upload_ms / 1000.0)
             self.last_sample = (len(pending.message), upload_ms / 1000.0)
 
-    def probe(self, nbytes: int = 1024) -> tuple[int, float] | None:
+    def probe(self, nbytes: int = 1024, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[int, float] | None:
         """Time an upload of about `nbytes` (a probe control message the edge answers at once):
         (bytes, seconds on the uplink: time to the answer less the ping round trip), or None
-        when the time is within the round trip (too fast to measure)."""
+        when the time is within the round trip (too fast to measure). A stalled link raises
+        TimeoutError after `timeout_s`; a closed session, websockets' ConnectionClosed."""
         pad = "." * max(0, int(nbytes) - len('{"type":"probe","pad":""}'))
         message = json.dumps({"type": "probe", "pad": pad}, separators=(",", ":"))
         start = time.perf_counter()
         if self.throttle_bps is not None:  # the device side of an emulated link
             time.sleep(len(message) * 8.0 / self.throttle_bps)
         self._with_reconnect(lambda: self._ws.send(message))
-        self._await_text("probe")
+        self._await_text("probe", timeout_s)
         seconds = time.perf_counter() - start - (self.rtt_ms or 0.0) / 1000.0
         self.bytes_sent += len(message)
         if seconds <= 0:

@@ -30,7 +30,15 @@ import numpy as np
 from pipeline.cost import Link
 from pipeline.selection import Candidate
 from pipeline.traces import Trace
-from serve.bandwidth import BandwidthEstimator, EstimatorConfig
+from serve.bandwidth import (
+    LINK_BAND,
+    LINK_MAX_AGE_S,
+    LINK_WINDOW,
+    PROBE_BYTES,
+    PROBE_INTERVAL_S,
+    BandwidthEstimator,
+    EstimatorConfig,
+)
 from serve.deadline import censored_seconds, deadline_ms, fallback_candidate
 from serve.planner import Planner
 from serve.settings import AppArgs
@@ -40,9 +48,9 @@ from serve.settings import AppArgs
 class RouterPolicy:
     """What the router's link-following is made of (the values tuned on traces)."""
 
-    estimator: EstimatorConfig = EstimatorConfig()
-    probe_bytes: int = 4096
-    probe_interval_s: float = 2.0
+    estimator: EstimatorConfig = EstimatorConfig(window=LINK_WINDOW, max_age_s=LINK_MAX_AGE_S, band=LINK_BAND)
+    probe_bytes: int = PROBE_BYTES
+    probe_interval_s: float = PROBE_INTERVAL_S
     deadline_ms: float | None = None
 
     @classmethod

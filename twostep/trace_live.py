@@ -27,7 +27,7 @@ TCP_OVERHEAD_BYTES = 66  # one segment's headers, as the model charges
 
 def segment(trace: Trace, start_s: float, seconds: float) -> Trace:
     """The part of `trace` from `start_s`, `seconds` long, starting at 0."""
-    if not (0 <= start_s < trace.duration_s and seconds > 0):
+    if not (0 <= start_s and seconds > 0 and start_s + seconds <= trace.duration_s):
         raise ValueError(f"a segment from {start_s:g} s for {seconds:g} s is not within the "
                          f"{trace.duration_s:g} s of {trace.name}")
     keep = (trace.starts_s > start_s) & (trace.starts_s < start_s + seconds)
@@ -87,6 +87,7 @@ def replay(url: str, trace: Trace, images: np.ndarray, fps: float = 5.0, rtt_ms:
         answer = _call(f"{url}/v1/classify?link={link}", "POST", _png(images[i % len(images)]), "image/png")
         rows.append({"t": sent, "variant": answer["variant"], "split": answer["split"],
                      "bytes": answer["bytes_sent"], "past_deadline": answer["past_deadline"],
+                     "deadline_ms": answer["deadline_ms"], "planned": answer["given_up_from"],
                      "estimate_bps": answer["bandwidth_bps"], "wall_ms": answer["timings_ms"]["total"]})
         if on_request is not None:
             on_request(i)
@@ -96,18 +97,24 @@ def replay(url: str, trace: Trace, images: np.ndarray, fps: float = 5.0, rtt_ms:
 def price(rows: list[dict], trace: Trace, candidates: Sequence[Candidate], rtt_ms: float = 20.0) -> Outcome:
     """The live answers as an `Outcome`: each choice's latency on the true trace (an empty link)."""
     by_key = {(c.variant_id, c.split): c for c in candidates}
-    priced, chosen = [], []
+    priced, chosen, planned = [], [], []
     for row in rows:
         candidate = by_key[(row["variant"], row["split"])]
         chosen.append(candidate)
+        given_up = row.get("planned") if row["past_deadline"] else None
+        planned.append((given_up["variant"], given_up["split"]) if given_up
+                       else (row["variant"], row["split"]))
+        if given_up:  # its head ran, its frame waited out the deadline, then the device finished it
+            original = by_key[planned[-1]]
+            priced.append(original.head_ms + row["deadline_ms"] + candidate.head_ms)
+            continue
         if candidate.bytes_sent == 0:
             priced.append(candidate.head_ms + candidate.tail_ms)
             continue
         ready = row["t"] + candidate.head_ms / 1000.0
         arrived = trace.arrival(ready, candidate.bytes_sent + TCP_OVERHEAD_BYTES)
         priced.append((arrived - row["t"]) * 1000.0 + rtt_ms + candidate.tail_ms)
-    switches = sum(a["variant"] != b["variant"] or a["split"] != b["split"]
-                   for a, b in zip(rows, rows[1:], strict=False))
+    switches = sum(a != b for a, b in zip(planned, planned[1:], strict=False))  # the router's choices
     return Outcome(np.array([r["t"] for r in rows]), np.array(priced),
                    [f"{c.variant_id}@{c.split}" for c in chosen], np.array([c.accuracy for c in chosen]),
                    np.array([r["bytes"] > 0 and not r["past_deadline"] for r in rows]),

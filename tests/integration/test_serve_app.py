@@ -308,6 +308,11 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
         "link not json": ("PUT", "/v1/link", {}, b"{bad", {"Content-Type": "application/json"}, 400),
         "link negative": ("PUT", "/v1/link", {}, b'{"bandwidth_bps": -1}', {}, 400),
         "link unknown key": ("PUT", "/v1/link", {}, b'{"speed": 1}', {}, 400),
+        "trace not text": ("PUT", "/v1/link", {}, b'{"trace": 5}', {}, 400),
+        "trace endless": ("PUT", "/v1/link", {}, b'{"trace": "0 1\\n1e308 1"}', {}, 400),
+        "trace huge": ("PUT", "/v1/link", {}, b'{"trace": "100000000000000"}', {}, 400),
+        "trace speed": ("PUT", "/v1/link", {}, b'{"trace": "0 1", "trace_speed": 1e-8}', {}, 400),
+        "trace and rate": ("PUT", "/v1/link", {}, b'{"trace": "0 1", "bandwidth_bps": 1e6}', {}, 400),
     }
     for name, (method, path, params, body, headers, status) in cases.items():
         response = http.request(method, u + path, params=params, data=body, headers=headers, timeout=60)
