@@ -175,6 +175,7 @@ class Router:
         self._tables: OrderedDict[tuple, list[dict]] = OrderedDict()
         self._probes: dict[str, asyncio.Task] = {}
         self.deadline_hits = 0
+        self._fallbacks: dict[float | None, Candidate | None] = {}
         logger.info("router ready: %d variants, %d candidates; %s", len(self.planner.variants),
                     len(self.planner.table), self.profile_source)
 
@@ -236,13 +237,21 @@ class Router:
             x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
         return encode_frame(x, self.codec, variant_tag(variant_id)), _ms(start)
 
+    def _fallback(self, floor: float | None) -> Candidate | None:
+        """The on-device fallback for `floor`, found once per floor (not per frame)."""
+        if floor not in self._fallbacks:
+            if len(self._fallbacks) >= 64:
+                self._fallbacks.clear()
+            self._fallbacks[floor] = fallback_candidate(self.planner.table.candidates, floor)
+        return self._fallbacks[floor]
+
     async def _carry(self, link_id: str, nbytes: int, floor: float | None,
                      deadline: bool = True) -> tuple[Candidate | None, float | None]:
         """Carry a frame over the emulated link and learn its time on the wire; past its deadline
         (planned requests: a forced split is kept), stop waiting and return the on-device
         fallback that finishes the request instead. Returns (that fallback or None, the deadline)."""
         transfer = self.link.schedule(nbytes)
-        fallback = fallback_candidate(self.planner.table.candidates, floor) if deadline else None
+        fallback = self._fallback(floor) if deadline else None
         limit_ms = deadline_ms(fallback, self.args.frame_deadline_ms, self.args.deadline_factor)
         if limit_ms is None or transfer.total_s * 1000.0 <= limit_ms:
             await asyncio.sleep(transfer.total_s)

@@ -43,6 +43,8 @@ from serve.deadline import censored_seconds, deadline_ms, fallback_candidate
 from serve.planner import Planner
 from serve.settings import AppArgs
 
+OVERHEAD_BYTES = 66  # TCP/IP/Ethernet headers of one segment, on every transfer
+
 
 @dataclass(frozen=True)
 class RouterPolicy:
@@ -114,7 +116,7 @@ def feasible(candidates: Sequence[Candidate], floor: float | None) -> list[Candi
 
 def replay_router(trace: Trace, planner: Planner, candidates: Sequence[Candidate],
                   floor: float | None, policy: RouterPolicy, fps: float = 5.0, rtt_ms: float = 0.0,
-                  duration_s: float | None = None, overhead_bytes: int = 66) -> Outcome:
+                  duration_s: float | None = None, overhead_bytes: int = OVERHEAD_BYTES) -> Outcome:
     """The router over `trace` (see the module docstring); `candidates` (those `planner` plans
     with for this device) give the on-device fallback of a deadline."""
     duration = trace.duration_s if duration_s is None else duration_s
@@ -163,7 +165,7 @@ def replay_router(trace: Trace, planner: Planner, candidates: Sequence[Candidate
             if deadline_s is not None and fallback is not None and arrived + rtt_s - ready > deadline_s:
                 # given up: the device finishes it; the link is known to be slower than this
                 hits += 1
-                total = candidate.head_ms + policy.deadline_ms + fallback.head_ms
+                total = given_up_ms(candidate, policy.deadline_ms, fallback)
                 given_up = censored_seconds(deadline_s, sent - ready)
                 heapq.heappush(learnt, (ready + deadline_s, nbytes, given_up))
                 candidate = fallback
@@ -176,9 +178,15 @@ def replay_router(trace: Trace, planner: Planner, candidates: Sequence[Candidate
     return Outcome(starts, latency, labels, accuracy, offloaded, hits, switches, probes, estimates)
 
 
-def _true_latency(trace: Trace, starts: np.ndarray, candidate: Candidate, rtt_ms: float,
-                  overhead_bytes: int) -> np.ndarray:
-    """Each request's latency with `candidate` alone on an empty link."""
+def given_up_ms(original: Candidate, deadline_ms: float, fallback: Candidate) -> float:
+    """A request whose frame missed its deadline: its head ran, the frame waited out the
+    deadline, then the device ran the fallback."""
+    return original.head_ms + deadline_ms + fallback.head_ms
+
+
+def latency_on_trace(trace: Trace, starts: np.ndarray, candidate: Candidate, rtt_ms: float,
+                     overhead_bytes: int = OVERHEAD_BYTES) -> np.ndarray:
+    """Each request's latency (started at `starts`, s) with `candidate` alone on an empty link."""
     if candidate.bytes_sent == 0:
         return np.full(len(starts), candidate.head_ms + candidate.tail_ms)
     ready = starts + candidate.head_ms / 1000.0
@@ -188,7 +196,7 @@ def _true_latency(trace: Trace, starts: np.ndarray, candidate: Candidate, rtt_ms
 
 
 def replay_fixed(trace: Trace, candidate: Candidate, fps: float = 5.0, rtt_ms: float = 0.0,
-                 duration_s: float | None = None, overhead_bytes: int = 66) -> Outcome:
+                 duration_s: float | None = None, overhead_bytes: int = OVERHEAD_BYTES) -> Outcome:
     """One candidate for every request, frames queued first in first out."""
     duration = trace.duration_s if duration_s is None else duration_s
     starts = np.arange(int(duration * fps)) / fps
@@ -207,12 +215,14 @@ def replay_fixed(trace: Trace, candidate: Candidate, fps: float = 5.0, rtt_ms: f
 
 def replay_oracle(trace: Trace, candidates: Sequence[Candidate], floor: float | None, fps: float = 5.0,
                   rtt_ms: float = 0.0, duration_s: float | None = None,
-                  overhead_bytes: int = 66) -> Outcome:
-    """Per request, the feasible candidate with the lowest latency on the true trace."""
-    duration = trace.duration_s if duration_s is None else duration_s
-    starts = np.arange(int(duration * fps)) / fps
+                  overhead_bytes: int = OVERHEAD_BYTES, starts: np.ndarray | None = None) -> Outcome:
+    """Per request, the feasible candidate with the lowest latency on the true trace; requests
+    every 1/`fps` s, or at `starts` (s: the moments a live replay sent its requests)."""
+    if starts is None:
+        duration = trace.duration_s if duration_s is None else duration_s
+        starts = np.arange(int(duration * fps)) / fps
     options = _distinct(feasible(candidates, floor))
-    table = np.stack([_true_latency(trace, starts, c, rtt_ms, overhead_bytes) for c in options])
+    table = np.stack([latency_on_trace(trace, starts, c, rtt_ms, overhead_bytes) for c in options])
     best = table.argmin(axis=0)
     chosen = [options[b] for b in best]
     return Outcome(starts, table[best, np.arange(len(starts))], [_label(c) for c in chosen],
@@ -261,7 +271,7 @@ def fixed_strategies(candidates: Sequence[Candidate], manifest: dict) -> dict[st
 
 
 def best_fixed(trace: Trace, family: Sequence[Candidate], fps: float, rtt_ms: float,
-               duration_s: float | None = None, overhead_bytes: int = 66) -> Outcome:
+               duration_s: float | None = None, overhead_bytes: int = OVERHEAD_BYTES) -> Outcome:
     """The member of `family` with the lowest mean latency over the trace, in hindsight."""
     outcomes = [replay_fixed(trace, c, fps, rtt_ms, duration_s, overhead_bytes) for c in _distinct(family)]
     return min(outcomes, key=lambda o: o.latency_ms.mean())

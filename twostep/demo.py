@@ -169,7 +169,7 @@ def replay_trace(url: str, settings, candidates: list, floor: float, images, log
         f"{trace.duration_s:g} s")
     warm_up(url, candidates, floor, images[0])
     rows = replay(url, trace, images, settings.trace_fps, TRACE_RTT_MS, link="trace")
-    return {"trace": trace, "rows": rows}
+    return {"trace": trace, "rows": rows, "candidates": candidates}
 
 
 def trace_report(replayed: dict, candidates: list, floor: float, settings, picture: Path) -> dict:
@@ -180,7 +180,7 @@ def trace_report(replayed: dict, candidates: list, floor: float, settings, pictu
 
     trace, rows = replayed["trace"], replayed["rows"]
     live = price(rows, trace, candidates, TRACE_RTT_MS)
-    oracle = replay_oracle(trace, candidates, floor, settings.trace_fps, TRACE_RTT_MS)
+    oracle = replay_oracle(trace, candidates, floor, rtt_ms=TRACE_RTT_MS, starts=live.starts_s)
     plot_trace(trace, live, oracle, picture, settings.trace_fps)
     seconds = len(rows) / settings.trace_fps
     return {"name": trace.name, "live": live.summary(seconds), "oracle": oracle.summary(seconds),
@@ -409,9 +409,8 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
             }
             trace_result = None
             if "trace" in served:
-                candidates = served_candidates(store, edge_path, device_path)
-                trace_result = trace_report(served["trace"], candidates, floor, config.demo,
-                                            out / "trace.png")
+                trace_result = trace_report(served["trace"], served["trace"]["candidates"], floor,
+                                            config.demo, out / "trace.png")
                 pictures["trace"] = trace_result["picture"]
             table = markdown_table(summary, store.manifest)
             (out / "results.md").write_text(table + "\n")

@@ -20,9 +20,9 @@ import numpy as np
 
 from pipeline.selection import Candidate
 from pipeline.traces import Trace
-from serve.trace_replay import Outcome
+from serve.trace_replay import OVERHEAD_BYTES, Outcome, given_up_ms, latency_on_trace
 
-TCP_OVERHEAD_BYTES = 66  # one segment's headers, as the model charges
+TCP_OVERHEAD_BYTES = OVERHEAD_BYTES  # one segment's headers, as the model charges
 
 
 def segment(trace: Trace, start_s: float, seconds: float) -> Trace:
@@ -104,16 +104,10 @@ def price(rows: list[dict], trace: Trace, candidates: Sequence[Candidate], rtt_m
         given_up = row.get("planned") if row["past_deadline"] else None
         planned.append((given_up["variant"], given_up["split"]) if given_up
                        else (row["variant"], row["split"]))
-        if given_up:  # its head ran, its frame waited out the deadline, then the device finished it
-            original = by_key[planned[-1]]
-            priced.append(original.head_ms + row["deadline_ms"] + candidate.head_ms)
-            continue
-        if candidate.bytes_sent == 0:
-            priced.append(candidate.head_ms + candidate.tail_ms)
-            continue
-        ready = row["t"] + candidate.head_ms / 1000.0
-        arrived = trace.arrival(ready, candidate.bytes_sent + TCP_OVERHEAD_BYTES)
-        priced.append((arrived - row["t"]) * 1000.0 + rtt_ms + candidate.tail_ms)
+        if given_up:
+            priced.append(given_up_ms(by_key[planned[-1]], row["deadline_ms"], candidate))
+        else:
+            priced.append(float(latency_on_trace(trace, np.array([row["t"]]), candidate, rtt_ms)[0]))
     switches = sum(a != b for a, b in zip(planned, planned[1:], strict=False))  # the router's choices
     return Outcome(np.array([r["t"] for r in rows]), np.array(priced),
                    [f"{c.variant_id}@{c.split}" for c in chosen], np.array([c.accuracy for c in chosen]),
