@@ -12,7 +12,10 @@ exactly as `serve.client.DeviceClient.send_frame` sends it; and over one WebSock
 16-byte message to a no-op echo deployment (Serve's floor for a session message), and the same
 frame over a device session (`serve.stream_client.DeviceSession`, asking for timings), whose
 fixed time is its wall time less the decode and tail time the edge reports in that frame's answer
-(target: <= 1.2x the echo, below the HTTP path's fixed time). The device path's *fixed* time per
+(target: <= 1.2x the echo, below the HTTP path's fixed time). An echo's time depends on what ran
+just before it: the loop also times an echo of the frame's own size after a session frame, and a
+streamed phase (20 messages in a row on each WebSocket, blocks alternating); docs/serve.md,
+"Which echo is the floor". The device path's *fixed* time per
 request is its wall time minus the tail's own decode and compute time (reported by the
 replica); the ratio fixed / floor is the target (<= 1.5x). Bytes: the HTTP bytes each request
 and its answer put on the wire (counted on the client's socket), and how they split.
@@ -43,6 +46,7 @@ else:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NOOP_BODY = b"x" * 60
+STREAM_BLOCK = 20
 
 
 def _free_port() -> int:
@@ -209,13 +213,15 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     sessions = _session_clients(port, variant, split)  # None: a checkout without sessions
     features = runner.calls(split)[0](pixels) if sessions else None
 
-    def ws_noop_once() -> float:
+    def ws_noop_once(size: int = 16) -> float:
         start = time.perf_counter_ns()
-        sessions["noop"].send(b"x" * 16)
+        sessions["noop"].send(b"x" * size)
         sessions["noop"].recv(timeout=60)
         return (time.perf_counter_ns() - start) / 1e6
 
     coded = sessions["device"].encode(variant, split, features) if sessions else None
+    # the echo of a message as long as the session's frame: the floor for the same bytes
+    frame_size = 10 + len(coded[3]) if sessions else 16
 
     def session_once() -> tuple[float, float]:
         # values coded once, as the HTTP path's frame: the request, not the encoder, is timed
@@ -237,23 +243,36 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         if sessions:
             ws_noop_once()
             session_once()
+            ws_noop_once(frame_size)
+            session_once()
     noop.sent = noop.received = tail_conn.sent = tail_conn.received = 0
     tcp_before = tcp_counters(tail_conn.raw_sock)
     if sessions:
         session_sock = sessions["device"]._ws.socket
         session_before = tcp_counters(session_sock)
         up_before, down_before = sessions["device"].bytes_sent, sessions["device"].bytes_received
-    floor, wall, work, ws_floor, session_wall, session_work = [], [], [], [], [], []
+    floor, wall, work, ws_floor, ws_sized, session_wall, session_work = [], [], [], [], [], [], []
     for _ in range(requests):
         floor.append(noop_once())
         w, k = tail_once()
         wall.append(w)
         work.append(k)
         if sessions:
-            ws_floor.append(ws_noop_once())
-            w, k = session_once()
-            session_wall.append(w)
-            session_work.append(k)
+            # every request follows one to the other replica (a woken process costs alike):
+            # echo, session frame, echo of the frame's size, session frame
+            for echo, size in ((ws_floor, 16), (ws_sized, frame_size)):
+                echo.append(ws_noop_once(size))
+                w, k = session_once()
+                session_wall.append(w)
+                session_work.append(k)
+    if sessions:  # bytes of the interleaved frames only
+        session_after = tcp_counters(session_sock)
+        up_after, down_after = sessions["device"].bytes_sent, sessions["device"].bytes_received
+    # a device streams: blocks of STREAM_BLOCK messages in a row on each WebSocket, alternating
+    streamed_echo, streamed_fixed = [], []
+    for _ in range(requests // STREAM_BLOCK if sessions else 0):
+        streamed_echo += [ws_noop_once(frame_size) for _ in range(STREAM_BLOCK)]
+        streamed_fixed += [w - k for w, k in (session_once() for _ in range(STREAM_BLOCK))]
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
     acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
                                                               strict=True))
@@ -261,13 +280,18 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     if sessions:
         device_session = sessions["device"]
         s_acked, s_received, s_out, s_in = (b - a for a, b in zip(
-            session_before, tcp_counters(session_sock), strict=True))
-        message_up = (device_session.bytes_sent - up_before) / requests
-        message_down = (device_session.bytes_received - down_before) / requests
+            session_before, session_after, strict=True))
+        frames = len(session_wall)
+        message_up = (up_after - up_before) / frames
+        message_down = (down_after - down_before) / frames
         session_fixed = [w - k for w, k in zip(session_wall, session_work, strict=True)]
         stream = {
             "ws_floor_p50_ms": float(np.median(ws_floor)),
             "ws_floor_p95_ms": float(np.percentile(ws_floor, 95)),
+            "ws_sized_bytes": frame_size,
+            "streamed_echo_p50_ms": float(np.median(streamed_echo)) if streamed_echo else None,
+            "streamed_fixed_p50_ms": float(np.median(streamed_fixed)) if streamed_fixed else None,
+            "ws_sized_p50_ms": float(np.median(ws_sized)),
             "session_wall_p50_ms": float(np.median(session_wall)),
             "session_tail_ms": float(np.median(session_work)),
             "session_server_ms": device_session.server_ms,
@@ -278,8 +302,8 @@ def child(mode: str, series: str | None, requests: int) -> dict:
             # server message
             "session_app_up_bytes": message_up + (6 if message_up <= 125 else 8),
             "session_app_down_bytes": message_down + 2,
-            "session_link_up_bytes": (s_acked + s_out * SEGMENT_HEADERS) / requests,
-            "session_link_down_bytes": (s_received + s_in * SEGMENT_HEADERS) / requests,
+            "session_link_up_bytes": (s_acked + s_out * SEGMENT_HEADERS) / frames,
+            "session_link_down_bytes": (s_received + s_in * SEGMENT_HEADERS) / frames,
         }
         device_session.close()
         sessions["noop"].close()
@@ -364,8 +388,15 @@ def main() -> int:
               f"a session {r['session_wall_p50_ms']:.2f} ms, less the edge's decode and tail "
               f"{r['session_tail_ms']:.2f} ms = fixed {fixed:.2f} ms (p95 {r['session_fixed_p95_ms']:.2f}, "
               f"echo p95 {r['ws_floor_p95_ms']:.2f}): {fixed / r['ws_floor_p50_ms']:.2f}x "
-              f"the echo, {fixed / r['tail_fixed_p50_ms']:.2f}x POST /v1/tail's fixed; the replica's own "
+              f"the echo, {fixed / r.get('ws_sized_p50_ms', float('nan')):.2f}x the echo of a "
+              f"{r.get('ws_sized_bytes', 0)}-byte message ({r.get('ws_sized_p50_ms', float('nan')):.2f} ms), "
+              f"{fixed / r['tail_fixed_p50_ms']:.2f}x POST /v1/tail's fixed; the replica's own "
               f"time per frame (read to answered, tail included) {r['session_server_ms'] or 0:.2f} ms")
+        if r.get("streamed_echo_p50_ms"):
+            ratio = r["streamed_fixed_p50_ms"] / r["streamed_echo_p50_ms"]
+            print(f"  streamed ({STREAM_BLOCK} messages in a row on each, blocks alternating): echo of "
+                  f"{r['ws_sized_bytes']} B p50 {r['streamed_echo_p50_ms']:.2f} ms, session fixed p50 "
+                  f"{r['streamed_fixed_p50_ms']:.2f} ms: {ratio:.2f}x")
         print(f"  bytes per frame: session message {r['session_message_bytes']:.0f} B ({r['frame_bytes']} B "
               f"wire frame over HTTP), with its WebSocket header {r['session_app_up_bytes']:.0f} B up and "
               f"{r['session_app_down_bytes']:.0f} B down; HTTP: "

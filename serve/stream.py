@@ -305,6 +305,49 @@ async def _receive(websocket: Any, timeout_s: float, code: int, what: str) -> by
     return message.get("text")
 
 
+class IdleWatch:
+    """A session's idle timeout as one timer, not one per message (a timer costs more than the
+    rest of a frame's bookkeeping): a wait for a message notes when it began; the timer, when it
+    fires, moves to that time plus the timeout, or ends the wait with SessionTimeout."""
+
+    def __init__(self, timeout_s: float):
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.timeout_s = timeout_s
+        self.last = self.loop.time()
+        self.waiting = self.expired = False
+        self._timer = self.loop.call_at(self.last + timeout_s, self._fire)
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        if not self.waiting or now < self.last + self.timeout_s:  # busy with a frame, or not due
+            due = (self.last if self.waiting else now) + self.timeout_s
+            self._timer = self.loop.call_at(due, self._fire)
+            return
+        self.expired = True
+        self.task.cancel()
+
+    async def receive(self, websocket: Any) -> bytes | str | None:
+        """The next message (bytes or text), or None when the peer went away."""
+        self.waiting, self.last = True, self.loop.time()
+        try:
+            message = await websocket.receive()
+        except asyncio.CancelledError:
+            if self.expired and self.task.uncancel() == 0:
+                raise SessionTimeout(f"no message within {self.timeout_s:g} s", CLOSE_IDLE) from None
+            raise
+        finally:
+            self.waiting = False
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("bytes") is not None:
+            return message["bytes"]
+        return message.get("text")
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 def _accept_message(session: Session, routes: list[Route], limits: StreamLimits,
                     series_sha256: str, replica_id: str) -> str:
     return json.dumps({"type": "accept", "protocol": PROTOCOL, "version": VERSION,
@@ -345,6 +388,7 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
     if session is None:
         return
     limits = table.limits
+    idle: IdleWatch | None = None
     try:
         first = await _receive(websocket, limits.handshake_timeout_s, CLOSE_HANDSHAKE_TIMEOUT, "hello")
         if first is None:
@@ -359,8 +403,9 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
                                                   table.replica_id))
         max_bytes = _max_message_bytes(limits, session)
         last_stats = 0.0
+        idle = IdleWatch(limits.idle_timeout_s)
         while True:
-            message = await _receive(websocket, limits.idle_timeout_s, CLOSE_IDLE, "message")
+            message = await idle.receive(websocket)
             if message is None:
                 return
             if session.closing:  # asked to reconnect: wait for the device's close reply
@@ -398,6 +443,8 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         if session.closing:  # asked to reconnect while a frame ran: still owe the close reply
             await _await_close_reply(websocket)
     finally:
+        if idle is not None:
+            idle.stop()
         table.release(session)
 
 
@@ -431,7 +478,7 @@ async def _frame(host: SessionHost, session: Session, message: bytes, hello: Hel
         return Answer(frame.seq, KIND_ERROR, int(result["status"]), error=str(result["error"]))
     session.frames += 1
     row = result["logits"][0]
-    best = int(np.argmax(row))
+    best = int(row.argmax())
     work_us = round((decode_ms + result.get("tail_ms", 0.0)) * 1000) if hello.timings else None
     if hello.logits:
         return Answer(frame.seq, KIND_LOGITS, best, tuple(float(v) for v in row), work_us=work_us)
