@@ -42,11 +42,13 @@ from serve.bandwidth import (
     BandwidthEstimator,
     EstimatorConfig,
 )
+from serve.deadline import censored_seconds
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
+from serve.stream_client import PROBE_TIMEOUT_S, FrameLate
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
-PROBE_STALL_S = 2.0  # what a probe that timed out counts as (its bytes took at least this long)
+DEADLINE_FACTOR = 2.0  # a frame's deadline: this x the fallback's time on this device (as the router)
 TRANSPORTS = ("auto", "stream", "http")
 HeadCall = Callable[[np.ndarray], np.ndarray]  # uint8 pixels -> the features it sends
 
@@ -106,6 +108,8 @@ class DeviceResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     uplink_bps: float | None = None
     transport: str = "http"  # how the frame went: "stream" (the session) or "http" (/v1/tail)
+    # the frame missed its deadline and the device ran the fallback: (variant, split) it planned
+    given_up_from: tuple[str, str] | None = None
 
 
 def _ms(start_ns: int) -> float:
@@ -119,7 +123,9 @@ class DeviceClient:
                  throttle_bps: float | None = None, min_report_bytes: int = 512,
                  initial_bps: float = 10e6, table_ttl_s: float = 300.0, runtime: str = "auto",
                  threads: int = 1, transport: str = "auto", token: str | None = None,
-                 logits: bool = False):
+                 logits: bool = False, frame_deadline_ms: float | None = None,
+                 deadline_factor: float = DEADLINE_FACTOR, device_slowdown: float | None = None,
+                 device_overhead_ms: float = 0.0):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
@@ -133,6 +139,21 @@ class DeviceClient:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         self.transport = transport
+        if frame_deadline_ms is not None and not 0 < frame_deadline_ms <= 3_600_000:
+            raise ValueError(f"frame_deadline_ms must be in (0, 3600000], got {frame_deadline_ms!r}")
+        if not 0 <= deadline_factor <= 1000:
+            raise ValueError(f"deadline_factor must be in [0, 1000], got {deadline_factor!r}")
+        self.frame_deadline_ms, self.deadline_factor = frame_deadline_ms, deadline_factor
+        if device_slowdown is not None and not 0 < device_slowdown <= 1e4:
+            raise ValueError(f"device_slowdown must be in (0, 10000], got {device_slowdown!r}")
+        # how much slower than the edge's profile this device runs the heads it has not timed
+        # (None: the edge's device profile)
+        self.device_slowdown = device_slowdown
+        if not 0 <= device_overhead_ms <= 60_000 or (device_overhead_ms and device_slowdown is None):
+            raise ValueError(f"device_overhead_ms must be in [0, 60000] and needs device_slowdown, "
+                             f"got {device_overhead_ms!r}")
+        self.device_overhead_ms = device_overhead_ms
+        self.deadline_hits = 0
         self.token = token
         self.logits = logits  # a session answers with logits only when asked (else the class)
         self._session = None  # serve.stream_client.DeviceSession, opened on the first frame
@@ -237,10 +258,11 @@ class DeviceClient:
                                           min_sample_bytes=self.min_report_bytes)
         return self._session
 
-    def _send_over_session(self, session, features: np.ndarray, variant: str,
-                           split: str) -> tuple[int, list[float], int] | None:
+    def _send_over_session(self, session, features: np.ndarray, variant: str, split: str,
+                           deadline_ms: float | None = None) -> tuple[int, list[float], int] | None:
         """(class, logits or [], bytes sent) of a frame sent over the session, or None when
-        the edge has none (transport auto then stays on HTTP)."""
+        the edge has none (transport auto then stays on HTTP). Raises FrameLate (the frame given
+        up, its time learnt as a lower bound) when no answer came within `deadline_ms`."""
         from serve.stream_client import SessionUnavailable
 
         try:
@@ -251,7 +273,13 @@ class DeviceClient:
             self.transport, self._session = "http", None
             return None
         sent = len(session.pending[seq].message) if seq in session.pending else 0
-        answer, _ = session.wait(seq)
+        try:
+            answer, _ = session.wait(seq, None if deadline_ms is None else deadline_ms / 1000.0)
+        except FrameLate:
+            session.give_up(seq)
+            # its bytes did not arrive in that time, whatever their size: an exact lower bound
+            self.estimator.add_transfer(sent, censored_seconds(deadline_ms / 1000.0, 0.0), exact=True)
+            raise
         if not answer.ok:
             raise DeviceError(answer.value, answer.error)
         if session.last_sample is not None:
@@ -262,6 +290,31 @@ class DeviceClient:
                 session.report_uplink(self.uplink_bps)
                 self._reported_bps = self.uplink_bps
         return answer.value, list(answer.logits), sent
+
+    def _device_speed(self) -> dict:
+        return {"device_slowdown": self.device_slowdown,
+                "device_overhead_ms": self.device_overhead_ms or None}
+
+    def fallback(self, accuracy_floor: float | None = None,
+                 latency_budget_ms: float | None = None) -> tuple[str, str] | None:
+        """The (variant, "output") this device runs when a frame misses its deadline: the plan
+        table's choice at a bandwidth near zero, when that runs everything here (None: no table
+        cached for this constraint, or nothing on the device meets it)."""
+        cached = self._tables.get((accuracy_floor, latency_budget_ms))
+        if cached is None or not cached[1]["rows"]:
+            return None
+        row = cached[1]["rows"][0]
+        return (row["variant"], "output") if row["variant"] and row["split"] == "output" else None
+
+    def deadline_ms(self, fallback: tuple[str, str] | None) -> float | None:
+        """A frame's deadline: `frame_deadline_ms` when set, else `deadline_factor` x the
+        fallback's measured time on this device (`time_heads`); None without a fallback."""
+        if fallback is None:
+            return None
+        if self.frame_deadline_ms is not None:
+            return self.frame_deadline_ms
+        known = self.device_ms.get(fallback)
+        return self.deadline_factor * known if known and self.deadline_factor > 0 else None
 
     @property
     def uplink_bps(self) -> float | None:
@@ -301,9 +354,10 @@ class DeviceClient:
         self.probes += 1
         try:
             sample = session.probe(max(self.probe_bytes, self.min_report_bytes))
-        except TimeoutError:  # stalled: the link is slower than the probe over the timeout
-            self.probe_failures += 1
-            self._learn(max(self.probe_bytes, self.min_report_bytes), PROBE_STALL_S)
+        except TimeoutError:  # the link is slower than the probe over the timeout, or stalled:
+            self.probe_failures += 1  # its bytes took at least that long, whatever their size
+            self.estimator.add_transfer(max(self.probe_bytes, self.min_report_bytes), PROBE_TIMEOUT_S,
+                                        exact=True)
             return True
         except (SessionClosed, ConnectionError, OSError, _connection_closed()) as err:
             self.probe_failures += 1
@@ -355,6 +409,7 @@ class DeviceClient:
         return self._planning("/v1/plan", {
             "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
             "bandwidth_bps": bandwidth, "rtt_ms": self.rtt_ms, "link": self.link, "top": top,
+            **self._device_speed(),
             # this client runs heads and sends frames: never plan it an image upload
             "frames_only": "true"})
 
@@ -434,7 +489,7 @@ class DeviceClient:
         if cached is None or time.monotonic() - cached[0] > self.table_ttl_s:
             table = self._planning("/v1/plan/table", {
                 "accuracy_floor": accuracy_floor, "latency_budget_ms": latency_budget_ms,
-                "rtt_ms": self.rtt_ms, "frames_only": "true"})
+                "rtt_ms": self.rtt_ms, "frames_only": "true", **self._device_speed()})
             self._tables[key] = cached = (time.monotonic(), table)
         return cached[1]
 
@@ -560,14 +615,25 @@ class DeviceClient:
         if split == "output":
             logits = features[0].tolist()
             prediction = int(np.argmax(logits))
-            self.maybe_probe()
             timings["total"] = _ms(start)
+            self.maybe_probe()  # after the answer: the probe is the device's chore, not the request's
             return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant, split,
                                 0, timings)
         session = self.session()
         if session is not None:
             send_start = time.perf_counter_ns()
-            answered = self._send_over_session(session, features, variant, split)
+            fallback = self.fallback(accuracy_floor, latency_budget_ms)
+            try:
+                answered = self._send_over_session(session, features, variant, split,
+                                                   self.deadline_ms(fallback))
+            except FrameLate:  # the link stalled: the device finishes this one itself
+                self.deadline_hits += 1
+                timings["send"] = _ms(send_start)
+                logits = self.fetch_head(*fallback)(np.ascontiguousarray(pixels, dtype=np.uint8))[0].tolist()
+                prediction = int(np.argmax(logits))
+                timings["total"] = _ms(start)
+                return DeviceResult(prediction, info["data"]["classes"][prediction], logits, fallback[0],
+                                    "output", 0, timings, self.uplink_bps, "stream", (variant, split))
             if answered is not None:
                 prediction, logits, sent = answered
                 timings["send"] = _ms(send_start)

@@ -11,8 +11,10 @@ slower than the frame's size over the time it had on the wire: a sample the esti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pipeline.selection import Candidate
+if TYPE_CHECKING:  # the device client uses this module on devices without torch
+    from pipeline.selection import Candidate
 
 
 def fallback_candidate(candidates: Sequence[Candidate], floor: float | None) -> Candidate | None:

@@ -17,6 +17,7 @@ import functools
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ STREAM_PATH = "/v1/tail/stream"
 # Upgrade refusals that mean "this edge has no session route" (before any session was accepted)
 NO_SESSIONS_STATUSES = (403, 404, 405, 426)
 PING_TIMEOUT_S = 2.0
-PROBE_TIMEOUT_S = 2.0  # a probe not answered by then: the link has stalled (or the edge is old)
+PROBE_TIMEOUT_S = 0.25  # a probe not answered by then: the link is slower than ~33 kbit/s or stalled
 
 
 def read_token(path: str) -> str:
@@ -57,6 +58,10 @@ def read_token(path: str) -> str:
 
 class SessionUnavailable(RuntimeError):
     """The edge offers no session route (an older edge, or a proxy that refuses WebSockets)."""
+
+
+class FrameLate(TimeoutError):
+    """A frame's answer did not come within the time the caller gave it."""
 
 
 class SessionClosed(RuntimeError):
@@ -106,13 +111,16 @@ class DeviceSession:
     def __init__(self, url: str, link: str = "device", token: str | None = None,
                  series: str | None = None, logits: bool = False, timeout_s: float = 30.0,
                  throttle_bps: float | None = None, max_reconnects: int = 20,
-                 min_sample_bytes: int = 512, timings: bool = False):
+                 min_sample_bytes: int = 512, timings: bool = False,
+                 before_send: Callable[[int], None] | None = None):
         host = url.split("://", 1)[-1].rstrip("/")
         self.url = f"ws://{host}{STREAM_PATH}"
         self.link, self.token, self.series, self.logits = link, token, series, logits
         self.timings = timings  # answers carry the edge's work on each frame (4 bytes more)
         self.timeout_s = timeout_s
         self.throttle_bps = throttle_bps
+        # called with a message's size before each frame or probe goes (a link emulation's hook)
+        self.before_send = before_send
         self.max_reconnects = max_reconnects
         self.min_sample_bytes = min_sample_bytes
         self._ws: Any = None
@@ -135,6 +143,7 @@ class DeviceSession:
         self._noted: Any = None  # the connection whose close is in close_codes
         self._generation = 0  # connections opened so far: a frame records the one it went on
         self._accepted = False  # a session was accepted once: later refusals are outages
+        self._stale_probes = 0  # probes that timed out: their answers, when they come, are not timed
 
     # ---- connection ----
     def _connect(self) -> None:
@@ -198,7 +207,7 @@ class DeviceSession:
                 raise TimeoutError(f"no {kind} message from the edge in {timeout_s:g} s")
             if isinstance(message, str):
                 document = json.loads(message)
-                if document.get("type") == kind:
+                if document.get("type") == kind and not (kind == "probe" and self._stale_probes):
                     return document
                 self._on_text(document)
             else:
@@ -272,21 +281,31 @@ class DeviceSession:
             self._send_message(pending.message)
             pending.generation = self._generation
 
+    def _emulate_link(self, nbytes: int) -> None:
+        if self.before_send is not None:
+            self.before_send(nbytes)
+        if self.throttle_bps is not None:  # the device side of an emulated link
+            time.sleep(nbytes * 8.0 / self.throttle_bps)
+
     def _send_message(self, message: bytes) -> None:
-        if self.throttle_bps is not None:
-            time.sleep(len(message) * 8.0 / self.throttle_bps)
+        self._emulate_link(len(message))
         self._ws.send(message)
         self.frames_sent += 1
         self.bytes_sent += len(message)
 
-    def wait(self, seq: int) -> tuple[Answer, float]:
+    def wait(self, seq: int, within_s: float | None = None) -> tuple[Answer, float]:
         """The answer to frame `seq` and when it came (perf_counter s); reconnects and resends
-        as needed. Raises SessionClosed when the edge refused the session for good."""
-        deadline = time.monotonic() + self.timeout_s * 4
+        as needed. Raises SessionClosed when the edge refused the session for good, and
+        FrameLate when `within_s` (from now) passed first (the frame stays pending: `give_up`)."""
+        limit = self.timeout_s * 4 if within_s is None else within_s
+        deadline = time.monotonic() + limit
         while seq not in self.answers:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"frame {seq} unanswered after {self.timeout_s * 4:g} s")
-            message = self._with_reconnect(lambda: self._recv(self.timeout_s))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if within_s is not None:
+                    raise FrameLate(f"frame {seq} unanswered within {within_s * 1000:.0f} ms")
+                raise TimeoutError(f"frame {seq} unanswered after {limit:g} s")
+            message = self._with_reconnect(lambda left=left: self._recv(min(self.timeout_s, left)))
             if message is None:
                 continue
             if isinstance(message, str):
@@ -295,8 +314,16 @@ class DeviceSession:
                 self._on_answer(message)
         return self.answers.pop(seq)
 
+    def give_up(self, seq: int) -> None:
+        """Forget frame `seq` (its deadline passed and the device answered it itself): it is not
+        resent after a reconnect, and its answer, should one still come, is dropped."""
+        self.pending.pop(seq, None)
+        self.answers.pop(seq, None)
+
     def _on_text(self, document: dict) -> None:
-        if document.get("type") == "stats":
+        if document.get("type") == "probe" and self._stale_probes:
+            self._stale_probes -= 1  # the late answer of a probe that timed out
+        elif document.get("type") == "stats":
             self.tail_ms.update({int(k): float(v) for k, v in document.get("tail_ms", {}).items()})
             self.server_ms = document.get("server_ms")
         elif document.get("type") == "routes":
@@ -339,12 +366,15 @@ class DeviceSession:
         pad = "." * max(0, int(nbytes) - len('{"type":"probe","pad":""}'))
         message = json.dumps({"type": "probe", "pad": pad}, separators=(",", ":"))
         start = time.perf_counter()
-        if self.throttle_bps is not None:  # the device side of an emulated link
-            time.sleep(len(message) * 8.0 / self.throttle_bps)
+        self._emulate_link(len(message))
         self._with_reconnect(lambda: self._ws.send(message))
-        self._await_text("probe", timeout_s)
-        seconds = time.perf_counter() - start - (self.rtt_ms or 0.0) / 1000.0
         self.bytes_sent += len(message)
+        try:
+            self._await_text("probe", timeout_s)
+        except TimeoutError:
+            self._stale_probes += 1
+            raise
+        seconds = time.perf_counter() - start - (self.rtt_ms or 0.0) / 1000.0
         if seconds <= 0:
             return None
         self.last_sample = (len(message), seconds)

@@ -45,3 +45,57 @@ def wait_healthy(url: str, proc, timeout_s: float = 240.0, output=None) -> dict:
             pass
         time.sleep(1.0)
     raise AssertionError(f"{url} did not answer in {timeout_s:g} s")
+
+
+class PausableProxy:
+    """A TCP proxy on 127.0.0.1 to `port` whose uplink (client -> server) can be paused: what
+    the client sends meanwhile waits, as on a stalled link, and flows again on `resume`."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self.target = port
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, sink, uplink: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if uplink:
+                    self.flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+    def pause(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.flowing.set()
+        self.server.close()

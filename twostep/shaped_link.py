@@ -49,6 +49,7 @@ class ShapedLink:
         self.mtu = mtu
         self.bandwidth_bps = bandwidth_bps
         self._made: list[str] = []
+        self._shaped = False
 
     def __enter__(self) -> ShapedLink:
         try:
@@ -81,9 +82,13 @@ class ShapedLink:
         self.bandwidth_bps = bandwidth_bps
         rate = f"{int(bandwidth_bps)}bit"
         burst = str(self.burst_bytes)
+        # `change` keeps what is queued (a trace steps the rate under frames in flight); the
+        # first time there is no tbf to change
+        verb = "change" if self._shaped else "replace"
         for ns, dev in ((self.device, self.device_if), (self.edge, self.edge_if)):
-            _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+            _run("ip", "netns", "exec", ns, "tc", "qdisc", verb, "dev", dev, "root", "tbf",
                  "rate", rate, "burst", burst, "latency", "2s")
+        self._shaped = True
 
     def command(self, namespace: str, argv: list[str]) -> list[str]:
         """`argv` run inside `namespace` (self.device or self.edge)."""

@@ -94,8 +94,10 @@ def replay(url: str, trace: Trace, images: np.ndarray, fps: float = 5.0, rtt_ms:
     return rows
 
 
-def price(rows: list[dict], trace: Trace, candidates: Sequence[Candidate], rtt_ms: float = 20.0) -> Outcome:
-    """The live answers as an `Outcome`: each choice's latency on the true trace (an empty link)."""
+def price(rows: list[dict], trace: Trace, candidates: Sequence[Candidate], rtt_ms: float = 20.0,
+          overhead_bytes: float = TCP_OVERHEAD_BYTES) -> Outcome:
+    """The live answers as an `Outcome`: each choice's latency on the true trace (an empty link),
+    each transfer `overhead_bytes` more than its payload."""
     by_key = {(c.variant_id, c.split): c for c in candidates}
     priced, chosen, planned = [], [], []
     for row in rows:
@@ -107,7 +109,8 @@ def price(rows: list[dict], trace: Trace, candidates: Sequence[Candidate], rtt_m
         if given_up:
             priced.append(given_up_ms(by_key[planned[-1]], row["deadline_ms"], candidate))
         else:
-            priced.append(float(latency_on_trace(trace, np.array([row["t"]]), candidate, rtt_ms)[0]))
+            priced.append(float(latency_on_trace(trace, np.array([row["t"]]), candidate, rtt_ms,
+                                                 overhead_bytes)[0]))
     switches = sum(a != b for a, b in zip(planned, planned[1:], strict=False))  # the router's choices
     return Outcome(np.array([r["t"] for r in rows]), np.array(priced),
                    [f"{c.variant_id}@{c.split}" for c in chosen], np.array([c.accuracy for c in chosen]),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from httputil import free_port, png
+from httputil import PausableProxy, free_port, png
 
 from pipeline.data import DataInfo, normalize
 
@@ -412,6 +412,42 @@ def test_device_client_over_a_session(served):
         probes = client.probes
         assert client.classify(pixels, "vgg11-base", "output").bytes_sent == 0
         assert client.probes == probes + 1 and client.estimator.age_s() < 1.0
+
+
+def test_a_device_gives_a_frame_up_on_a_stalled_link_and_finishes_it_itself(served):
+    """The device's own deadline: its uplink stalls (a proxy stops forwarding what it sends), the
+    frame is given up after `frame_deadline_ms` and the fallback of the edge's plan table runs on
+    the device; the link is known to be slow; when it flows again, frames are answered again."""
+    from serve.client import DeviceClient
+
+    proxy = PausableProxy(int(served.url.rsplit(":", 1)[1]))
+    try:
+        with DeviceClient(f"http://127.0.0.1:{proxy.port}", link="stalled", frame_deadline_ms=400.0,
+                          transport="stream") as client:
+            pixels = served.images[5][None]
+            table = client.plan_table(0.0)
+            fallback = client.fallback(0.0)
+            assert fallback == (table["rows"][0]["variant"], "output")
+            client.fetch_head(*fallback)  # its weights come while the link flows
+            assert client.classify(pixels, "vgg11-base", "pool3", accuracy_floor=0.0).transport == "stream"
+            proxy.pause()
+            start = time.monotonic()
+            late = client.classify(pixels, "vgg11-base", "pool3", accuracy_floor=0.0)
+            waited = time.monotonic() - start
+            assert late.given_up_from == ("vgg11-base", "pool3")
+            assert (late.variant, late.split, late.bytes_sent) == (fallback[0], "output", 0)
+            assert 0.4 <= waited < 3.0 and client.deadline_hits == 1
+            expected, _ = in_process(served, fallback[0], "output", pixels)
+            assert late.prediction == int(expected.argmax())
+            # the frame's bytes did not arrive in 0.4 s: the estimate knows the link is slow
+            assert client.uplink_bps < client.initial_bps / 10
+            proxy.resume()
+            again = client.classify(pixels, "vgg11-base", "pool3", accuracy_floor=0.0)
+            assert again.transport == "stream" and again.given_up_from is None
+            expected, _ = session_expected(served, "vgg11-base", "pool3", pixels)
+            assert again.prediction == int(expected.argmax())
+    finally:
+        proxy.close()
 
 
 # A device with numpy, lz4, onnxruntime and pillow: importing torch, Ray or any other

@@ -37,7 +37,7 @@ from pipeline.session_wire import (
 )
 from serve.runner import RequestError, VariantRunner
 from serve.stream import SessionTable, StreamLimits, run_session
-from serve.stream_client import DeviceSession, SessionClosed
+from serve.stream_client import DeviceSession, FrameLate, SessionClosed
 
 VARIANT = "vgg11-base"
 TOKEN = "s3cret-token"
@@ -51,6 +51,7 @@ class Host:
         self.series_sha256 = "ab" * 32
         self.runners: dict[str, VariantRunner] = {}
         self.uplinks: list[tuple[str, float]] = []
+        self.delay_s = 0.0  # a slow tail (a stalled link, as the device sees it)
 
     def runner(self, variant: str) -> VariantRunner:
         if variant not in self.runners:
@@ -66,6 +67,8 @@ class Host:
             raise UnknownRoute(str(err)) from None
 
     async def run_tensor(self, variant, split, tensor, nbytes):
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         return {"logits": self.runner(variant).calls(split)[1](tensor), "tail_ms": 0.1}
 
     def report_uplink(self, link_id, uplink_bps):
@@ -297,3 +300,22 @@ def test_an_edge_without_sessions_leaves_the_client_on_http(edge, tiny_store):
     strict = DeviceClient(_url(edge, "nowhere"), transport="stream")
     with pytest.raises(SessionUnavailable):
         strict._send_over_session(strict.session(), _features(tiny_store, "pool3"), VARIANT, "pool3")
+
+
+def test_a_frame_past_its_deadline_is_given_up_and_its_late_answer_dropped(edge, tiny_store):
+    features = _features(tiny_store, "pool3")
+    with DeviceSession(_url(edge, "a"), link="late") as session:
+        assert session.wait(session.send(VARIANT, "pool3", features))[0].ok  # the route declared
+        edge["host"].delay_s = 0.6
+        try:
+            late = session.send(VARIANT, "pool3", features)
+            start = time.monotonic()
+            with pytest.raises(FrameLate):
+                session.wait(late, within_s=0.1)
+            assert 0.09 <= time.monotonic() - start < 0.5  # not the frame's 0.6 s
+            session.give_up(late)
+        finally:
+            edge["host"].delay_s = 0.0
+        answer, _ = session.wait(session.send(VARIANT, "pool3", features))
+        assert answer.ok and answer.seq == late + 1
+        assert late not in session.answers and late not in session.pending

@@ -52,6 +52,21 @@ class BenchConfig(ConfigModel):
                                    "this long before each timed call, as between the "
                                    "benchmark's requests (a call after a gap is slower)")
 
+    trace: str | None = Field(None, description="replay this bandwidth trace on the shaped link "
+                              "instead of the grid (`time_s Mbit/s` lines, or mahimahi's packet "
+                              "times): the device classifies test images at --fps, planning itself")
+    trace_speed: float = Field(1.0, ge=1e-4, le=1e4, description="play the trace this many times faster")
+    trace_start_s: float = Field(0.0, ge=0.0, description="replay from this second of the trace")
+    trace_seconds: float | None = Field(None, gt=0.0, le=86_400.0, description="replay this many "
+                                        "seconds of it (before the speed-up; default: to its end)")
+    fps: float = Field(5.0, gt=0.0, le=100.0, description="frames a second the device classifies "
+                       "during a trace replay")
+    deadline_factor: float = Field(2.0, ge=0.0, le=1000.0, description="during a trace replay, a "
+                                   "frame unanswered after this x the on-device fallback's time is "
+                                   "given up and run on the device (0: no deadline)")
+    trace_grid: bool = Field(False, description="with --trace, also run the bandwidth grid (one "
+                             "edge for both)")
+
     @property
     def bandwidths_mbit(self) -> tuple[float, ...]:
         return tuple(bps / 1e6 for bps in self.bandwidths)

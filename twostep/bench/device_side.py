@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = device.prefetch(job)
             elif job["kind"] == "point":
                 result = device.point(job)
+            elif job["kind"] == "trace":
+                from twostep.bench.device_trace import replay_trace
+
+                result = replay_trace(device.setup, device.images, device.labels, job)
             else:
                 raise ValueError(f"unknown job kind {job['kind']!r}")
         except Exception as err:  # reported to the orchestrator, which stops the run

@@ -32,10 +32,12 @@ from twostep.bench.config import BenchConfig
 from twostep.bench.device_side import refill_gap_ms
 from twostep.bench.shortlist import device_times_at, shortlist
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
+from twostep.bench.trace_run import bench_trace, calibration_bandwidth_mbit, replay_one, write_trace_report
 from twostep.ports import free_port
 
 Log = Callable[[str], None]
 EDGE_PORT, SINK_PORT = 8000, 9009
+TRACE_IMAGES = 500  # test images a trace replay cycles through
 JOB_TIMEOUT_S = 3600.0  # one grid point at 0.1 Mbit/s with many requests takes minutes, not hours
 
 
@@ -210,6 +212,17 @@ def open_link(mode: str, log: Log) -> Link:
                   "burst_bytes": shaped.burst_bytes})
 
 
+def check_trace_link(mode: str) -> None:
+    """A trace replays on the shaped link only: ValueError naming the way out where there is none."""
+    from twostep.shaped_link import available
+
+    if mode == "emulated" or not available():
+        why = "not --link emulated" if mode == "emulated" else "which this machine does not permit"
+        raise ValueError(f"--trace replays the trace on the shaped link (root, network namespaces), {why}; "
+                         "without one, replay it on `twostep serve --emulate-link` (PUT /v1/link "
+                         '{"trace": ...}) or with bench/bench_trace_live.py')
+
+
 # ---- the run ----
 
 def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> dict:
@@ -219,6 +232,11 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     from twostep.bench.report import write_report
 
     started = time.perf_counter()
+    trace = bench_trace(config) if config.trace else None  # a bad trace fails before any work
+    if trace is not None:
+        check_trace_link(config.link)
+    grid = trace is None or config.trace_grid
+    bandwidths = config.bandwidths_mbit if grid else (calibration_bandwidth_mbit(trace),)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     store = SeriesStore.open(config.series)
@@ -232,9 +250,10 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     edge_profile = profile_edge(store, out / "profile.edge.json", log, config.runtime,
                                 config.profile_idle_ms)
     log("== [2/5] test images, JPEG sizes and accuracy")
-    images, labels = series_test_images(manifest, max(config.accuracy_images, config.requests))
-    np.save(out / "images.npy", images[: max(config.requests, 1)])
-    np.save(out / "labels.npy", labels[: max(config.requests, 1)])
+    kept = max(config.requests, TRACE_IMAGES if trace is not None else 1)
+    images, labels = series_test_images(manifest, max(config.accuracy_images, kept))
+    np.save(out / "images.npy", images[:kept])
+    np.save(out / "labels.npy", labels[:kept])
     jpeg = jpeg_stats(store, images[: config.accuracy_images], labels[: config.accuracy_images],
                       config.jpeg_quality)
     log(f"   JPEG q{jpeg['quality']}: {jpeg['bytes_mean']:.0f} B mean, base accuracy on JPEGs "
@@ -285,7 +304,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         # The device's calls at each bandwidth's idle gap (the link's refill before a request):
         # a call after a wait costs more than the back-to-back calibration says.
         gaps = {b: refill_gap_ms(link.shaped.burst_bytes, b * 1e6) if link.shaped else 0.0
-                for b in config.bandwidths_mbit}
+                for b in bandwidths}
         fit_on = calibration_executions(manifest, store)
         distinct = sorted(set(gaps.values()))
         calls = max(10, config.calibration_requests // 3)
@@ -293,14 +312,15 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                              "gaps_ms": distinct, "requests": calls})
         profiled = profiled_device_work(manifest, edge_profile, fit_on)
         by_gap = {gap: fit_device(profiled, measured) for gap, measured in zip(distinct, called, strict=True)}
-        costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in config.bandwidths_mbit}
+        costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in bandwidths}
         # The line cannot rank variants whose calls after a wait barely follow their MACs: the
         # device also times, at each gap, every execution that could win there by the line.
-        timed, known = time_shortlists(device, manifest, edge_profile, costs_at, gaps, config, floor,
-                                       dict(zip(distinct, called, strict=True)), fit_on, calls)
+        timed, known = time_shortlists(device, manifest, edge_profile, costs_at, gaps, bandwidths,
+                                       config.slowdowns, floor, dict(zip(distinct, called, strict=True)),
+                                       fit_on, calls)
         calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": timed[gap]}
                                         for gap in distinct}
-        for b in config.bandwidths_mbit:
+        for b in bandwidths:
             fit = by_gap[gaps[b]]
             log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
                 f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms; "
@@ -317,7 +337,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
             f"{costs.device_overhead_ms:.2f} ms (on {base_id} and {smallest}; the predictions use "
             f"the fits at each bandwidth's idle gap below); a JPEG through /v1/classify "
             f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
-        grid = [(b, s) for b in config.bandwidths_mbit for s in config.slowdowns]
+        grid = [(b, s) for b in bandwidths for s in config.slowdowns] if grid else []
         choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
                                             jpeg["bytes_mean"], jpeg["encode_ms"], device_ms(b, s))
                    for b, s in grid}
@@ -325,11 +345,12 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                         "overhead_ms": costs_at[b].device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
                         "accuracy_floor": floor, "device_ms": device_times_document(device_ms(b, s))}
                        for b, s in grid]
-        fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
-            e.to_dict() for point in choices.values() for e, _ in point.values()]})
-        log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
         points = []
-        bar = tqdm(grid, desc="grid", disable=not progress, unit="point")
+        fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
+            e.to_dict() for point in choices.values() for e, _ in point.values()]}) if grid else {"plans": []}
+        if grid:
+            log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
+        bar = tqdm(grid, desc="grid", disable=not progress or not grid, unit="point")
         current_rate = None
         for (mbit, slowdown), plan in zip(bar, fetched["plans"], strict=True):
             bps = mbit * 1e6
@@ -345,11 +366,21 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                            "predicted": {k: {"execution": e.key, **p} for k, (e, p) in point.items()},
                            **result})
         bar.close()
+        traced = []
+        if trace is not None:
+            at = min(bandwidths, key=lambda b: abs(np.log(b / calibration_bandwidth_mbit(trace))))
+            log(f"== trace {trace.name}: {trace.duration_s:.0f} s at {config.fps:g} requests/s per "
+                f"slowdown (device calls fitted at {at:g} Mbit/s, the trace's median rate)")
+            for slowdown in config.slowdowns:
+                traced.append(replay_one(device, link.set_rate, trace, config, slowdown, manifest,
+                                         edge_profile, costs_at[at], device_ms(at, slowdown), jpeg, floor,
+                                         log))
     finally:
         for process in reversed(processes):
             process.stop()
         link.close()
     log("== [5/5] results")
+    summaries = write_trace_report(trace, config, traced, out, log) if trace is not None else None
     document = {
         "config": config.model_dump(mode="json"), "series": str(store.directory),
         "link": {"kind": link.kind, "description": link.description, **link.settings},
@@ -362,21 +393,24 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         "raw_bytes": raw_bytes,
         "calibration": {k: v for k, v in calibration.items() if k != "rows"},
         "points": points, "wall_seconds": time.perf_counter() - started,
+        **({"traces": summaries} if summaries is not None else {}),
     }
+    if not grid:
+        write_json_atomic(out / "bench.json", document)
+        return document
     return write_report(document, store, out, log)
 
 
 def time_shortlists(device: Process, manifest: dict, edge_profile: dict, costs_at: dict[float, LinkCosts],
-                    gaps: dict[float, float], config: BenchConfig, floor: float,
-                    measured: dict[float, dict[str, float]], fit_on: list[Execution],
+                    gaps: dict[float, float], bandwidths: tuple[float, ...], slowdowns: tuple[float, ...],
+                    floor: float, measured: dict[float, dict[str, float]], fit_on: list[Execution],
                     calls: int) -> tuple[dict[float, dict[str, float]], list[Execution]]:
     """The device's own speed-1 time at each gap of every execution a bandwidth with that gap
     short-lists (`shortlist`), besides those already `measured` there: ({gap: {execution key:
     ms}}, every execution timed)."""
     wanted: dict[float, dict[str, Execution]] = {gap: {} for gap in measured}
-    for mbit in config.bandwidths_mbit:
-        for execution in shortlist(manifest, edge_profile, costs_at[mbit], mbit * 1e6,
-                                   config.slowdowns, floor):
+    for mbit in bandwidths:
+        for execution in shortlist(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns, floor):
             wanted[gaps[mbit]].setdefault(execution.key, execution)
     timed = {}
     for gap, done in measured.items():
