@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cost import MAX_BANDWIDTH_BPS  # anything above is a unit mistake
+
 MAHIMAHI_PACKET_BYTES = 1500
 DEFAULT_MIN_BPS = 1_000.0
 MAX_STEPS = 1_000_000  # a week of 1-second steps
-MAX_RATE_BPS = 1e12  # as pipeline.cost.Link: anything above is a unit mistake
 MAX_SPEED = 1e4
 
 
@@ -52,8 +53,9 @@ class Trace:
             raise TraceError(f"{self.name}: step times must start at 0 and increase")
         if not math.isfinite(self.duration_s):
             raise TraceError(f"{self.name}: the trace must last a finite time")
-        if not np.all(np.isfinite(rates)) or np.any(rates < 0) or np.any(rates > MAX_RATE_BPS):
-            raise TraceError(f"{self.name}: rates must be finite, >= 0 and <= {MAX_RATE_BPS / 1e6:g} Mbit/s")
+        if not np.all(np.isfinite(rates)) or np.any(rates < 0) or np.any(rates > MAX_BANDWIDTH_BPS):
+            raise TraceError(f"{self.name}: rates must be finite, >= 0 and "
+                             f"<= {MAX_BANDWIDTH_BPS / 1e6:g} Mbit/s")
         if not self.min_bps > 0:
             raise TraceError(f"min_bps must be > 0, got {self.min_bps!r}")
         object.__setattr__(self, "starts_s", starts)
@@ -89,6 +91,10 @@ class Trace:
         index = int(np.searchsorted(self.starts_s, within, side="right") - 1)
         partial = self._bits[index] + self.rates_bps[index] * (within - self.starts_s[index])
         return laps * self._bits[-1] + partial
+
+    def bits_between(self, start_s: float, end_s: float) -> float:
+        """Bits the link delivers from `start_s` to `end_s` (0 when end <= start)."""
+        return max(0.0, self._bits_until(end_s) - self._bits_until(start_s)) if end_s > start_s else 0.0
 
     def arrival(self, start_s: float, nbytes: float) -> float:
         """When `nbytes` put on the link at `start_s` have all gone (s from the replay's start)."""

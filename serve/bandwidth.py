@@ -21,8 +21,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Same bounds as pipeline.cost.Link: anything outside is a unit mistake.
-MAX_BANDWIDTH_BPS = 1e12
+from pipeline.cost import MAX_BANDWIDTH_BPS  # pipeline.cost.Link's bound: above is a unit mistake
+
 _MIN_SECONDS = 1e-9
 
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pipeline.cost import MAX_BANDWIDTH_BPS
 from pipeline.traces import Trace
-from serve.bandwidth import MAX_BANDWIDTH_BPS
 
 MAX_RTT_MS = 3_600_000.0
 

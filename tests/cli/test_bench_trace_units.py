@@ -1,6 +1,7 @@
 """`twostep bench --trace` without Ray: reading the trace, the rate its calibration uses, the
 candidates it prices, and the device client's deadline rule."""
 
+import numpy as np
 import pytest
 
 from serve.client import DeviceClient
@@ -100,3 +101,36 @@ def test_the_device_client_imports_without_torch_or_ray():
             "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_filler_takes_what_the_bucket_holds_at_the_traces_rates(tmp_path):
+    import socket
+    import time
+
+    from pipeline.traces import Trace
+    from twostep.bench.device_trace import BurstSpender
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(0.5)
+    # 8 Mbit/s for 10 s, then 8 kbit/s: one byte a millisecond
+    trace = Trace("t", np.array([0.0, 10.0]), np.array([8e6, 8e3]), 1000.0)
+    spender = BurstSpender(trace, time.time() - 5.0, 1514, sink.getsockname())
+    spender(100)  # the bucket is full after 5 s of an idle fast link: one burst's datagram
+    assert len(sink.recv(4096)) == 1514 - 42 and spender.sent == 1
+    spender(100)  # right after: the message still occupies the link, nothing to take
+    assert spender.sent == 1
+    spender.start_at = time.time() - 10.2  # 0.2 s into the slow part: about 200 B in the bucket
+    spender.free_at = 10.0
+    spender(100)
+    taken = len(sink.recv(4096)) + 42
+    assert 150 <= taken <= 260 and spender.sent == 2
+
+
+def test_bits_between_integrates_the_rate():
+    from pipeline.traces import Trace
+
+    trace = Trace("t", np.array([0.0, 1.0]), np.array([1e6, 1e3]), 2.0)
+    assert trace.bits_between(0.5, 1.5) == pytest.approx(0.5e6 + 0.5e3)
+    assert trace.bits_between(1.5, 0.5) == 0.0
+    assert trace.bits_between(1.5, 2.5) == pytest.approx(0.5e3 + 0.5e6)  # it loops

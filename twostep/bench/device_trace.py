@@ -6,8 +6,8 @@ estimate (its frames' times, probes while it runs everything itself) and the edg
 fetched once for its constraint and its measured head times; a frame not answered within its
 deadline (`deadline_factor` x the fallback's time on this device) is given up and the device runs
 the fallback. It knows nothing of the trace: the trace serves only the link's emulation here,
-the filler datagram that spends the token bucket's burst before a message (as the grid does, so
-that a message pays its bytes at the link's rate) when the bucket has had time to fill.
+the filler datagram that takes what the token bucket holds before a message (as the grid does,
+so that a message pays its bytes at the link's rate).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import numpy as np
 
 from pipeline.traces import Trace
 from serve.client import DeviceClient, HeadCall
-from twostep.bench.device_side import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time, refill_gap_ms
+from twostep.bench.device_side import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time
+
+MIN_FILLER_BYTES = 22  # fewer tokens than a minimal frame's worth (64 B) are left in the bucket
 
 
 class SlowDevice(DeviceClient):
@@ -55,25 +57,25 @@ class SlowDevice(DeviceClient):
 
 
 class BurstSpender:
-    """Before a message: one filler datagram that empties tbf's bucket when it has had time to
-    fill since the last message (at the trace's rate now), so the message is not let through at
-    line rate."""
+    """Before a message: one filler datagram that takes what tbf's bucket holds (what the link
+    delivered, at the trace's rates, since it last carried something, at most one burst), so
+    that the message is not let through at line rate."""
 
     def __init__(self, trace: Trace, start_at: float, burst_bytes: int, target: tuple[str, int]):
         self.trace, self.start_at, self.target = trace, start_at, target
         self.burst_bytes = burst_bytes
-        self.filler = b"\0" * max(0, burst_bytes - UDP_OVERHEAD)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.free_at = -1e9  # when the link is expected to be done with what went before (s)
+        self.free_at = 0.0  # when the link is done with what went before (s from the start)
         self.sent = 0
 
     def __call__(self, nbytes: int) -> None:
-        now = time.time() - self.start_at
-        rate = self.trace.rate_at(max(now, 0.0))
-        if now - self.free_at >= refill_gap_ms(self.burst_bytes, rate) / 1000.0:
-            self.udp.sendto(self.filler, self.target)
+        now = max(time.time() - self.start_at, 0.0)
+        tokens = min(self.burst_bytes, self.trace.bits_between(self.free_at, now) / 8.0)
+        if tokens >= UDP_OVERHEAD + MIN_FILLER_BYTES:
+            self.udp.sendto(b"\0" * int(tokens - UDP_OVERHEAD), self.target)
             self.sent += 1
-        self.free_at = max(now, self.free_at) + (nbytes + TCP_SEGMENT_OVERHEAD) * 8.0 / rate
+        # the message (and its headers) occupy the link from now, or after what is queued
+        self.free_at = self.trace.arrival(max(now, self.free_at), nbytes + TCP_SEGMENT_OVERHEAD)
 
 
 def replay_trace(setup, images: np.ndarray, labels: np.ndarray, job: dict,

@@ -153,7 +153,8 @@ def replay_one(device, set_rate: Callable[[float], None], trace: Trace, config, 
                      "over_deadline_bound": None if bound is None else int(np.sum(
                          (wall > bound) & np.array([r["bytes"] > 0 or r["past_deadline"] for r in rows])))},
         # seconds to offload again after each time the oracle did (None: not within the trace)
-        "recovery_s": [d if math.isfinite(d) else None for d in recovery_delays(live, oracle, RECOVERY_HOLD_S)],
+        "recovery_s": [d if math.isfinite(d) else None
+                       for d in recovery_delays(live, oracle, RECOVERY_HOLD_S)],
         "deadline_ms": deadline, "deadline_bound_ms": bound,
         "fallback": None if fallback is None else f"{fallback.variant_id}@{fallback.split}",
         "counters": result["counters"],
