@@ -34,6 +34,7 @@ Log = Callable[[str], None]
 MIN_STEP_S = 0.05  # tc changes the rate in a few ms: steps shorter than this are not replayed
 START_DELAY_S = 2.0  # both clocks start this long after the job is sent
 RECOVERY_HOLD_S = 3.0
+TIE = 1e-3  # twostep within 0.1% of a fixed strategy is not "lower"
 
 
 def bench_trace(config) -> Trace:
@@ -166,8 +167,9 @@ def replay_one(device, set_rate: Callable[[float], None], trace: Trace, config, 
     mine, others = summary["twostep"], summary["fixed"].values()
     summary["targets"] = {
         "mean_le_1.05x_oracle": summary["ratio_to_oracle"] <= 1.05,
-        "mean_below_every_fixed": all(mine["mean_ms"] < f["mean_ms"] for f in others),
-        "p95_below_every_fixed": all(mine["p95_ms"] < f["p95_ms"] for f in others),
+        # lower by more than a rounding: a fixed strategy that made twostep's very choices ties
+        "mean_below_every_fixed": all(mine["mean_ms"] < f["mean_ms"] * (1 - TIE) for f in others),
+        "p95_below_every_fixed": all(mine["p95_ms"] < f["p95_ms"] * (1 - TIE) for f in others),
         "floor_held": bool(min(live.accuracy) >= floor - 1e-12),
         "none_over_deadline_bound": summary["measured"]["over_deadline_bound"] in (0, None),
     }
