@@ -27,6 +27,7 @@ import torch
 from pipeline.data import DataInfo
 from pipeline.models import ArchSpec, build
 from pipeline.models.inference import inference_form
+from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES
 from pipeline.series import SeriesStore
 from pipeline.split import total_macs
 
@@ -68,7 +69,7 @@ def _calls(store: SeriesStore, model: torch.nn.Module, spec: ArchSpec, runtime: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("series")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME)
     parser.add_argument("--variants", nargs="*", help="default: the base and every step-1 variant")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is kept")
     parser.add_argument("--calls", type=int, default=50, help="calls per round")

@@ -52,13 +52,13 @@ from torch import nn
 from pipeline.atomic import write_json_atomic
 from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
+from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES, profile_runtime
 from pipeline.split import split_points
 
 FORMAT = "twostep-profile/1"
 MAX_PROFILE_BYTES = 64 << 20
 # What `profile_model` times; profiles without this key timed the unfolded models (slower).
 MODEL_FORM = "inference (BatchNorm folded)"
-RUNTIMES = ("torch", "onnxruntime")
 # Relative tolerance of the head + tail == total check when loading a file.
 _SUM_RTOL = 1e-6
 
@@ -201,7 +201,7 @@ def profile_document(
     warmup: int,
     repeats: int,
     device: str | torch.device = "cpu",
-    runtime: str = "torch",
+    runtime: str = DEFAULT_RUNTIME,
     idle_ms: float = 0.0,
 ) -> dict:
     """Wrap variant entries from `profile_model` (or `profile_onnx`, `runtime` onnxruntime) in a
@@ -279,7 +279,7 @@ def validate_profile(doc: object) -> dict:
         math.isfinite(slowdown) and slowdown > 0
     ):
         raise ValueError(f"profile slowdown must be a finite number > 0, got {slowdown!r}")
-    if doc.get("runtime", "torch") not in RUNTIMES:
+    if profile_runtime(doc) not in RUNTIMES:
         raise ValueError(f"profile runtime must be one of {', '.join(RUNTIMES)}, got {doc['runtime']!r}")
     codec = doc.get("codec")
     if codec is not None:

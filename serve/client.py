@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.device_times import DeviceTimes, device_times_document
 from pipeline.onnx_session import normalizer
+from pipeline.runtime import DEVICE_RUNTIMES, check_runtime
 from pipeline.session_wire import CLOSE_UNSUPPORTED
 from serve.bandwidth import (
     LINK_BAND,
@@ -47,7 +48,6 @@ from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
 from serve.stream_client import PROBE_TIMEOUT_S, FrameLate
 
-RUNTIMES = ("auto", "onnxruntime", "torch")
 DEADLINE_FACTOR = 2.0  # a frame's deadline: this x the fallback's time on this device (as the router)
 TRANSPORTS = ("auto", "stream", "http")
 HeadCall = Callable[[np.ndarray], np.ndarray]  # uint8 pixels -> the features it sends
@@ -57,8 +57,7 @@ def resolve_runtime(runtime: str = "auto") -> str:
     """`auto`: ONNX Runtime where it is installed (3-6x faster per call here), else PyTorch."""
     import importlib.util
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_runtime(runtime, DEVICE_RUNTIMES)
     if runtime != "auto":
         return runtime
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"

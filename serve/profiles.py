@@ -2,7 +2,7 @@
 
 Edge profile, in order: the file given, `<series>/profile.json` (written by `twostep profile`),
 or an estimate. The estimate times every layer as `layer_ms + ms_per_mmac * MACs / 1e6`; both
-constants are given, or fitted at start-up to `pipeline.profiler.profile_model` timings of one
+constants are given, or fitted at start-up to `pipeline.profile_series.profile_as_served` timings of one
 variant (the base), which costs well under a second for small models. Device profile: the file
 given, `<edge profile>.device.json` next to an edge profile file, or the edge profile times
 `slowdown` (the paper's `T_device = gamma x T_edge`, `pipeline.profiler.derive_profile`).
@@ -19,13 +19,14 @@ from torch import nn
 
 from pipeline.models.registry import ArchSpec
 from pipeline.profile_paths import device_profile_of, series_edge_profile
+from pipeline.profile_series import profile_as_served
 from pipeline.profiler import (
     derive_profile,
     load_profile,
     profile_document,
-    profile_model,
     timings_from_layers,
 )
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.split import stage_costs
 
 
@@ -61,15 +62,10 @@ def estimate_profile(manifest: dict, ms_per_mmac: float, layer_ms: float = 0.0) 
 
 
 def calibrate(model: nn.Module, spec: ArchSpec, warmup: int = 2, repeats: int = 5,
-              runtime: str = "torch") -> tuple[float, float]:
+              runtime: str = DEFAULT_RUNTIME) -> tuple[float, float]:
     """(ms_per_mmac, layer_ms) fitted by least squares to measured per-layer times of `model`,
     run by `runtime`."""
-    if runtime == "onnxruntime":
-        from pipeline.onnx_profile import profile_onnx
-
-        measured = profile_onnx(model, spec, None, 1, warmup, repeats)
-    else:
-        measured = profile_model(model, spec, 1, warmup, repeats)
+    measured = profile_as_served(model, spec, runtime, None, 1, warmup, repeats)
     macs = np.array([c.macs / 1e6 for c in stage_costs(spec)[1:]])
     return fit_cost(macs, np.array([layer["ms"] for layer in measured["layers"]]))
 
@@ -92,7 +88,7 @@ def resolve_profiles(
     ms_per_mmac: float | None = None,
     layer_ms: float = 0.0,
     calibration_model: tuple[nn.Module, ArchSpec] | None = None,
-    runtime: str = "torch",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> Profiles:
     """Find or make the device and edge profiles (see the module docstring for the order).
 

@@ -32,6 +32,7 @@ from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.cost import Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
 from pipeline.onnx_graphs import head_graph
+from pipeline.runtime import profile_runtime
 from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
 from pipeline.traces import TraceError, load_trace, parse_trace
 from serve.deadline import censored_seconds, deadline_ms, fallback_candidate
@@ -152,7 +153,7 @@ class Router:
             else self.series.load_model(base)[:2], runtime=self.args.runtime,
         )
         self.profile_source = profiles.source
-        profiled = profiles.edge.get("runtime", "torch")
+        profiled = profile_runtime(profiles.edge)
         if "estimated" not in profiles.edge and profiled != self.args.runtime:
             self.profile_source += (f"; WARNING: profiled with {profiled}, served with "
                                     f"{self.args.runtime} (rerun twostep profile --runtime "

@@ -23,7 +23,8 @@ from pipeline.models.inference import inference_form
 from pipeline.models.registry import ArchSpec
 from pipeline.onnx_graphs import head_graph, tail_graph
 from pipeline.onnx_session import GraphRunner, normalizer
-from pipeline.profiler import RUNTIMES
+from pipeline.runtime import DEFAULT_RUNTIME
+from pipeline.runtime import check_runtime as check_choice
 from pipeline.series import SeriesStore
 from pipeline.session_codec import route_for
 from pipeline.session_wire import Route
@@ -59,14 +60,11 @@ def _ms(start: int) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
-DEFAULT_RUNTIME = "onnxruntime"  # 3-6x faster per call at batch 1 here (ENVIRONMENT.md)
-
 Call = Callable[[np.ndarray], np.ndarray]
 
 
 def check_runtime(runtime: str, threads: int) -> None:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_choice(runtime)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import Bandwidth
 from pipeline.cost import MAX_BANDWIDTH_BPS, MAX_RTT_MS
+from pipeline.runtime import DEFAULT_RUNTIME, Runtime
 from serve.autoscaling import FRAMES_POLICY_PATH, POLICY_PATH
 from serve.bandwidth import (
     LINK_BAND,
@@ -141,8 +142,8 @@ class AppArgs(BaseModel):
     router_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share "
                                  "per-link state)")
     router_cpus: float = Field(0.1, gt=0.0, le=64.0, description="CPUs each Router replica reserves")
-    runtime: Literal["onnxruntime", "torch"] = Field(
-        "onnxruntime", description="what runs heads and tails: ONNX Runtime (graphs from "
+    runtime: Runtime = Field(
+        DEFAULT_RUNTIME, description="what runs heads and tails: ONNX Runtime (graphs from "
                                    "`twostep export`, or exported when a variant loads) or eager "
                                    "PyTorch; profile with the same runtime")
     torch_threads: int = Field(1, ge=1, le=256, description="threads of either runtime per replica")

@@ -22,6 +22,7 @@ from pipeline.profiler import (
     derive_profile,
     save_profile,
 )
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.series import SeriesStore
 from twostep.demo_config import DemoConfig
 from twostep.ports import free_port
@@ -75,7 +76,7 @@ def prune_stage(config: DemoConfig, progress: bool, log: Log) -> SeriesStore:
 
 
 def profile_stage(store: SeriesStore, slowdown: float, log: Log,
-                  runtime: str = "onnxruntime") -> tuple[Path, Path]:
+                  runtime: str = DEFAULT_RUNTIME) -> tuple[Path, Path]:
     """Measure every variant on this machine (the edge) and derive the device by `slowdown`."""
     from pipeline.profile_series import profile_series
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from pipeline.config import Bandwidth, CommaList, ConfigModel
+from pipeline.runtime import DEFAULT_RUNTIME, Runtime
 
 
 class BenchConfig(ConfigModel):
@@ -40,8 +41,8 @@ class BenchConfig(ConfigModel):
                                      "and device processes may take to start")
     ingress: Literal["auto", "haproxy", "proxy"] = Field(
         "auto", description="the edge's HTTP ingress: HAProxy where available")
-    runtime: Literal["onnxruntime", "torch"] = Field(
-        "onnxruntime", description="what runs heads and tails on the device and the edge, and "
+    runtime: Runtime = Field(
+        DEFAULT_RUNTIME, description="what runs heads and tails on the device and the edge, and "
                                    "what the edge profile times")
     transport: Literal["stream", "http"] = Field(
         "stream", description="how the device sends frames and raw inputs: over one device "

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.session_wire import FRAME_HEADER_BYTES
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
@@ -54,7 +55,7 @@ class Setup:
     burst_bytes: int = 0  # the token bucket's size; the filler spends it
     throttle: bool = False  # emulated link: sleep for the bytes of each request
     jpeg_quality: int = 90
-    runtime: str = "onnxruntime"  # what runs the device's heads: onnxruntime or torch
+    runtime: str = DEFAULT_RUNTIME  # what runs the device's heads (pipeline.runtime)
     transport: str = "http"  # frames and raw inputs: "stream" (one device session) or "http"
 
     @classmethod

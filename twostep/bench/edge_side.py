@@ -18,6 +18,8 @@ import sys
 import threading
 import urllib.request
 
+from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES
+
 
 def udp_sink(host: str, port: int) -> None:
     """Receive and drop datagrams on (host, port) in a daemon thread."""
@@ -32,7 +34,7 @@ def udp_sink(host: str, port: int) -> None:
 
 
 def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_floor: float,
-               ray_address: str | None = None, ingress: str = "auto", runtime: str = "torch") -> None:
+               ray_address: str | None = None, ingress: str = "auto", runtime: str = DEFAULT_RUNTIME) -> None:
     """Start (or join) Ray and run the Serve app on host:port with one fixed tail replica."""
     import ray
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink-port", type=int, default=0)
     parser.add_argument("--ray-address")
     parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="onnxruntime")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME)
     args = parser.parse_args(argv)
     if args.sink_port:
         udp_sink(args.host, args.sink_port)

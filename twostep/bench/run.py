@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.atomic import write_json_atomic
 from pipeline.device_times import device_times_document
 from pipeline.models.registry import ArchSpec
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.selection import candidates_from_series, variant_accuracy
 from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
@@ -43,7 +44,7 @@ JOB_TIMEOUT_S = 3600.0  # one grid point at 0.1 Mbit/s with many requests takes 
 
 # ---- preparation (this process) ----
 
-def profile_edge(store: SeriesStore, path: Path, log: Log, runtime: str = "torch",
+def profile_edge(store: SeriesStore, path: Path, log: Log, runtime: str = DEFAULT_RUNTIME,
                  idle_ms: float = 0.0) -> dict:
     """Profile every variant on this CPU with one thread, as the Serve replicas run."""
     from pipeline.profile_series import profile_series

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from pipeline.cost import parse_bandwidth
+from pipeline.runtime import DEVICE_RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--url", default="http://127.0.0.1:8000", help="the edge (twostep serve)")
     common.add_argument("--link", default="device", help="this device's link id at the edge")
     common.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout")
-    common.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+    common.add_argument("--runtime", choices=DEVICE_RUNTIMES, default="auto",
                         help="what runs the head here: the edge's ONNX graph on ONNX Runtime, or its "
                              "weights on PyTorch (default auto: onnxruntime where installed)")
     common.add_argument("--threads", type=int, default=1, help="threads of the runtime (default 1)")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.profile_paths import device_profile_of, series_edge_profile
+from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per layer")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of the runtime (default 1, as a Serve replica runs)")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="onnxruntime",
-                        help="time the models as this runtime runs them (default onnxruntime, as "
-                             "twostep serve runs them)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                        help=f"time the models as this runtime runs them (default {DEFAULT_RUNTIME}, "
+                             "as twostep serve runs them)")
     parser.add_argument("--idle-ms", type=float, default=0.0,
                         help="idle time before each timed call, as between a server's requests "
                              "(default 0)")
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.profiler import derive_profile, profile_document, profile_model, save_profile
+    from pipeline.profile_series import profile_as_served
+    from pipeline.profiler import derive_profile, profile_document, save_profile
 
     path = Path(args.path)
     if not path.exists():
@@ -76,14 +78,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         torch.set_num_threads(args.threads)
         model, spec, _ = load_checkpoint(path)
-        if args.runtime == "onnxruntime":
-            from pipeline.onnx_profile import profile_onnx
-
-            entry = profile_onnx(model, spec, None, args.batch_size, args.warmup, args.repeats,
-                                 args.threads, args.idle_ms)
-        else:
-            entry = profile_model(model, spec, args.batch_size, args.warmup, args.repeats, device,
-                                  args.idle_ms)
+        entry = profile_as_served(model, spec, args.runtime, None, args.batch_size, args.warmup,
+                                  args.repeats, args.threads, args.idle_ms, device)
         doc = profile_document({"base": entry}, args.batch_size, args.warmup, args.repeats, device,
                                args.runtime, args.idle_ms)
     save_profile(output, doc)
