@@ -171,8 +171,8 @@ def tail_states() -> dict:
 def deploy_tails(series: str, **tail_args) -> None:
     from ray import serve
 
-    from serve.app import build_tail_app, tail_app_name
-    from serve.settings import AppArgs
+    from serve.app import build_tail_app
+    from serve.settings import AppArgs, tail_app_name
 
     args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", **tail_args)
     serve.run(build_tail_app(args), name=tail_app_name(args.app_name), route_prefix="/v1/tail",

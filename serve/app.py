@@ -27,7 +27,7 @@ from serve.head import DeviceHead
 from serve.link_board import kill_link_board
 from serve.router import Router
 from serve.series_source import publish_series, unpublish_series
-from serve.settings import AppArgs
+from serve.settings import AppArgs, tail_app_name
 from serve.tail import EdgeTail
 
 DEVICE_RESOURCE, EDGE_RESOURCE = "device", "edge"
@@ -123,10 +123,6 @@ def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:
         args = args.model_copy(update={"series_dir": str(Path(args.series_dir).expanduser().resolve())})
     # fails here, with the reason, not in replicas; `serve run` builds before it joins RAY_ADDRESS
     return args, publish_series(args.series_dir, join_from_env=True)
-
-
-def tail_app_name(app_name: str) -> str:
-    return f"{app_name}-tail"
 
 
 def deploy(args: AppArgs, blocking: bool = False) -> dict:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.clock import ms_since
 from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.device_times import DeviceTimes, device_times_document
 from pipeline.onnx_session import normalizer
@@ -110,9 +111,6 @@ class DeviceResult:
     # the frame missed its deadline and the device ran the fallback: (variant, split) it planned
     given_up_from: tuple[str, str] | None = None
 
-
-def _ms(start_ns: int) -> float:
-    return (time.perf_counter_ns() - start_ns) / 1e6
 
 
 class DeviceClient:
@@ -396,7 +394,7 @@ class DeviceClient:
         for _ in range(count):
             start = time.perf_counter_ns()
             self._request("GET", "/-/healthz")
-            times.append(_ms(start))
+            times.append(ms_since(start))
         self.rtt_ms = min(times)
         return self.rtt_ms
 
@@ -472,7 +470,7 @@ class DeviceClient:
                 time.sleep(idle_ms / 1000.0)
                 start = time.perf_counter_ns()
                 work(pixels)
-                times.append(_ms(start))
+                times.append(ms_since(start))
             measured[(variant, split)] = float(np.median(times))
         self.device_ms.update(measured)
         self._tables.clear()  # planned without these times
@@ -603,18 +601,18 @@ class DeviceClient:
             plan_start = time.perf_counter_ns()
             best = self.choose(accuracy_floor, latency_budget_ms)
             variant, split = best["variant"], best["split"]
-            timings["plan"] = _ms(plan_start)
+            timings["plan"] = ms_since(plan_start)
         info = self.info()
         fetch_start = time.perf_counter_ns()
         head = self.fetch_head(variant, split)
-        timings["fetch"] = _ms(fetch_start)
+        timings["fetch"] = ms_since(fetch_start)
         head_start = time.perf_counter_ns()
         features = head(np.ascontiguousarray(pixels, dtype=np.uint8))
-        timings["head"] = _ms(head_start)
+        timings["head"] = ms_since(head_start)
         if split == "output":
             logits = features[0].tolist()
             prediction = int(np.argmax(logits))
-            timings["total"] = _ms(start)
+            timings["total"] = ms_since(start)
             self.maybe_probe()  # after the answer: the probe is the device's chore, not the request's
             return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant, split,
                                 0, timings)
@@ -627,32 +625,32 @@ class DeviceClient:
                                                    self.deadline_ms(fallback))
             except FrameLate:  # the link stalled: the device finishes this one itself
                 self.deadline_hits += 1
-                timings["send"] = _ms(send_start)
+                timings["send"] = ms_since(send_start)
                 logits = self.fetch_head(*fallback)(np.ascontiguousarray(pixels, dtype=np.uint8))[0].tolist()
                 prediction = int(np.argmax(logits))
-                timings["total"] = _ms(start)
+                timings["total"] = ms_since(start)
                 return DeviceResult(prediction, info["data"]["classes"][prediction], logits, fallback[0],
                                     "output", 0, timings, self.uplink_bps, "stream", (variant, split))
             if answered is not None:
                 prediction, logits, sent = answered
-                timings["send"] = _ms(send_start)
-                timings["total"] = _ms(start)
+                timings["send"] = ms_since(send_start)
+                timings["total"] = ms_since(start)
                 return DeviceResult(prediction, info["data"]["classes"][prediction], logits, variant,
                                     split, sent, timings, self.uplink_bps, "stream")
         encode_start = time.perf_counter_ns()
         frame = encode_frame(features, codec_config(info["codec"]), variant_tag(variant))
-        timings["encode"] = _ms(encode_start)
+        timings["encode"] = ms_since(encode_start)
         send_start = time.perf_counter_ns()
         if self.throttle_bps is not None:
             time.sleep(len(frame) * 8.0 / self.throttle_bps)
         answer = self.send_frame(frame, variant, split)
-        timings["send"] = _ms(send_start)
+        timings["send"] = ms_since(send_start)
         timings["edge"] = answer["timings_ms"]["total"]
         timings["edge_tail"] = answer["timings_ms"]["tail"]
         timings["uplink"] = max(0.0, timings["send"] - timings["edge"] - (self.rtt_ms or 0.0))
         if timings["uplink"] > 0:
             self._learn(len(frame), timings["uplink"] / 1000.0)
-        timings["total"] = _ms(start)
+        timings["total"] = ms_since(start)
         prediction = answer["predictions"][0]
         return DeviceResult(prediction, answer["labels"][0], answer["logits"][0], variant, split,
                             len(frame), timings, self.uplink_bps)

@@ -57,7 +57,8 @@ MAX_DEVICE_TABLES = 16
 
 
 class Planner:
-    """Candidates of a series and its profiles, with per-key hysteresis over the choice."""
+    """Candidates of a series and its profiles; `decide` keeps the choice in force near a
+    boundary (hysteresis), given that choice."""
 
     def __init__(
         self,
@@ -67,7 +68,6 @@ class Planner:
         bytes_stat: str = "mean",
         baselines: bool = True,
         switch_margin: float = 0.1,
-        max_keys: int = 4096,
     ):
         if not 0 <= switch_margin < 1:
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin!r}")
@@ -78,8 +78,6 @@ class Planner:
         self._device_tables: OrderedDict[tuple, CandidateTable] = OrderedDict()
         self._timed_tables: OrderedDict[tuple, CandidateTable] = OrderedDict()
         self.switch_margin = switch_margin
-        self.max_keys = max_keys
-        self._current: OrderedDict[str, Candidate] = OrderedDict()
         # Unique: a raw-input (all-on-device) baseline exists only where the variant does not
         # offer `input` (`output`) itself.
         self._by_key = {(c.variant_id, c.split): c for c in candidates}
@@ -169,15 +167,6 @@ class Planner:
         `table_for` for `device_slowdown`, `device_overhead_ms`, `frames_only` and `device_ms`."""
         table = self.table_for(device_slowdown, device_overhead_ms, frames_only, device_ms)
         return table.select(link, accuracy_floor, latency_budget_ms, top_k)
-
-    def choose(self, key: str, link: Link, accuracy_floor: float | None = None,
-               latency_budget_ms: float | None = None) -> Choice:
-        """The choice for `key` (e.g. link id and constraint) under hysteresis, remembered here."""
-        choice = self.decide(self._current.pop(key, None), link, accuracy_floor, latency_budget_ms)
-        self._current[key] = choice.candidate
-        while len(self._current) > self.max_keys:
-            self._current.popitem(last=False)
-        return choice
 
     def decide(self, previous: Candidate | None, link: Link, accuracy_floor: float | None = None,
                latency_budget_ms: float | None = None) -> Choice:

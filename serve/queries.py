@@ -165,3 +165,30 @@ def describe_errors(errors: list[dict]) -> str:
         else:
             parts.append(message)
     return "; ".join(parts)
+
+
+def install_error_handlers(app) -> None:
+    """The JSON errors both FastAPI apps answer with: a bad query (400, every bad parameter
+    named) and an HttpError (its status and message)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": describe_errors(err.errors())}, status_code=400)
+
+    @app.exception_handler(HttpError)
+    async def http_error(request, err: HttpError) -> JSONResponse:
+        return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+def check_variant(variant_id: str | None, known) -> str:
+    """`variant_id` when it is well formed and `known(variant_id)`; else HttpError 400 (missing
+    or malformed) or 404 (unknown), the message naming it."""
+    if variant_id and not VARIANT_ID.match(variant_id):
+        raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant_id[:80]!r}")
+    if not variant_id:
+        raise HttpError(400, "variant is required")
+    if not known(variant_id):
+        raise HttpError(404, f"unknown variant {variant_id!r}; GET /v1/variants lists them")
+    return variant_id

@@ -21,13 +21,13 @@ import numpy as np
 import PIL.Image  # noqa: F401  (imported here so the first request does not pay for it)
 import torch
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from pipeline.clock import ms_since
 from pipeline.codec import codec_config, encode_frame, variant_tag
 from pipeline.cost import Link, latency_breakdown
 from pipeline.data import DataInfo, normalize
@@ -36,7 +36,6 @@ from pipeline.runtime import profile_runtime
 from pipeline.selection import Candidate, NoFeasibleCandidate, ranked_rows
 from pipeline.traces import TraceError, load_trace, parse_trace
 from serve.deadline import censored_seconds, deadline_ms, fallback_candidate
-from serve.head import replica_health
 from serve.inputs import HttpError, decode_pixels, read_body, read_json
 from serve.link import LinkEmulator, LinkSaturated, check_link_settings
 from serve.link_board import LinkBoardClient
@@ -44,7 +43,6 @@ from serve.plan_table import plan_table as build_plan_table
 from serve.planner import Planner, constraint_key
 from serve.profiles import resolve_profiles
 from serve.queries import (
-    VARIANT_ID,
     ClassifyQuery,
     ConstraintQuery,
     HeadQuery,
@@ -52,11 +50,13 @@ from serve.queries import (
     NoQuery,
     PlanQuery,
     PlanTableQuery,
-    describe_errors,
+    check_variant,
+    install_error_handlers,
     parse_query,
 )
+from serve.replica import replica_health
 from serve.series_source import SeriesMirror
-from serve.settings import AppArgs
+from serve.settings import AppArgs, tail_app_name
 from serve.weights import pack_head
 
 logger = logging.getLogger("ray.serve")
@@ -69,9 +69,6 @@ MAX_DEVICE_TIMES_BYTES = 256 * 1024  # ~4,000 (variant, split) times
 HEAD_CACHE = 32
 PLAN_TABLE_CACHE = 64
 
-
-def _ms(start_ns: int) -> float:
-    return (time.perf_counter_ns() - start_ns) / 1e6
 
 
 def _replica_failure(err: BaseException) -> bool:
@@ -109,14 +106,7 @@ async def call_with_retries(call: Callable[[], Awaitable[dict]], what: str, retr
     raise HttpError(503, f"{what} unavailable after {retries + 1} attempts: {type(last).__name__}")
 
 
-@api.exception_handler(RequestValidationError)
-async def _bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": describe_errors(err.errors())}, status_code=400)
-
-
-@api.exception_handler(HttpError)
-async def _http_error(request: Request, err: HttpError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+install_error_handlers(api)
 
 
 @api.exception_handler(NoFeasibleCandidate)
@@ -166,7 +156,7 @@ class Router:
             self.default_floor = max(0.0, self.planner.best_accuracy - self.args.accuracy_drop)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
-        self.tail_app = f"{context.app_name}-tail"
+        self.tail_app = tail_app_name(context.app_name)
         self.board = LinkBoardClient(context.app_name, self.args.estimator_config())
         self.link = LinkEmulator(self.args.link_bandwidth_bps, self.args.link_rtt_ms)
         if self.args.link_trace:
@@ -211,13 +201,7 @@ class Router:
         return query.accuracy_floor, query.latency_budget_ms
 
     def _variant(self, variant_id: str | None) -> str:
-        if variant_id is not None and not VARIANT_ID.match(variant_id):
-            raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant_id[:80]!r}")
-        if variant_id is None:
-            raise HttpError(400, "variant is required")
-        if variant_id not in self.planner.variants:
-            raise HttpError(404, f"unknown variant {variant_id!r}; GET /v1/variants lists them")
-        return variant_id
+        return check_variant(variant_id, self.planner.variants.__contains__)
 
     def _split(self, variant_id: str, split: str | None) -> str:
         splits = self.planner.splits_of(variant_id)
@@ -236,7 +220,7 @@ class Router:
         start = time.perf_counter_ns()
         with torch.inference_mode():
             x = normalize(torch.from_numpy(np.ascontiguousarray(pixels)), self.info)
-        return encode_frame(x, self.codec, variant_tag(variant_id)), _ms(start)
+        return encode_frame(x, self.codec, variant_tag(variant_id)), ms_since(start)
 
     def _fallback(self, floor: float | None) -> Candidate | None:
         """The on-device fallback for `floor`, found once per floor (not per frame)."""
@@ -478,7 +462,7 @@ class Router:
         parse_start = time.perf_counter_ns()
         pixels = decode_pixels(body, request.headers.get("content-type"), query.shape,
                                self.info.in_channels, self.info.input_size, self.args.max_image_pixels)
-        parse_ms = _ms(parse_start)
+        parse_ms = ms_since(parse_start)
         plan_start = time.perf_counter_ns()
         key = f"{link_id}|{constraint_key(floor, budget)}"
         state = await self.board.observe(link_id, uplink, None if forced else key)
@@ -494,7 +478,7 @@ class Router:
             vid, split = candidate.variant_id, candidate.split
             if state["choice"] != (vid, split):
                 self.board.remember(key, vid, split)
-        plan_ms = _ms(plan_start)
+        plan_ms = ms_since(plan_start)
         self._maybe_probe(link_id, state["age_s"])
 
         timings = {"parse": parse_ms, "plan": plan_ms}
@@ -506,7 +490,7 @@ class Router:
         else:
             head, retries = await self._call(self.head, vid, "run", split, pixels.tobytes(), pixels.shape)
             frame = head["frame"]
-        timings.update(head=head["head_ms"], encode=head["encode_ms"], head_call=_ms(head_start))
+        timings.update(head=head["head_ms"], encode=head["encode_ms"], head_call=ms_since(head_start))
         bytes_sent = 0 if frame is None else len(frame)
         link_ms = decode_ms = tail_ms = 0.0
         given_up = limit_ms = None
@@ -516,7 +500,7 @@ class Router:
             link_start = time.perf_counter_ns()
             if self.link.enabled:
                 given_up, limit_ms = await self._carry(link_id, bytes_sent, floor, deadline=not forced)
-            link_ms = _ms(link_start)
+            link_ms = ms_since(link_start)
         given_up_from = None
         if given_up is not None:  # the frame missed its deadline: the device finishes it
             given_up_from = {"variant": vid, "split": split}
@@ -530,7 +514,7 @@ class Router:
         elif frame is not None:
             tail_start = time.perf_counter_ns()
             tail, tail_retries = await self._call(self.tail, vid, "finish", frame, split)
-            tail_call_ms = _ms(tail_start)
+            tail_call_ms = ms_since(tail_start)
             retries += tail_retries
             if not self.link.enabled and self.args.measure_handoff:
                 handoff_s = max(0.0, tail_call_ms - tail["server_ms"]) / 1000.0
@@ -539,7 +523,7 @@ class Router:
             decode_ms, tail_ms = tail["decode_ms"], tail["tail_ms"]
             timings.update(tail_call=tail_call_ms)
         timings.update(link=link_ms, decode=decode_ms, tail=tail_ms)
-        timings["total"] = _ms(start)
+        timings["total"] = ms_since(start)
         work = timings["head"] + timings["encode"] + link_ms + decode_ms + tail_ms
         timings["overhead"] = max(0.0, timings["total"] - work)
         prediction = max(range(len(logits)), key=logits.__getitem__)

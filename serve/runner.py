@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.clock import ms_since
 from pipeline.codec import CodecConfig, codec_config, decode_frame, encode_frame, variant_tag
 from pipeline.data import DataInfo, normalize
 from pipeline.models.inference import inference_form
@@ -55,9 +56,6 @@ class TailOutput:
     decode_ms: float
     tail_ms: float
 
-
-def _ms(start: int) -> float:
-    return (time.perf_counter_ns() - start) / 1e6
 
 
 Call = Callable[[np.ndarray], np.ndarray]
@@ -170,12 +168,12 @@ class VariantRunner:
         head, _ = self.calls(split)
         start = time.perf_counter_ns()
         y = head(pixels)  # (N, C', H', W') at the split, (N, classes) at `output`
-        head_ms = _ms(start)
+        head_ms = ms_since(start)
         if split == "output":
             return HeadOutput(None, y.astype(np.float32, copy=False), head_ms, 0.0)
         start = time.perf_counter_ns()
         frame = encode_frame(y, self.codec, self.tag)
-        return HeadOutput(frame, None, head_ms, _ms(start))
+        return HeadOutput(frame, None, head_ms, ms_since(start))
 
     def run_tail(self, frame: bytes, split: str) -> TailOutput:
         """Validate and decode `frame` (made by this variant's head at `split`), run the tail.
@@ -186,10 +184,10 @@ class VariantRunner:
         """
         start = time.perf_counter_ns()
         tensor = self.decode(frame, split)
-        decode_ms = _ms(start)
+        decode_ms = ms_since(start)
         start = time.perf_counter_ns()
         logits = self.calls(split)[1](tensor)
-        return TailOutput(logits.astype(np.float32, copy=False), decode_ms, _ms(start))
+        return TailOutput(logits.astype(np.float32, copy=False), decode_ms, ms_since(start))
 
     def run_tails(self, frames: list[bytes], split: str) -> list[TailOutput | RequestError]:
         """`run_tail` of several frames at `split` with one tail call on their concatenation
@@ -202,13 +200,13 @@ class VariantRunner:
             except RequestError as err:
                 decoded.append(err)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
-        decode_ms = _ms(start) / max(len(frames), 1)
+        decode_ms = ms_since(start) / max(len(frames), 1)
         out: list[TailOutput | RequestError] = []
         if good:
             start = time.perf_counter_ns()
             logits = self.calls(split)[1](np.concatenate(good))
             rows = sum(len(d) for d in good)
-            tail_ms = _ms(start) / rows  # per image: each frame is charged its own share
+            tail_ms = ms_since(start) / rows  # per image: each frame is charged its own share
             offsets = np.cumsum([0] + [len(d) for d in good])
             parts = iter(logits[a:b].astype(np.float32) for a, b in zip(offsets, offsets[1:], strict=False))
         for d in decoded:

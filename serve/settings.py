@@ -213,3 +213,8 @@ class AppArgs(BaseModel):
                 "idle_timeout_s": self.stream_idle_timeout_s,
                 "handshake_timeout_s": self.stream_handshake_timeout_s,
                 "max_message_bytes": self.stream_max_message_bytes, "token": token}
+
+
+def tail_app_name(app_name: str) -> str:
+    """The tail application's name beside the main app `app_name` (EdgeTail deploys there)."""
+    return f"{app_name}-tail"

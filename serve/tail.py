@@ -18,19 +18,19 @@ import time
 
 import torch
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from pipeline.clock import ms_since
 from pipeline.data import DataInfo
 from pipeline.series import SeriesError
 from pipeline.session_wire import Route, UnknownRoute
 from serve.autoscaling import FRAMES_METRIC, WORK_METRIC, WorkMeter
 from serve.bandwidth import EstimatorConfig
-from serve.head import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
 from serve.link_board import LinkBoardClient
-from serve.queries import VARIANT_ID, TailQuery, describe_errors, parse_query
+from serve.queries import TailQuery, check_variant, install_error_handlers, parse_query
+from serve.replica import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 from serve.stream import SessionTable, StreamLimits, run_session
@@ -59,22 +59,12 @@ class _PrefixIsRoot:
 tail_api.add_middleware(_PrefixIsRoot)
 
 
-@tail_api.exception_handler(RequestValidationError)
-async def _bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": describe_errors(err.errors())}, status_code=400)
-
-
-@tail_api.exception_handler(HttpError)
-async def _http_error(request: Request, err: HttpError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+install_error_handlers(tail_api)
 
 
 def _answer(out) -> dict:
     return {"logits": out.logits.tolist(), "decode_ms": out.decode_ms, "tail_ms": out.tail_ms}
 
-
-def _ms(start_ns: int) -> float:
-    return (time.perf_counter_ns() - start_ns) / 1e6
 
 
 
@@ -174,7 +164,7 @@ class EdgeTail:
             runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
             start = time.perf_counter_ns()
             logits = await self._call((variant_id, split), alone, runner.calls(split)[1], tensor)
-            return {"logits": logits, "tail_ms": _ms(start)}
+            return {"logits": logits, "tail_ms": ms_since(start)}
         except (RequestError, SeriesError) as err:
             return error_entry(err)
         except Exception as err:  # noqa: BLE001 - a fault of the edge, answered as a 500
@@ -232,7 +222,7 @@ class EdgeTail:
         """
         start = time.perf_counter_ns()
         result = await self._run(serve.get_multiplexed_model_id(), frame, split)
-        return result if "error" in result else {**result, "server_ms": _ms(start)}
+        return result if "error" in result else {**result, "server_ms": ms_since(start)}
 
     @tail_api.post("/")
     async def http_finish(self, request: Request) -> JSONResponse:
@@ -240,13 +230,8 @@ class EdgeTail:
         frame."""
         start = time.perf_counter_ns()
         query = parse_query(TailQuery, request.query_params)
-        variant = query.variant or request.headers.get(MULTIPLEX_HEADER)
-        if variant and not VARIANT_ID.match(variant):
-            raise HttpError(400, f"variant must match {VARIANT_ID.pattern}, got {variant[:80]!r}")
-        if not variant:
-            raise HttpError(400, "variant is required")
-        if not self.series.store.has(variant):
-            raise HttpError(404, f"unknown variant {variant!r}; GET /v1/variants lists them")
+        variant = check_variant(query.variant or request.headers.get(MULTIPLEX_HEADER),
+                                self.series.store.has)
         split = query.split
         if not split:
             raise HttpError(400, "split is required")
@@ -270,7 +255,7 @@ class EdgeTail:
             "predictions": predictions, "labels": [self.info.classes[p] for p in predictions],
             "logits": logits, "variant": variant, "split": split, "bytes_received": len(frame),
             "link": link_id, "timings_ms": {"decode": result["decode_ms"], "tail": result["tail_ms"],
-                                            "total": _ms(start)}})
+                                            "total": ms_since(start)}})
 
     def _report(self, link_id: str, uplink_bps: float) -> None:
         """Pass the device's measured uplink to the Routers' shared link state (no wait)."""

@@ -59,8 +59,8 @@ def test_calibration_times_the_model_with_the_served_runtime(tiny_store, runtime
 
 
 def test_fewer_bytes_when_the_bandwidth_drops(planner):
-    fast = planner.choose("k", Link(1e9), accuracy_floor=0.0)
-    slow = planner.choose("k", Link(1e4), accuracy_floor=0.0)
+    fast = planner.decide(None, Link(1e9), accuracy_floor=0.0)
+    slow = planner.decide(fast.candidate, Link(1e4), accuracy_floor=0.0)
     assert slow.switched and slow.candidate.bytes_sent < fast.candidate.bytes_sent
 
 
@@ -81,9 +81,10 @@ def test_choice_does_not_flap_around_a_threshold(planner):
     threshold = _threshold(planner, 0.0)
     stateless = {planner.plan(Link(threshold * f), 0.0).best for f in (0.97, 1.03)}
     assert len(stateless) == 2  # the plain selection would flap
-    choices = [planner.choose("jitter", Link(threshold * f), accuracy_floor=0.0).candidate
-               for f in [0.97, 1.03] * 10]
-    assert len(set(choices)) == 1
+    choices = [None]
+    for f in [0.97, 1.03] * 10:
+        choices.append(planner.decide(choices[-1], Link(threshold * f), accuracy_floor=0.0).candidate)
+    assert len(set(choices[1:])) == 1
 
 
 def test_estimator_and_planner_together_switch_once_per_change(planner):
@@ -93,7 +94,8 @@ def test_estimator_and_planner_together_switch_once_per_change(planner):
     history = []
     for rate in [1e9] * 20 + [1e4] * 40:
         est.add_transfer(2000, 2000 * 8 / (rate * rng.uniform(0.7, 1.3)))
-        history.append(planner.choose("noisy", Link(est.estimate_bps), accuracy_floor=0.0).candidate)
+        previous = history[-1] if history else None
+        history.append(planner.decide(previous, Link(est.estimate_bps), accuracy_floor=0.0).candidate)
     changes = sum(a != b for a, b in zip(history, history[1:], strict=False))
     assert changes == 1
     assert history[-1].bytes_sent < history[0].bytes_sent
@@ -101,10 +103,10 @@ def test_estimator_and_planner_together_switch_once_per_change(planner):
 
 def test_latency_budget_mode_keeps_a_feasible_choice(planner):
     decision = planner.plan(Link(1e6), latency_budget_ms=1e6)
-    first = planner.choose("b", Link(1e6), latency_budget_ms=1e6)
+    first = planner.decide(None, Link(1e6), latency_budget_ms=1e6)
     assert first.candidate == decision.best
     with pytest.raises(NoFeasibleCandidate):
-        planner.choose("b", Link(1e6), latency_budget_ms=1e-3)
+        planner.decide(first.candidate, Link(1e6), latency_budget_ms=1e-3)
 
 
 def test_forced_candidates_and_splits(planner):

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.clock import ms_since
 from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.session_wire import FRAME_HEADER_BYTES
 from serve.client import DeviceClient
@@ -62,9 +63,6 @@ class Setup:
     def load(cls, path: str) -> Setup:
         return cls(**json.loads(Path(path).read_text()))
 
-
-def _ms(start_ns: int) -> float:
-    return (time.perf_counter_ns() - start_ns) / 1e6
 
 
 class Counters:
@@ -138,7 +136,7 @@ class Device:
         Sets row["device_ms"] and row["device_cpu_ms"] (this thread's CPU time, unslowed)."""
         start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
         result = fn()
-        wall, cpu = _ms(start), (time.thread_time_ns() - cpu_start) / 1e6
+        wall, cpu = ms_since(start), (time.thread_time_ns() - cpu_start) / 1e6
         total = device_time(wall, cpu, slowdown)
         if total > wall:
             time.sleep((total - wall) / 1000.0)
@@ -164,7 +162,7 @@ class Device:
                 send = time.perf_counter_ns()
                 answer = self._post(f"/v1/tail?{query}", frame, "application/octet-stream",
                                     execution.variant)
-                row["send_ms"] = _ms(send)
+                row["send_ms"] = ms_since(send)
                 row["payload_bytes"] = len(frame)
                 prediction = answer["predictions"][0]
         else:
@@ -178,10 +176,10 @@ class Device:
             query = urllib.parse.urlencode({"variant": execution.variant, "split": "input", **extra})
             send = time.perf_counter_ns()
             answer = self._post(f"/v1/classify?{query}", body, content_type)
-            row["send_ms"] = _ms(send)
+            row["send_ms"] = ms_since(send)
             row["payload_bytes"] = len(body)
             prediction = answer["prediction"]
-        row["total_ms"] = _ms(start)
+        row["total_ms"] = ms_since(start)
         if answer is None:  # over the session: the edge's mean tail time for the route
             row["edge_ms"] = row["edge_compute_ms"] = row["edge_model_ms"] = row.pop("_tail_ms")
         elif execution.mode != "device":
@@ -206,7 +204,7 @@ class Device:
             self.udp.sendto(self.filler, (self.setup.prime_host, self.setup.prime_port))
         send = time.perf_counter_ns()
         answer, _ = self.session.wait(self.session.send_coded(execution.variant, split, coded))
-        row["send_ms"] = _ms(send)
+        row["send_ms"] = ms_since(send)
         row["payload_bytes"] = message_bytes
         if not answer.ok:
             raise RuntimeError(f"session frame answered {answer.value}: {answer.error}")
@@ -293,7 +291,7 @@ class Device:
             self._refill()
             start = time.perf_counter_ns()
             self._post("/noop/", b"x" * 60, "application/octet-stream")
-            floor.append(_ms(start))
+            floor.append(ms_since(start))
 
         runs = {"calibration": execution, **{f"whole{i}": e for i, e in enumerate(whole)},
                 **({"jpeg": jpeg} if jpeg is not None else {})}
