@@ -327,7 +327,7 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
     from pipeline.plots import plot_accuracy_vs_bytes, plot_latency_vs_bandwidth, plot_split_sizes
     from pipeline.report import format_series_table
     from tune.launch import init_ray
-    from twostep.ray_env import apply_ray_env
+    from twostep.ray_env import OWN_SERVE_ENV, apply_ray_env
 
     apply_ray_env()
     # Serve's own INFO lines (apps deployed, ready, shut down) are not the demo's story
@@ -350,10 +350,8 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
                     and config.demo.ray_address in (None, "", "local")
                     and not os.environ.get("RAY_ADDRESS"))
     served: dict = {}
-    if owns_cluster:
-        # The demo shuts its own Serve down when done: no in-flight request needs HAProxy's
-        # drain period (30 s by default) to finish, so the shutdown need not wait for it.
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    if owns_cluster:  # the demo shuts its own Serve down when done
+        apply_ray_env(None, OWN_SERVE_ENV)
     try:
         stages.run("train the base model", lambda: train_stage(config.train, progress, log))
 

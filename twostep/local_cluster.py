@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from twostep.ports import free_port, is_free
-from twostep.ray_env import apply_ray_env
+from twostep.ray_env import OWN_CLUSTER_ENV, apply_ray_env
 
 START_TIMEOUT_S = 90.0
 PROBE_TIMEOUT_S = 20.0
@@ -59,7 +59,7 @@ def permitted() -> str | None:
 
 def cluster_env() -> dict[str, str]:
     env = apply_ray_env(dict(os.environ))
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(OWN_CLUSTER_ENV)
     env.pop("RAY_ADDRESS", None)
     return env
 

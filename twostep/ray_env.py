@@ -15,9 +15,19 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-def apply_ray_env(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
-    """Fill in `RAY_ENV_DEFAULTS` (in `os.environ` unless an environment is given); returns it."""
+# A cluster twostep starts itself (`twostep.local_cluster`): no usage report from its nodes.
+OWN_CLUSTER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# A Serve instance twostep shuts down itself (the demo, the tests): no in-flight request needs
+# HAProxy's drain period (30 s by default) to finish, so the shutdown need not wait for it.
+OWN_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def apply_ray_env(env: MutableMapping[str, str] | None = None,
+                  *extra: dict[str, str]) -> MutableMapping[str, str]:
+    """Fill in `RAY_ENV_DEFAULTS` and any `extra` defaults (in `os.environ` unless an
+    environment is given); returns it."""
     env = os.environ if env is None else env
-    for name, value in RAY_ENV_DEFAULTS.items():
-        env.setdefault(name, value)
+    for defaults in (RAY_ENV_DEFAULTS, *extra):
+        for name, value in defaults.items():
+            env.setdefault(name, value)
     return env

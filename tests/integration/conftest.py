@@ -5,21 +5,19 @@ Tests that need Ray request `ray_session`; it yields nothing, it only makes sure
 """
 
 import logging
-import os
 
 import pytest
+
+from twostep.ray_env import OWN_SERVE_ENV, apply_ray_env
 
 # Serve's ingress replicas (HAProxy mode) keep serving for 30 s after they are told to stop, so
 # that HAProxy takes them out of rotation first: every Serve shutdown in a test would wait that
 # long, for traffic a teardown does not have. Set before any Ray starts (here or in a child).
-os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+apply_ray_env(None, OWN_SERVE_ENV)
 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    from twostep.ray_env import apply_ray_env
-
-    apply_ray_env()
     import ray
 
     started = not ray.is_initialized()
