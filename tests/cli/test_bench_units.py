@@ -5,7 +5,8 @@ import pytest
 from pipeline.profiler import derive_profile
 from serve.profiles import estimate_profile
 from twostep.bench.config import BenchConfig
-from twostep.bench.device_side import attribute_bytes, device_time
+from twostep.bench.device_side import attribute_bytes
+from twostep.bench.emulation import device_time
 from twostep.bench.report import deviations, strategy_rows, targets
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices, execution_for
 from twostep.cli import main

@@ -37,12 +37,8 @@ from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.session_wire import FRAME_HEADER_BYTES
 from serve.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
+from twostep.bench.emulation import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time, refill_gap_ms
 from twostep.bench.strategies import Execution, execution_for
-
-# Ethernet + IPv4 + TCP (with timestamps) headers of one segment: what an emulated link adds.
-TCP_SEGMENT_OVERHEAD = 66
-# Ethernet + IPv4 + UDP headers of the filler datagram.
-UDP_OVERHEAD = 42
 
 
 @dataclass
@@ -357,18 +353,6 @@ class Device:
         executions.setdefault(chosen.key, chosen)
         measured = self.measure(executions, int(job["requests"]), slowdown, int(job.get("first_index", 0)))
         return {"plan": best, "router_execution": chosen.key, "measured": measured}
-
-
-def refill_gap_ms(burst_bytes: float, bandwidth_bps: float) -> float:
-    """The idle wait before each request on the shaped link: the token bucket refills."""
-    return burst_bytes * 8000.0 / bandwidth_bps * 1.1 + 2.0
-
-
-def device_time(wall_ms: float, cpu_ms: float, slowdown: float) -> float:
-    """The emulated device's time for work that took `wall_ms` here, `cpu_ms` of it on this
-    thread: `slowdown` x the CPU time, never less than the wall time it already took (so at
-    slowdown 1 it is the wall time)."""
-    return max(wall_ms, slowdown * cpu_ms)
 
 
 def attribute_bytes(out: dict[str, dict], final: tuple[int, int] | None, filler: int) -> None:

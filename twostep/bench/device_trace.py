@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.traces import Trace
 from serve.client import DeviceClient, HeadCall
-from twostep.bench.device_side import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time
+from twostep.bench.emulation import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time
 
 MIN_FILLER_BYTES = 22  # fewer tokens than a minimal frame's worth (64 B) are left in the bucket
 

@@ -30,7 +30,7 @@ from pipeline.series import SeriesStore
 from pipeline.series_images import series_test_images
 from pipeline.split import split_points
 from twostep.bench.config import BenchConfig
-from twostep.bench.device_side import refill_gap_ms
+from twostep.bench.emulation import refill_gap_ms
 from twostep.bench.shortlist import device_times_at, shortlist
 from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
 from twostep.bench.trace_run import bench_trace, calibration_bandwidth_mbit, replay_one, write_trace_report
