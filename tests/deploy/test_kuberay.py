@@ -62,3 +62,34 @@ def test_rayjob_prunes_with_shared_storage():
     assert job["kind"] == "RayJob"
     entry = job["spec"]["entrypoint"]
     assert "twostep prune --ray auto" in entry and "--storage-path s3://" in entry
+
+
+def _k8s_groups(cluster_spec: dict) -> dict[str, dict]:
+    """Each worker group as cluster.yaml states a node type: workers, CPUs, GPUs, resources."""
+    groups = {}
+    for group in cluster_spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        custom = group["rayStartParams"].get("resources")
+        groups[group["groupName"]] = {
+            "min_workers": group["minReplicas"], "max_workers": group["maxReplicas"],
+            "resources": {"CPU": int(limits["cpu"]),
+                          **({"GPU": int(limits["nvidia.com/gpu"])} if "nvidia.com/gpu" in limits else {}),
+                          **(json.loads(yaml.safe_load(custom)) if custom else {})}}
+    return groups
+
+
+def test_kuberay_worker_groups_autoscale_as_the_cluster_yaml_node_types(rayservice):
+    """One source of truth: the RayService's groups are cluster.yaml's serving node types (edge,
+    device) and the RayJob's its pruning one (prune_gpu, `prune-gpu` in Kubernetes names), with
+    the same worker bounds, CPUs, GPUs, custom resources and idle timeout, autoscaled in-tree."""
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = {name.replace("_", "-"): {"min_workers": spec["min_workers"], "max_workers": spec["max_workers"],
+                                      "resources": spec["resources"]}
+             for name, spec in cluster["available_node_types"].items() if name != cluster["head_node_type"]}
+    job = yaml.safe_load((KUBERAY / "rayjob-prune.yaml").read_text())
+    for spec, wanted in ((rayservice["spec"]["rayClusterConfig"], ("edge", "device")),
+                         (job["spec"]["rayClusterSpec"], ("prune-gpu",))):
+        assert _k8s_groups(spec) == {name: types[name] for name in wanted}
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == cluster["idle_timeout_minutes"] * 60
+    assert set(types) == {"edge", "device", "prune-gpu"}  # every node type has its Kubernetes group
