@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from ray import serve
 
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.series import SeriesError
 from serve.replica import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
-from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
+from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 
 

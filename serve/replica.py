@@ -3,8 +3,9 @@ an error as a result entry, the replica's health, how many variants one replica 
 
 import asyncio
 
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.series import SeriesError
-from serve.runner import DEFAULT_RUNTIME, VariantRunner
+from serve.runner import VariantRunner
 from serve.series_source import SeriesMirror
 
 MAX_MODELS_PER_REPLICA = 16

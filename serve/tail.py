@@ -23,6 +23,7 @@ from ray import serve
 
 from pipeline.clock import ms_since
 from pipeline.data import DataInfo
+from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.series import SeriesError
 from pipeline.session_wire import Route, UnknownRoute
 from serve.autoscaling import FRAMES_METRIC, WORK_METRIC, WorkMeter
@@ -31,7 +32,7 @@ from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
 from serve.link_board import LinkBoardClient
 from serve.queries import TailQuery, check_variant, install_error_handlers, parse_query
 from serve.replica import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
-from serve.runner import DEFAULT_RUNTIME, MAX_BATCH, RequestError, VariantRunner
+from serve.runner import MAX_BATCH, RequestError, VariantRunner
 from serve.series_source import SeriesMirror
 from serve.stream import SessionTable, StreamLimits, run_session
 

@@ -109,6 +109,8 @@ def replay_trace(setup, images: np.ndarray, labels: np.ndarray, job: dict,
     wait = start_at - time.time()
     if wait > 0:
         time.sleep(wait)
+    fallback = client.fallback(floor)  # fixed for the run: one plan table, the same head times
+    deadline_ms = client.deadline_ms(fallback)
     rows, late = [], 0
     for i in range(int(trace.duration_s * fps)):
         due = start_at + i / fps
@@ -123,7 +125,7 @@ def replay_trace(setup, images: np.ndarray, labels: np.ndarray, job: dict,
         rows.append({"t": t, "variant": result.variant, "split": result.split,
                      "bytes": result.bytes_sent, "past_deadline": planned is not None,
                      "planned": {"variant": planned[0], "split": planned[1]} if planned else None,
-                     "deadline_ms": client.deadline_ms(client.fallback(floor)),
+                     "deadline_ms": deadline_ms,
                      "estimate_bps": client.uplink_bps or client.initial_bps,
                      "wall_ms": result.timings_ms["total"], "transport": result.transport,
                      "correct": result.prediction == int(labels[index])})
@@ -132,7 +134,7 @@ def replay_trace(setup, images: np.ndarray, labels: np.ndarray, job: dict,
                 "deadline_hits": client.deadline_hits, "late_sends": late,
                 "reconnects": session.reconnects if session else 0,
                 "fillers": spender.sent if spender else 0,
-                "fallback": client.fallback(floor), "deadline_ms": client.deadline_ms(client.fallback(floor)),
+                "fallback": fallback, "deadline_ms": deadline_ms,
                 "table_rows": len(table["rows"])}
     client.close()
     return {"rows": rows, "counters": counters}

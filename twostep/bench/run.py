@@ -237,7 +237,8 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     if trace is not None:
         check_trace_link(config.link)
     grid = trace is None or config.trace_grid
-    bandwidths = config.bandwidths_mbit if grid else (calibration_bandwidth_mbit(trace),)
+    median = calibration_bandwidth_mbit(trace) if trace is not None else None  # Mbit/s
+    bandwidths = config.bandwidths_mbit if grid else (median,)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     store = SeriesStore.open(config.series)
@@ -369,7 +370,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         bar.close()
         traced = []
         if trace is not None:
-            at = min(bandwidths, key=lambda b: abs(np.log(b / calibration_bandwidth_mbit(trace))))
+            at = min(bandwidths, key=lambda b: abs(np.log(b / median)))
             log(f"== trace {trace.name}: {trace.duration_s:.0f} s at {config.fps:g} requests/s per "
                 f"slowdown (device calls fitted at {at:g} Mbit/s, the trace's median rate)")
             for slowdown in config.slowdowns:
