@@ -8,9 +8,9 @@ child process starts its own Ray session (the ingress is chosen when Ray starts)
   random series built here; `--series DIR` for a real one).
 It then sends, interleaved so that other load hits all alike, `--requests` sequential requests
 of each over one keep-alive connection each: the no-op, and a device's frame to `/v1/tail`
-exactly as `serve.client.DeviceClient.send_frame` sends it; and over one WebSocket each, a
+exactly as `serve.device.client.DeviceClient.send_frame` sends it; and over one WebSocket each, a
 16-byte message to a no-op echo deployment (Serve's floor for a session message), and the same
-frame over a device session (`serve.stream_client.DeviceSession`, asking for timings), whose
+frame over a device session (`serve.device.stream_client.DeviceSession`, asking for timings), whose
 fixed time is its wall time less the decode and tail time the edge reports in that frame's answer
 (target: <= 1.2x the echo, below the HTTP path's fixed time). An echo's time depends on what ran
 just before it: the loop also times an echo of the frame's own size after a session frame, and a
@@ -44,6 +44,7 @@ if os.environ.get("PYTHONPATH"):  # a child measuring another checkout (--tree)
     sys.path.insert(0, os.environ["PYTHONPATH"])
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_series
 
 NOOP_BODY = b"x" * 60
 STREAM_BLOCK = 20
@@ -133,10 +134,10 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     from ray import serve
 
     from pipeline.series import SeriesStore
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
+    from serve.process.startup import start_http
     from serve.runner import VariantRunner
     from serve.settings import AppArgs
-    from serve.startup import start_http
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     port = _free_port()
@@ -164,12 +165,13 @@ def child(mode: str, series: str | None, requests: int) -> dict:
 
     serve.run(Noop.bind(), name="noop", route_prefix="/noop", logging_config={"enable_access_log": False})
     if series is None:
-        from serve.demo_series import make_tiny_series
+        from synthetic_series import make_tiny_series
 
         series = str(make_tiny_series(Path(tempfile.mkdtemp()) / "series").directory)
     store = SeriesStore.open(series)
-    variant = store.manifest["base"]
-    split = "pool3" if "pool3" in store.get(variant)["splits"] else list(store.get(variant)["splits"])[1]
+    variant = store.manifest.base
+    offered = list(store.get(variant).splits)
+    split = "pool3" if "pool3" in offered else offered[1]
     app_args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1)
     try:
         from serve.app import deploy
@@ -336,7 +338,7 @@ def _session_clients(port: int, variant: str, split: str) -> dict | None:
     try:
         from websockets.sync.client import connect
 
-        from serve.stream_client import DeviceSession
+        from serve.device.stream_client import DeviceSession
     except ImportError:
         return None
     noop = connect(f"ws://127.0.0.1:{port}/noop/ws", compression=None, legacy=True)
@@ -359,7 +361,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.series, args.requests)))
         return 0
-    from serve.ingress import choose_ingress
+    from serve.process.ingress import choose_ingress
 
     results = []
     for mode in args.modes.split(","):

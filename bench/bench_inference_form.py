@@ -63,7 +63,7 @@ def _calls(store: SeriesStore, model: torch.nn.Module, spec: ArchSpec, runtime: 
         return {"as trained": (model.eval(), x), "inference form": (inference_form(model), x)}
     from pipeline.call_time import onnx_model_call
 
-    return {"onnxruntime": onnx_model_call(model, spec, DataInfo.from_dict(store.manifest["data"]))}
+    return {"onnxruntime": onnx_model_call(model, spec, DataInfo.from_dict(store.manifest.data))}
 
 
 def main() -> None:
@@ -81,14 +81,14 @@ def main() -> None:
         parser.error(f"--align must be >= 1 (0: off), got {args.align}")
     torch.set_num_threads(1)
     store = SeriesStore.open(args.series)
-    base, step1 = store.manifest["base"], store.manifest["step1"]
-    ids = list(args.variants or [base] + [v["id"] for v in store.variants if v["step"] == 1])
+    base, step1 = store.manifest.base, store.manifest.step1
+    ids = list(args.variants or [base] + [v.id for v in store.manifest.step(1)])
     calls, macs, specs = {}, {}, {}
     for vid in ids:
         model, specs[vid], _ = store.load_model(vid)
         for form, pair in _calls(store, model, specs[vid], args.runtime).items():
             calls[(vid, form)] = pair
-        macs[vid] = store.get(vid)["macs"]
+        macs[vid] = store.get(vid).macs
     if args.align:
         base_spec = specs[base] if base in specs else store.load_model(base)[1]
         for vid in [v for v in ids if v != base]:

@@ -2,7 +2,7 @@
 
 One Ray session on this machine (loopback only), twostep's two apps on a series (default: a tiny
 random series built here). Each of `--devices` devices (threads, one keep-alive connection each,
-`serve.client.DeviceClient`) has its own uplink rate (log-spaced 0.2-50 Mbit/s) and accuracy
+`serve.device.client.DeviceClient`) has its own uplink rate (log-spaced 0.2-50 Mbit/s) and accuracy
 floor (best accuracy minus 0-5 points), takes its (variant, split) from the edge's plan table
 for that floor and rate (fetched once per floor), and sends `--frames` frames of one real test
 image made by that head (heads are run here once per distinct plan: the load is the edge's).
@@ -10,12 +10,12 @@ Phases, each with a deadline:
 
 1. fixed tail replicas: 1, then 2; requests/s, p50/p95/p99, errors;
 2. the same 2 tails, one killed mid-run (`ray.kill` of its actor): requests lost or failed
-   (a device resends a frame whose replica died: serve.client.DeviceClient.send_frame);
+   (a device resends a frame whose replica died: serve.device.client.DeviceClient.send_frame);
 3. autoscaling 1..`--max-tails` on the tail's request count: load until it has scaled up, then
    idle until it is back to 1, with the times.
 
 `--transport stream` sends the same frames over device sessions (`WS /v1/tail/stream`, one per
-device, `serve.stream_client.DeviceSession`, one frame in flight as over HTTP) and also reports
+device, `serve.device.stream_client.DeviceSession`, one frame in flight as over HTTP) and also reports
 where the sessions ended (per replica) and their reconnects; `--transport both` runs every phase
 over HTTP and then over sessions at the same offered load.
 
@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_series
 
+from serve.process.ingress import MODES  # noqa: E402
 from twostep.ports import free_port  # noqa: E402
 
 TAIL_APP = "twostep-tail"
@@ -45,14 +47,13 @@ TAIL_APP = "twostep-tail"
 def mixed_plans(store, devices: int) -> list[dict]:
     """Half the devices send heavy frames (the raw input: the tail runs the whole network), half
     light ones (the last pool: the tail runs only the classifier), of the base model."""
-    from pipeline.models.registry import ArchSpec
     from pipeline.split import split_points
     from serve.runner import VariantRunner
 
-    base = store.manifest["base"]
+    base = store.manifest.base
     runner = VariantRunner.load(store, base)
     pixels = np.random.default_rng(0).integers(0, 256, (1, *runner.input_shape), dtype=np.uint8)
-    late = [p for p in split_points(ArchSpec.from_dict(store.get(base)["spec"])) if p.startswith("pool")][-1]
+    late = [p for p in split_points(store.get(base).arch_spec) if p.startswith("pool")][-1]
     frames = {s: runner.run_head(pixels, s).frame for s in ("input", late)}
     features = {s: runner.calls(s)[0](pixels) for s in ("input", late)}
     return [{"rate": 1e6, "floor": 0.0, "variant": base, "split": s, "frame": frames[s],
@@ -61,12 +62,12 @@ def mixed_plans(store, devices: int) -> list[dict]:
 
 def device_plans(url: str, store, devices: int) -> list[dict]:
     """Per device: its rate, floor and the (variant, split, frame) its plan table gives it."""
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
     from serve.runner import VariantRunner
 
-    best = max(v.get("test_accuracy") or v["val_accuracy"] for v in store.variants)
+    best = max(v.accuracy for v in store.variants)
     pixels = np.random.default_rng(0).integers(0, 256, (1, *VariantRunner.load(
-        store, store.manifest["base"]).input_shape), dtype=np.uint8)
+        store, store.manifest.base).input_shape), dtype=np.uint8)
     frames: dict[tuple[str, str], bytes] = {}
     features: dict[tuple[str, str], np.ndarray] = {}
     plans = []
@@ -94,7 +95,7 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
              during=None, transport: str = "http") -> dict:
     """Every device sends `frames` frames back to back (over HTTP or a session); `during(done)`
     runs in the driver thread while the load runs (e.g. kills a replica). Returns the figures."""
-    from serve.client import DeviceClient, DeviceError
+    from serve.device.client import DeviceClient, DeviceError
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -105,7 +106,7 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
     reconnects = [0]
 
     def session_device(plan: dict) -> None:
-        from serve.stream_client import DeviceSession
+        from serve.device.stream_client import DeviceSession
 
         with DeviceSession(url, link=f"dev{int(plan['rate'])}", timeout_s=120, max_reconnects=60) as session:
             for _ in range(frames):
@@ -205,7 +206,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=20, help="frames per device and phase")
     parser.add_argument("--max-tails", type=int, default=2)
     parser.add_argument("--deadline-s", type=float, default=180.0, help="per phase")
-    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
+    parser.add_argument("--ingress", choices=MODES, default="auto")
     parser.add_argument("--batch", type=int, default=1, help="EdgeTail batch size (1: off)")
     parser.add_argument("--mixed", action="store_true",
                         help="heavy and light frames (raw input / last pool) instead of plans")
@@ -220,7 +221,7 @@ def main() -> int:
                         help="sessions one EdgeTail replica holds (stream_max_sessions)")
     args = parser.parse_args()
 
-    from serve.ingress import apply_ingress
+    from serve.process.ingress import apply_ingress
 
     print(apply_ingress(args.ingress)[1])
     from twostep.ray_env import apply_ray_env
@@ -231,13 +232,13 @@ def main() -> int:
 
     from pipeline.series import SeriesStore
     from serve.app import deploy
+    from serve.process.startup import start_http
     from serve.settings import AppArgs
-    from serve.startup import start_http
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     series = args.series
     if series is None:
-        from serve.demo_series import make_tiny_series
+        from synthetic_series import make_tiny_series
 
         series = str(make_tiny_series(Path(tempfile.mkdtemp()) / "series").directory)
     store = SeriesStore.open(series)

@@ -119,7 +119,7 @@ def main() -> int:
             from serve.runner import VariantRunner
 
             split = args.split
-            variant = [v["id"] for v in two.variants if v["step"] == 2 and split in v["splits"]][-1]
+            variant = [v.id for v in two.manifest.step(2) if split in v.splits][-1]
             runner = VariantRunner.load(two, variant)
             pixels = np.zeros((1, 1, 32, 32), np.uint8)
             frame = runner.run_head(pixels, split).frame

@@ -75,10 +75,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     manifest = store.manifest
     print(format_series_table(manifest, max_loss=0.01))
-    base = store.get(manifest["base"])
-    step1 = store.get(manifest["step1"])
-    mac_ratio = base["macs"] / step1["macs"]
-    s1_loss = base["test_accuracy"] - step1["test_accuracy"]
+    base, step1 = manifest.base_variant, manifest.step1_variant
+    mac_ratio = base.macs / step1.macs
+    s1_loss = base.accuracy - step1.accuracy
     print(f"\nwall time {wall:.0f} s ({wall / 60:.1f} min)")
     print(f"step 1: {mac_ratio:.2f}x fewer MACs at {100 * s1_loss:+.2f} points test accuracy loss "
           f"-> target (>= 6x, <= 1.0 pt) {'met' if mac_ratio >= 6 and s1_loss <= 0.01 else 'NOT met'}")
@@ -86,7 +85,7 @@ def main() -> None:
     if rows:
         best = max(rows, key=lambda r: r["byte_reduction_vs_float32"])
         ratio = best["byte_reduction_vs_float32"]
-        loss = base["test_accuracy"] - best["s2_accuracy"]
+        loss = base.accuracy - best["s2_accuracy"]
         print(f"step 2: best split {best['split']} ({best['s2_id']}): {best['s2_bytes']:.0f} B per "
               f"frame vs {best['orig_float32_bytes']} B float32 = {ratio:.1f}x fewer bytes at "
               f"{100 * loss:+.2f} points -> target (>= 100x, <= 1.0 pt) "

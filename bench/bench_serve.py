@@ -24,12 +24,15 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_series
 
 VARIANT, SPLIT = "vgg11-base", "pool3"
 
@@ -206,8 +209,9 @@ def _tail_replicas() -> tuple[int, int]:
 
 def device_frame(series_dir: str, batch: int) -> bytes:
     """A frame a device would send for `batch` images at conv1_1 (heavy work for the tail)."""
+    from synthetic_series import synthetic_images
+
     from pipeline.series import SeriesStore
-    from serve.demo_series import synthetic_images
     from serve.runner import VariantRunner
 
     runner = VariantRunner.load(SeriesStore.open(series_dir), VARIANT)
@@ -278,8 +282,8 @@ def main() -> None:
     import ray
     from PIL import Image
     from ray import serve
+    from synthetic_series import make_tiny_series, synthetic_images
 
-    from serve.demo_series import make_tiny_series, synthetic_images
     from twostep.ports import free_port
 
     start = time.monotonic()

@@ -31,27 +31,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     store = SeriesStore.open(args.series)
-    if store.manifest["step1"] is None:
+    if store.manifest.step1 is None:
         raise SystemExit(f"{args.series} has no finished step 1")
-    model, spec, _ = store.load_model(store.manifest["step1"])
-    base = store.get(store.manifest["base"])
+    model, spec, _ = store.load_model(store.manifest.step1)
+    base = store.manifest.base_variant
     config = make_config(PruneConfig, args.config, "prune", step2_finetune_epochs=args.epochs,
                          threads=args.threads)
     splits = step2_layers(spec, config.replace(step2_splits=()))[args.group]
-    ctx = load_context(config, DataInfo.from_dict(store.manifest["data"]))
+    ctx = load_context(config, DataInfo.from_dict(store.manifest.data))
     ladder = [int(w) for w in args.ladder.split(",")]
-    print(f"{store.manifest['step1']}: {args.group} {spec.width_of()[args.group]} -> {ladder}, "
+    print(f"{store.manifest.step1}: {args.group} {spec.width_of()[args.group]} -> {ladder}, "
           f"{args.epochs:g} epochs per cut; base test accuracy {base['test_accuracy']:.4f}")
     start = time.perf_counter()
     for snap in run_step2(model, spec, args.group, ctx.splits, config, ladder, teacher=ctx.teacher):
         entry = describe_variant(ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,
                                  val_accuracy=snap.val_accuracy, offered_splits=splits, layer=args.group)
         sizes = ", ".join(
-            f"{split} {entry['splits'][split]['bytes_mean']:.0f} B "
-            f"({4 * base['splits'][split]['elements'] / entry['splits'][split]['bytes_mean']:.1f}x)"
+            f"{split} {entry.splits[split].bytes_mean:.0f} B "
+            f"({4 * base.splits[split].elements / entry.splits[split].bytes_mean:.1f}x)"
             for split in splits)
-        change = 100 * (entry["test_accuracy"] - base["test_accuracy"])
-        print(f"width {snap.spec.width_of()[args.group]}: test {entry['test_accuracy']:.4f} "
+        change = 100 * (entry.accuracy - base.accuracy)
+        print(f"width {snap.spec.width_of()[args.group]}: test {entry.accuracy:.4f} "
               f"({change:+.2f} points against the base); {sizes}; {time.perf_counter() - start:.0f} s",
               flush=True)
 

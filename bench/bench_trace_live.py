@@ -68,7 +68,7 @@ def main() -> int:
     from ray import serve
 
     from serve.app import deploy
-    from serve.startup import start_http
+    from serve.process.startup import start_http
     from twostep.ports import free_port
 
     store = SeriesStore.open(args.series)

@@ -149,8 +149,8 @@ def main() -> None:
     reference = prune_series(config.replace(out=outs["in-process"]), progress=False,
                              log=_quiet)
     in_process_s = time.perf_counter() - started
-    trials = len({v["layer"] for v in reference.variants if v["step"] == 2})
-    variants = sum(1 for v in reference.variants if v["step"] == 2)
+    trials = len({v.layer for v in reference.manifest.step(2)})
+    variants = len(reference.manifest.step(2))
     print(f"step 2: {trials} trials (layers), {variants} variants; in-process {in_process_s:.1f} s")
 
     import ray

@@ -49,7 +49,7 @@ def main() -> None:
     store = prune_series(prune, progress=False)
     print(f"prune: {len(store.variants)} variants in {time.perf_counter() - start:.1f} s")
     print(format_series_table(store.manifest, max_loss=0.05))
-    model, spec, _ = store.load_model(store.manifest["base"])
+    model, spec, _ = store.load_model(store.manifest.base)
     profile = profile_model(model.cuda(), spec, batch_size=1, warmup=10, repeats=30, device="cuda")
     print(f"profile on cuda, batch 1: whole forward {profile['whole_ms']:.3f} ms, "
           f"sum of stages {profile['total_ms']:.3f} ms")

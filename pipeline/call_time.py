@@ -28,6 +28,7 @@ from torch import nn
 from pipeline.data import DataInfo
 from pipeline.models.registry import ArchSpec
 from pipeline.profiler import median_ms
+from pipeline.series import Manifest
 
 IDLE_MS = 5.0  # `twostep bench`'s profile_idle_ms: the idle gap before each timed call
 REPEATS = 30
@@ -67,18 +68,18 @@ def step1_call_times(store, idle_ms: float = IDLE_MS, repeats: int = REPEATS,
                      variants: list[str] | None = None) -> dict:
     """Time the base and each step-1 variant of `store` (a `SeriesStore`; `variants`: ids to
     time instead of every step-1 variant) and return the manifest's `step1_call_times` entry."""
-    base = store.manifest["base"]
+    base = store.manifest.base
     if base is None:
         raise ValueError(f"{store.directory} has no base model to time against")
-    ids = list(variants) if variants is not None else [v["id"] for v in store.variants if v["step"] == 1]
+    ids = list(variants) if variants is not None else [v.id for v in store.manifest.step(1)]
     ids = [vid for vid in dict.fromkeys(ids) if vid != base]
     models = {vid: store.load_model(vid)[:2] for vid in [base, *ids]}
     with torch.inference_mode():
         times = call_ms(models, idle_ms, repeats)
-    base_ms, base_macs = times[base], store.get(base)["macs"]
+    base_ms, base_macs = times[base], store.get(base).macs
     rows = {}
     for vid in ids:
-        mac_reduction = base_macs / store.get(vid)["macs"]
+        mac_reduction = base_macs / store.get(vid).macs
         time_reduction = base_ms / times[vid]
         rows[vid] = {"ms": times[vid], "mac_reduction": mac_reduction,
                      "time_reduction": time_reduction, "time_per_mac": time_reduction / mac_reduction}
@@ -87,15 +88,16 @@ def step1_call_times(store, idle_ms: float = IDLE_MS, repeats: int = REPEATS,
             "base": base, "base_ms": base_ms, "variants": rows}
 
 
-def format_call_times(manifest: dict) -> list[str]:
+def format_call_times(manifest: Manifest, document: dict | None = None) -> list[str]:
     """Lines for `twostep series show`: each timed model's call against the base's, its MAC and
-    time reductions and their ratio; a hint where a series with step-1 models has no figures."""
-    document = manifest.get(FIELD)
+    time reductions and their ratio; a hint where a series with step-1 models has no figures.
+    `document`: figures to show instead of the manifest's own (measured, not yet recorded)."""
+    document = document if document is not None else manifest.step1_call_times
     if not document or not document.get("variants"):
-        if any(v["step"] == 1 for v in manifest["variants"]):
+        if manifest.step(1):
             return ["step-1 call times: not measured (`twostep series time DIR` times them)"]
         return []
-    kept = manifest.get("step1")
+    kept = manifest.step1
     lines = [f"step-1 call times (ONNX Runtime, batch 1, {document['threads']} thread, "
              f"{document['idle_ms']:g} ms idle before each call, median of {document['repeats']}, "
              f"{document['measured']}): base {document['base_ms']:.3f} ms; target: time reduction "

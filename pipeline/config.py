@@ -90,6 +90,8 @@ def _describe(cls: type[ConfigModel], error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"unknown config key {key!r}"
+    if kind == "missing":
+        return f"{key} is required (flag --{key.replace('_', '-')})"
     if kind in _BOUNDS:
         field = cls.model_fields.get(str(error["loc"][0])) if len(error["loc"]) == 1 else None
         bounds = {type(m).__name__: m for m in (field.metadata if field else [])}
@@ -126,7 +128,7 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise ConfigError(prefix + "; ".join(_describe(cls, e) for e in errors)) from None
 
 
-def _check_device(name: str) -> str:
+def check_device(name: str) -> str:
     if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return name
@@ -171,7 +173,7 @@ class TrainConfig(ConfigModel):
     out: str = Field("runs/train/model.safetensors", description="checkpoint path (.safetensors)")
 
     _dataset = field_validator("dataset")(_check_dataset)
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     @field_validator("arch")
     @classmethod
@@ -245,7 +247,7 @@ class PruneConfig(ConfigModel):
                               "are measured per split")
 
     _dataset = field_validator("dataset")(_check_dataset)
-    _device = field_validator("device")(_check_device)
+    _device = field_validator("device")(check_device)
 
     @field_validator("step1_target_mac_reduction")
     @classmethod

@@ -94,7 +94,7 @@ def _choose(store: SeriesStore, variants: Iterable[str] | None,
     wanted = None if splits is None else list(splits)
     plan = []
     for vid in ids:
-        offered = list(store.get(vid)["splits"])
+        offered = list(store.get(vid).splits)
         if wanted is not None:
             unknown = [s for s in wanted if s not in offered and s not in ("input", "output")]
             if unknown and len(ids) == 1:
@@ -117,7 +117,7 @@ def export_series(directory: str | os.PathLike, pixels: np.ndarray, variants: It
 
     store = SeriesStore.open(directory)
     before = graph_files(store.manifest)
-    info = DataInfo.from_dict(store.manifest["data"])
+    info = DataInfo.from_dict(store.manifest.data)
     plan = _choose(store, variants, splits)
     written: list[Path] = []
     records: dict[str, dict] = {}
@@ -143,7 +143,7 @@ def export_series(directory: str | os.PathLike, pixels: np.ndarray, variants: It
                          f"{check['same_prediction']}/{check['images']} same predictions")
         for vid, by_split in records.items():
             entry = store.get(vid)
-            entry["onnx"] = {**entry.get("onnx", {}), **by_split}
+            entry.onnx = {**entry.onnx, **by_split}
         store.set_field("onnx_export", {"opset": OPSET, "torch": torch.__version__,
                                         "onnxruntime": onnxruntime.__version__,
                                         "images": int(len(pixels))})

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from pipeline.report import series_rows
+from pipeline.series import Manifest
 
 
 def _pyplot():
@@ -17,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def plot_split_sizes(manifest: dict, path: str | os.PathLike, max_loss: float = 0.01) -> Path:
+def plot_split_sizes(manifest: Manifest, path: str | os.PathLike, max_loss: float = 0.01) -> Path:
     """The paper's bar chart: bytes sent at each split for original (float32 and coded),
     step-1 and step-2 models (log scale)."""
     plt = _pyplot()
@@ -41,13 +42,13 @@ def plot_split_sizes(manifest: dict, path: str | os.PathLike, max_loss: float = 
     return _save(fig, path)
 
 
-def plot_accuracy_vs_bytes(manifest: dict, path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_bytes(manifest: Manifest, path: str | os.PathLike) -> Path:
     """Every (variant, split) of the series: accuracy against bytes sent."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for step, label, marker in ((0, "original", "s"), (1, "step 1", "^"), (2, "step 2", "o")):
-        points = [(m["bytes_mean"], v["test_accuracy"]) for v in manifest["variants"]
-                  if v["step"] == step for s, m in v["splits"].items() if s != "output"]
+        points = [(m.bytes_mean, v.accuracy) for v in manifest.step(step)
+                  for s, m in v.splits.items() if s != "output"]
         if points:
             xs, ys = zip(*points, strict=True)
             ax.scatter(xs, ys, label=label, marker=marker, s=18, alpha=0.7)

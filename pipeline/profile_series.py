@@ -34,13 +34,13 @@ def profile_series(store: SeriesStore, runtime: str = DEFAULT_RUNTIME, threads: 
         entries = {}
         for vid in variants if variants is not None else store.ids():
             model, spec, entry = store.load_model(vid)
-            entries[vid] = profile_as_served(model, spec, runtime, list(entry["splits"]), batch_size,
+            entries[vid] = profile_as_served(model, spec, runtime, list(entry.splits), batch_size,
                                              warmup, repeats, threads, idle_ms, device)
             if progress is not None:
                 progress(vid)
         doc = profile_document(entries, batch_size, warmup, repeats, device, runtime, idle_ms)
         doc["machine"]["threads"] = threads
-        doc["codec"] = codec_timing(codec_config(store.manifest["codec"]), idle_ms=idle_ms)
+        doc["codec"] = codec_timing(codec_config(store.manifest.codec), idle_ms=idle_ms)
     finally:
         torch.set_num_threads(previous)
     return doc

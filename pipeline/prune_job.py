@@ -6,9 +6,9 @@ functions of `pipeline.steps`; this module is the single-process driver.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -21,7 +21,15 @@ from pipeline.data import DataInfo, Splits, load_splits, normalize
 from pipeline.device import resolve_device
 from pipeline.models.registry import ArchSpec
 from pipeline.models.staged import StagedNet
-from pipeline.series import SeriesError, SeriesStore, variant_id
+from pipeline.series import (
+    Measured,
+    SeriesError,
+    SeriesStore,
+    Variant,
+    is_series,
+    measured,
+    variant_id,
+)
 from pipeline.split import pruned_layer, split_points, total_macs
 from pipeline.split_bytes import measure_split_bytes
 from pipeline.steps import Snapshot, run_step1, run_step2, step2_ladder
@@ -41,7 +49,12 @@ class PruneContext:
 
     @property
     def codec(self) -> CodecConfig:
-        return CodecConfig(bits=self.config.codec_bits, per_channel=self.config.codec_per_channel)
+        return prune_codec(self.config)
+
+
+def prune_codec(config: PruneConfig) -> CodecConfig:
+    """How a series pruned with `config` codes its frames (what its manifest's `codec` records)."""
+    return CodecConfig(bits=config.codec_bits, per_channel=config.codec_per_channel)
 
 
 def load_context(config: PruneConfig, info: DataInfo | None = None, splits: Splits | None = None,
@@ -92,11 +105,11 @@ def describe_variant(
     ctx: PruneContext, model: StagedNet, spec: ArchSpec, *, step: int, iteration: int,
     val_accuracy: float, offered_splits: list[str], layer: str | None = None,
     extra: dict | None = None,
-) -> dict:
+) -> Measured:
     """A manifest entry for a model: test accuracy, MACs, and bytes per offered split."""
     model = model.to(resolve_device(ctx.config.device))
     vid = variant_id(spec.arch, step, iteration, layer)
-    return {
+    return measured({
         "id": vid, "step": step, "layer": layer,
         "split": offered_splits[0] if step == 2 else None,
         "iteration": iteration, "val_accuracy": val_accuracy,
@@ -105,11 +118,11 @@ def describe_variant(
         "splits": measure_split_bytes(model, spec, ctx.byte_images, offered_splits, ctx.codec,
                                       vid),
         **(extra or {}),
-    }
+    })
 
 
 def record_variant(store: SeriesStore, ctx: PruneContext, model: StagedNet, spec: ArchSpec,
-                   **fields) -> dict:
+                   **fields) -> Variant:
     """`describe_variant`, then add the variant (weights and entry) to the store."""
     return store.add_variant(model, spec, describe_variant(ctx, model, spec, **fields))
 
@@ -125,12 +138,12 @@ def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInf
     """Open the series at `config.out` to resume it, or create it; a series made with another
     config is refused rather than mixed."""
     config_dict = config.model_dump(mode="json")
-    if (Path(config.out) / "manifest.json").exists():
+    if is_series(config.out):
         store = SeriesStore.open(config.out)
         # Keys added to PruneConfig after a series was made read as what it was made with.
         defaults = {**PruneConfig().model_dump(mode="json"), **LEGACY_VALUES}
-        previous = {**defaults, **store.manifest.get("config", {})}
-        ignored = {"step2_splits"} | (STEP1_ONLY if store.manifest.get("step1") else set())
+        previous = {**defaults, **store.manifest.config}
+        ignored = {"step2_splits"} | (STEP1_ONLY if store.manifest.step1 else set())
         previous = {k: v for k, v in previous.items() if k not in ignored}
         current = {k: v for k, v in config_dict.items() if k not in ignored}
         if previous != current:
@@ -140,7 +153,7 @@ def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInf
             raise SeriesError(f"{config.out} holds a series made with other settings "
                               f"({', '.join(changed)}){hint}; choose another output directory")
         return store
-    codec = {"bits": config.codec_bits, "per_channel": config.codec_per_channel, "compress": True}
+    codec = dataclasses.asdict(prune_codec(config))
     return SeriesStore.create(config.out, base_spec, info.to_dict(), codec, config_dict)
 
 
@@ -172,34 +185,33 @@ def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneCo
     info = DataInfo.from_dict(meta["data"]) if "data" in meta else None
     ctx = load_context(config, info)
     store = open_or_create_store(config, base_spec, ctx.splits.info)
-    if store.manifest["base"] is None:
+    if store.manifest.base is None:
         log("measuring the base model ...")
         val = evaluate(base_model, ctx.splits.val, ctx.splits.info)
         entry = record_variant(store, ctx, base_model, base_spec, step=0, iteration=0,
                                val_accuracy=val, offered_splits=split_points(base_spec))
-        store.set_field("base", entry["id"])
+        store.set_field("base", entry.id)
     return store, ctx, base_model, base_spec
 
 
 def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
                 log: Log = print) -> tuple[StagedNet, ArchSpec]:
     """Run (or resume) step 1; every accepted iteration is a variant; returns the kept model."""
-    if store.manifest["step1"] is not None:
-        model, spec, _ = store.load_model(store.manifest["step1"])
+    if store.manifest.step1 is not None:
+        model, spec, _ = store.load_model(store.manifest.step1)
         return model, spec
-    base = store.get(store.manifest["base"])
-    done = [v for v in store.variants if v["step"] == 1]
-    last = max(done, key=lambda v: v["iteration"]) if done else base
-    model, spec, _ = store.load_model(last["id"])
-    bar = tqdm(desc="step 1", total=ctx.config.step1_max_iterations, initial=last["iteration"],
+    base = store.manifest.base_variant
+    done = store.manifest.step(1)
+    last = max(done, key=lambda v: v.iteration) if done else base
+    model, spec, _ = store.load_model(last.id)
+    bar = tqdm(desc="step 1", total=ctx.config.step1_max_iterations, initial=last.iteration,
                disable=not progress, unit="it")
     kept = last
-    base_spec = ArchSpec.from_dict(base["spec"])
-    for snap in run_step1(model, spec, ctx.splits, ctx.config, base["val_accuracy"],
-                          start_iteration=last["iteration"], base_spec=base_spec, teacher=ctx.teacher):
+    for snap in run_step1(model, spec, ctx.splits, ctx.config, base.val_accuracy,
+                          start_iteration=last.iteration, base_spec=base.arch_spec, teacher=ctx.teacher):
         bar.update(1)
         bar.set_postfix(val=f"{snap.val_accuracy:.4f}",
-                        macs=f"{base['macs'] / snap.macs:.2f}x")
+                        macs=f"{base.macs / snap.macs:.2f}x")
         if snap.accepted:
             kept = record_variant(store, ctx, snap.model, snap.spec, step=1,
                                   iteration=snap.iteration, val_accuracy=snap.val_accuracy,
@@ -212,11 +224,11 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
         if snap.stop_reason:
             log(f"step 1 stopped at iteration {snap.iteration}: {snap.stop_reason}")
     bar.close()
-    if kept["step"] != 1:
+    if kept.step != 1:
         log("step 1 kept no iteration (the first already broke the budget); "
             "step 2 starts from the base model")
-    store.set_field("step1", kept["id"])
-    model, spec, _ = store.load_model(kept["id"])
+    store.set_field("step1", kept.id)
+    model, spec, _ = store.load_model(kept.id)
     return model, spec
 
 
@@ -224,8 +236,8 @@ def time_step1_calls(store: SeriesStore, config: PruneConfig, log: Log = print) 
     """At the end of step 1 (`config.step1_time_calls`): time the base and every step-1 model on
     ONNX Runtime as a device calls them (`pipeline.call_time`) and record it in the manifest,
     unless it already holds those figures for exactly these variants (a resumed run)."""
-    step1 = [v["id"] for v in store.variants if v["step"] == 1]
-    recorded = store.manifest.get(call_time.FIELD) or {}
+    step1 = [v.id for v in store.manifest.step(1)]
+    recorded = store.manifest.step1_call_times or {}
     if not config.step1_time_calls or not step1 or sorted(recorded.get("variants", {})) == sorted(step1):
         return None
     document = call_time.step1_call_times(store)
@@ -238,10 +250,10 @@ def time_step1_calls(store: SeriesStore, config: PruneConfig, log: Log = print) 
 def prune_step2_layer(
     store: SeriesStore, ctx: PruneContext, layer: str, offered: list[str],
     step1_model: StagedNet, step1_spec: ArchSpec, on_snapshot: Callable[[Snapshot], None] | None = None,
-) -> list[dict]:
+) -> list[Variant]:
     """Run (or resume) the step-2 ladder of one layer; returns its variants' entries."""
     ladder = step2_ladder(step1_spec, layer, ctx.config)
-    entries = [v for v in store.variants if v["step"] == 2 and v["layer"] == layer]
+    entries = [v for v in store.manifest.step(2) if v.layer == layer]
     done = len(entries)
     model, spec = step1_model, step1_spec
     if done:
@@ -259,12 +271,12 @@ def prune_step2_layer(
 def announce_schedule(store: SeriesStore, ctx: PruneContext, base_model: StagedNet, base_spec: ArchSpec,
                       steps: str = "both", log: Log = print) -> None:
     """Log what the run will do and about how long it takes (`pipeline.prune_schedule`)."""
-    config, finished = ctx.config, store.manifest["step1"] is not None
-    model, spec = (store.load_model(store.manifest["step1"])[:2]) if finished else (base_model, base_spec)
+    config, finished = ctx.config, store.manifest.step1 is not None
+    model, spec = (store.load_model(store.manifest.step1)[:2]) if finished else (base_model, base_spec)
     layers = step2_layers(spec, config) if steps != "1" else {}
-    done2 = sum(1 for v in store.variants if v["step"] == 2)
+    done2 = len(store.manifest.step(2))
     left2 = max(0, sum(len(step2_ladder(spec, layer, config)) for layer in layers) - done2)
-    done1 = max((v["iteration"] for v in store.variants if v["step"] == 1), default=0)
+    done1 = max((v.iteration for v in store.manifest.step(1)), default=0)
     found = prune_schedule.estimate(model, ctx.splits, config, left2, ctx.teacher, done1)
     for line in prune_schedule.describe(config, ctx.splits, found, layers, finished or steps == "2"):
         log(line)
@@ -276,7 +288,7 @@ def prune_series(config: PruneConfig, steps: str = "both", progress: bool = True
     if steps not in ("1", "2", "both"):
         raise ValueError(f"steps must be 1, 2 or both, got {steps!r}")
     store, ctx, base_model, base_spec = prepare(config, log)
-    if steps == "2" and store.manifest["step1"] is None:
+    if steps == "2" and store.manifest.step1 is None:
         raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
     announce_schedule(store, ctx, base_model, base_spec, steps, log)
     step1_model, step1_spec = prune_step1(store, ctx, progress, log)
@@ -285,7 +297,7 @@ def prune_series(config: PruneConfig, steps: str = "both", progress: bool = True
         return store
     layers = step2_layers(step1_spec, config)
     total = sum(len(step2_ladder(step1_spec, layer, config)) for layer in layers)
-    already = sum(1 for v in store.variants if v["step"] == 2)
+    already = len(store.manifest.step(2))
     bar = tqdm(desc="step 2", total=total, initial=already, disable=not progress, unit="it")
     for layer, offered in layers.items():
         bar.set_postfix(layer=layer)

@@ -3,63 +3,57 @@
 from __future__ import annotations
 
 from pipeline.models.registry import ArchSpec
+from pipeline.series import Manifest
 from pipeline.split import pruned_layer, split_points
 
 
-def _accuracy(v: dict) -> float:
-    return v["test_accuracy"] if v.get("test_accuracy") is not None else v["val_accuracy"]
-
-
-def series_rows(manifest: dict, max_loss: float = 0.01) -> list[dict]:
+def series_rows(manifest: Manifest, max_loss: float = 0.01) -> list[dict]:
     """One row per inner split point.
 
     The step-2 column shows, among the step-2 variants offering that split, the one with the
     fewest bytes whose accuracy is within `max_loss` of the base model (or the most accurate
     one if none is).
     """
-    variants = {v["id"]: v for v in manifest["variants"]}
-    base = variants.get(manifest.get("base"))
-    step1 = variants.get(manifest.get("step1"))
+    base, step1 = manifest.base_variant, manifest.step1_variant
     if base is None:
         return []
-    floor = _accuracy(base) - max_loss
-    spec = ArchSpec.from_dict(manifest["base_spec"])
+    floor = base.accuracy - max_loss
+    spec = manifest.base_arch
     rows = []
     for split in split_points(spec)[1:-1]:
-        orig = base["splits"][split]
+        orig = base.splits[split]
         row = {
-            "split": split, "group": pruned_layer(spec, split), "orig_elements": orig["elements"],
-            "orig_float32_bytes": 4 * orig["elements"], "orig_bytes": orig["bytes_mean"],
+            "split": split, "group": pruned_layer(spec, split), "orig_elements": orig.elements,
+            "orig_float32_bytes": 4 * orig.elements, "orig_bytes": orig.bytes_mean,
         }
         if step1 is not None:
-            row["s1_elements"] = step1["splits"][split]["elements"]
-            row["s1_bytes"] = step1["splits"][split]["bytes_mean"]
-        series = [v for v in manifest["variants"] if v["step"] == 2 and split in v["splits"]]
+            row["s1_elements"] = step1.splits[split].elements
+            row["s1_bytes"] = step1.splits[split].bytes_mean
+        series = [v for v in manifest.step(2) if split in v.splits]
         if series:
-            within = [v for v in series if _accuracy(v) >= floor]
-            best = (min(within, key=lambda v: v["splits"][split]["bytes_mean"]) if within
-                    else max(series, key=_accuracy))
-            s2 = best["splits"][split]
+            within = [v for v in series if v.accuracy >= floor]
+            best = (min(within, key=lambda v: v.splits[split].bytes_mean) if within
+                    else max(series, key=lambda v: v.accuracy))
+            s2 = best.splits[split]
             row.update({
-                "s2_id": best["id"], "s2_elements": s2["elements"], "s2_bytes": s2["bytes_mean"],
-                "s2_accuracy": _accuracy(best), "s2_within_budget": bool(within),
-                "element_reduction": orig["elements"] / s2["elements"],
-                "byte_reduction_vs_float32": 4 * orig["elements"] / s2["bytes_mean"],
+                "s2_id": best.id, "s2_elements": s2.elements, "s2_bytes": s2.bytes_mean,
+                "s2_accuracy": best.accuracy, "s2_within_budget": bool(within),
+                "element_reduction": orig.elements / s2.elements,
+                "byte_reduction_vs_float32": 4 * orig.elements / s2.bytes_mean,
             })
         rows.append(row)
     return rows
 
 
-def format_series_table(manifest: dict, max_loss: float = 0.01) -> str:
+def format_series_table(manifest: Manifest, max_loss: float = 0.01) -> str:
     """The series as text: a header with accuracies and MACs, then one line per split."""
-    variants = {v["id"]: v for v in manifest["variants"]}
-    base, step1 = variants.get(manifest.get("base")), variants.get(manifest.get("step1"))
-    lines = [f"series: {len(manifest['variants'])} variants"]
+    base, step1 = manifest.base_variant, manifest.step1_variant
+    lines = [f"series: {len(manifest.variants)} variants"]
     if base:
-        lines.append(f"original: test acc {_accuracy(base):.4f}, {base['macs'] / 1e6:.2f} M MACs")
+        lines.append(f"original: test acc {base.accuracy:.4f}, {base.macs / 1e6:.2f} M MACs")
     if step1:
-        lines.append(f"step 1 ({step1['id']}): test acc {_accuracy(step1):.4f}, "
-                     f"{step1['macs'] / 1e6:.2f} M MACs ({base['macs'] / step1['macs']:.2f}x fewer)")
+        lines.append(f"step 1 ({step1.id}): test acc {step1.accuracy:.4f}, "
+                     f"{step1.macs / 1e6:.2f} M MACs ({base.macs / step1.macs:.2f}x fewer)")
     lines.append(f"step 2: fewest bytes within {100 * max_loss:.1f} points of the original "
                  "(* = none within; most accurate shown)")
     header = (f"{'split':<10}{'prunes':<9}{'orig el':>9}{'orig f32 B':>11}{'orig B':>9}{'s1 el':>8}"
@@ -75,7 +69,7 @@ def format_series_table(manifest: dict, max_loss: float = 0.01) -> str:
             s2 = f"{'-':>7}{'-':>8}{'-':>8}{'-':>9}{'-':>8}"
         lines.append(f"{r['split']:<10}{r['group']:<9}{r['orig_elements']:>9}{r['orig_float32_bytes']:>11}"
                      f"{r['orig_bytes']:>9.0f}{s1}{s2}")
-    lines += coupling_notes(ArchSpec.from_dict(manifest["base_spec"]))
+    lines += coupling_notes(manifest.base_arch)
     return "\n".join(lines)
 
 

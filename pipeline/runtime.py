@@ -9,7 +9,7 @@ Runtime = Literal["onnxruntime", "torch"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 # 3-6x faster than eager PyTorch per call at batch 1 on these CPUs (../shared/ENVIRONMENT.md)
 DEFAULT_RUNTIME: Runtime = "onnxruntime"
-# a device: ONNX Runtime where it is installed, else PyTorch (`serve.client.resolve_runtime`)
+# a device: ONNX Runtime where it is installed, else PyTorch (`serve.device.client.resolve_runtime`)
 DEVICE_RUNTIMES: tuple[str, ...] = ("auto", *RUNTIMES)
 # profiles written before they named their runtime were timed with PyTorch
 UNNAMED_PROFILE_RUNTIME: Runtime = "torch"

@@ -19,9 +19,9 @@ import numpy as np
 from pipeline.cost import Breakdown, Link, raw_input_bytes
 from pipeline.models.registry import ArchSpec
 from pipeline.profiler import codec_ms, validate_profile, variant_timings
+from pipeline.series import Manifest, Variant
 
-SERIES_FORMAT = "twostep-series/1"
-BYTE_STATS = {"mean": "bytes_mean", "p95": "bytes_p95"}
+BYTE_STATS = {"mean": "bytes_mean", "p95": "bytes_p95"}  # SplitStats' fields
 # Strategy labels: a split of a series model, or one of the baselines of the paper.
 SPLIT, RAW_INPUT, JPEG_INPUT, ON_DEVICE = "split", "raw-input", "jpeg-input", "all-on-device"
 _CLOSEST = 3
@@ -234,41 +234,20 @@ def select(
     return table.select(link, accuracy_floor, latency_budget_ms, top_k)
 
 
-def variant_accuracy(variant: dict) -> float:
-    """Accuracy used for selection: `test_accuracy`, or `val_accuracy` when test is null."""
-    value = variant.get("test_accuracy")
-    if value is None:
-        value = variant.get("val_accuracy")
-    return _check_fraction(f"accuracy of variant {variant.get('id')!r}", value)
-
-
-def _check_manifest(manifest: object) -> list[dict]:
-    if not isinstance(manifest, dict) or manifest.get("format") != SERIES_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ValueError(f"not a model series manifest: format {got!r}, expected {SERIES_FORMAT!r}")
-    variants = manifest.get("variants")
-    if not isinstance(variants, list) or not variants:
+def _variants(manifest: Manifest) -> list[Variant]:
+    if not manifest.variants:
         raise ValueError("series manifest has no variants")
-    seen = set()
-    for i, variant in enumerate(variants):
-        if not isinstance(variant, dict) or not isinstance(variant.get("id"), str):
-            raise ValueError(f"series variant {i} must be an object with an 'id' string")
-        if variant["id"] in seen:
-            raise ValueError(f"series variant id {variant['id']!r} appears twice")
-        seen.add(variant["id"])
-        if not isinstance(variant.get("splits"), dict):
-            raise ValueError(f"series variant {variant['id']!r} has no 'splits' object")
-    return variants
+    return manifest.variants
 
 
-def _check_same_spec(variant: dict, profile: dict, which: str) -> None:
+def _check_same_spec(variant: Variant, profile: dict, which: str) -> None:
     """Refuse a stale profile: one measured on other widths than the variant has now."""
-    measured = variant_timings(profile, variant["id"]).get("spec")
-    if measured is None or variant.get("spec") is None:
+    measured = variant_timings(profile, variant.id).get("spec")
+    if measured is None:
         return
-    if ArchSpec.from_dict(measured) != ArchSpec.from_dict(variant["spec"]):
+    if ArchSpec.from_dict(measured) != variant.arch_spec:
         raise ValueError(
-            f"the {which} profile of variant {variant['id']!r} was measured on another "
+            f"the {which} profile of variant {variant.id!r} was measured on another "
             "architecture than the manifest's (a stale profile?): profile it again"
         )
 
@@ -281,7 +260,7 @@ def _profile_time(profile: dict, vid: str, key: str, split: str, which: str) -> 
 
 
 def candidates_from_series(
-    manifest: dict,
+    manifest: Manifest,
     device_profile: dict,
     edge_profile: dict,
     bytes_stat: str = "mean",
@@ -289,7 +268,7 @@ def candidates_from_series(
     """One candidate per (variant, offered split) of a series manifest.
 
     Args:
-        manifest: a `twostep-series/1` manifest as a plain dict.
+        manifest: the series manifest.
         device_profile: profile giving each variant's `head_ms`.
         edge_profile: profile giving each variant's `tail_ms`.
         bytes_stat: `mean` (bytes_mean) or `p95` (bytes_p95) of the measured bytes sent.
@@ -304,27 +283,24 @@ def candidates_from_series(
     validate_profile(edge_profile)
     key = BYTE_STATS[bytes_stat]
     candidates = []
-    for variant in _check_manifest(manifest):
-        vid = variant["id"]
-        accuracy = variant_accuracy(variant)
+    for variant in _variants(manifest):
+        vid, accuracy = variant.id, variant.accuracy
         _check_same_spec(variant, device_profile, "device")
         _check_same_spec(variant, edge_profile, "edge")
-        for split, stats in variant["splits"].items():
-            if not isinstance(stats, dict) or key not in stats:
-                raise ValueError(f"series variant {vid!r} split {split!r} lacks {key!r}")
-            bytes_sent = 0.0 if split == "output" else stats[key]
+        for split, stats in variant.splits.items():
+            bytes_sent = 0.0 if split == "output" else getattr(stats, key)
             head_ms = _profile_time(device_profile, vid, "head_ms", split, "device")
             tail_ms = _profile_time(edge_profile, vid, "tail_ms", split, "edge")
-            if split != "output" and "elements" in stats:
+            if split != "output" and stats.elements is not None:
                 # The device encodes the frame it sends; the edge decodes it.
-                head_ms += codec_ms(device_profile, "encode_ms", stats["elements"])
-                tail_ms += codec_ms(edge_profile, "decode_ms", stats["elements"])
+                head_ms += codec_ms(device_profile, "encode_ms", stats.elements)
+                tail_ms += codec_ms(edge_profile, "decode_ms", stats.elements)
             candidates.append(Candidate(vid, split, accuracy, bytes_sent, head_ms, tail_ms))
     return candidates
 
 
 def baseline_candidates(
-    manifest: dict,
+    manifest: Manifest,
     device_profile: dict,
     edge_profile: dict,
     jpeg_input_bytes: float | None = None,
@@ -339,16 +315,16 @@ def baseline_candidates(
     validate_profile(device_profile)
     validate_profile(edge_profile)
     candidates = []
-    for variant in _check_manifest(manifest):
-        vid, accuracy = variant["id"], variant_accuracy(variant)
-        raw = raw_input_bytes(ArchSpec.from_dict(variant.get("spec")))
+    for variant in _variants(manifest):
+        vid, accuracy = variant.id, variant.accuracy
+        raw = raw_input_bytes(variant.arch_spec)
         edge_all = _profile_time(edge_profile, vid, "tail_ms", "input", "edge")
-        options = [] if "input" in variant["splits"] else [(RAW_INPUT, "input", raw)]
+        options = [] if "input" in variant.splits else [(RAW_INPUT, "input", raw)]
         if jpeg_input_bytes is not None:
             options.append((JPEG_INPUT, "input", jpeg_input_bytes))
         for strategy, split, bytes_sent in options:
             candidates.append(Candidate(vid, split, accuracy, bytes_sent, 0.0, edge_all, strategy))
-        if "output" not in variant["splits"]:
+        if "output" not in variant.splits:
             device_all = _profile_time(device_profile, vid, "head_ms", "output", "device")
             candidates.append(Candidate(vid, "output", accuracy, 0.0, device_all, 0.0, ON_DEVICE))
     return candidates

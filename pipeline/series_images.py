@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.series import Manifest
 
-def series_test_images(manifest: dict, count: int) -> tuple[np.ndarray, np.ndarray]:
+
+def series_test_images(manifest: Manifest, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` images (uint8 N,C,S,S) and labels of the series' test split."""
     from pipeline.data import load_splits
 
-    config = manifest.get("config") or {}
+    config = manifest.config
     if "dataset" not in config or "data_dir" not in config:
         raise ValueError("the series manifest does not say which dataset it was pruned on")
     splits = load_splits(config["dataset"], config["data_dir"], config.get("val_fraction", 0.1),

@@ -391,3 +391,16 @@ def close_reason(err: Exception) -> str:
     """One line for a close frame: the error's class and message, cut to 123 bytes."""
     text = f"{type(err).__name__}: {err}".replace("\n", " ")
     return text.encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
+def read_token(path: str) -> str:
+    """A bearer token from a file: one word of 1-4096 characters (ValueError naming the file)."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"token file {path!r} does not exist")
+    token = file.read_text().strip()
+    if not token or len(token) > 4096 or any(c.isspace() for c in token):
+        raise ValueError(f"token file {path!r} must hold one token of 1-4096 characters without spaces")
+    return token

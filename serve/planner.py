@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from pipeline.cost import Breakdown, Link, latency_breakdown
 from pipeline.device_times import DeviceTimes, parse_device_times, with_device_times
-from pipeline.models.registry import ArchSpec
 from pipeline.profiler import derive_profile
 from pipeline.selection import (
     JPEG_INPUT,
@@ -29,6 +28,7 @@ from pipeline.selection import (
     baseline_candidates,
     candidates_from_series,
 )
+from pipeline.series import Manifest
 from pipeline.split import split_points
 
 
@@ -62,7 +62,7 @@ class Planner:
 
     def __init__(
         self,
-        manifest: dict,
+        manifest: Manifest,
         device_profile: dict,
         edge_profile: dict,
         bytes_stat: str = "mean",
@@ -84,7 +84,7 @@ class Planner:
         self._offered: dict[str, set[str]] = {}  # variant -> the splits it is served at
         for vid, split in self._by_key:
             self._offered.setdefault(vid, set()).add(split)
-        self.variants = {v["id"]: v for v in manifest["variants"]}
+        self.variants = manifest.by_id()
         self.best_accuracy = max(c.accuracy for c in candidates)
 
     def _candidates(self, device_profile: dict) -> list[Candidate]:
@@ -143,7 +143,7 @@ class Planner:
 
     def splits_of(self, variant_id: str) -> list[str]:
         """Split points a variant can be served at: those it offers, plus the baselines'."""
-        spec = ArchSpec.from_dict(self.variants[variant_id]["spec"])
+        spec = self.variants[variant_id].arch_spec
         return [s for s in split_points(spec) if (variant_id, s) in self._by_key]
 
     def candidate(self, variant_id: str, split: str) -> Candidate:

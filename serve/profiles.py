@@ -27,6 +27,7 @@ from pipeline.profiler import (
     timings_from_layers,
 )
 from pipeline.runtime import DEFAULT_RUNTIME
+from pipeline.series import Manifest
 from pipeline.split import stage_costs
 
 
@@ -50,11 +51,10 @@ def estimate_entry(spec: ArchSpec, ms_per_mmac: float, layer_ms: float = 0.0) ->
     return {"spec": spec.to_dict(), **timings_from_layers(names, times)}
 
 
-def estimate_profile(manifest: dict, ms_per_mmac: float, layer_ms: float = 0.0) -> dict:
+def estimate_profile(manifest: Manifest, ms_per_mmac: float, layer_ms: float = 0.0) -> dict:
     """An edge profile document for every variant of `manifest`, estimated from MACs."""
     variants = {
-        v["id"]: estimate_entry(ArchSpec.from_dict(v["spec"]), ms_per_mmac, layer_ms)
-        for v in manifest["variants"]
+        v.id: estimate_entry(v.arch_spec, ms_per_mmac, layer_ms) for v in manifest.variants
     }
     doc = profile_document(variants, batch_size=1, warmup=0, repeats=1)
     doc["estimated"] = {"ms_per_mmac": ms_per_mmac, "layer_ms": layer_ms}
@@ -81,7 +81,7 @@ def fit_cost(mmacs: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
 
 def resolve_profiles(
     series_dir: str | Path,
-    manifest: dict,
+    manifest: Manifest,
     edge_profile: str | dict | None = None,
     device_profile: str | dict | None = None,
     slowdown: float = 5.0,

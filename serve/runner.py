@@ -93,8 +93,8 @@ class VariantRunner:
              runtime: str = DEFAULT_RUNTIME, threads: int = 1) -> VariantRunner:
         """Load `variant_id` from `store` (sha256-checked, no pickle)."""
         model, spec, _ = store.load_model(variant_id)
-        info = DataInfo.from_dict(store.manifest["data"])
-        return cls(variant_id, model, spec, info, codec_config(store.manifest["codec"]), max_batch,
+        info = DataInfo.from_dict(store.manifest.data)
+        return cls(variant_id, model, spec, info, codec_config(store.manifest.codec), max_batch,
                    runtime, threads, lambda split, part: store.graph_bytes(variant_id, split, part))
 
     @property

@@ -28,7 +28,7 @@ from pathlib import Path
 from pipeline.atomic import write_bytes_atomic
 from pipeline.checkpoint import file_sha256
 from pipeline.profile_paths import SERIES_PROFILES
-from pipeline.series import MANIFEST, SeriesError, SeriesStore, graph_files, parse_manifest
+from pipeline.series import MANIFEST, Manifest, SeriesError, SeriesStore, graph_files, parse_manifest
 
 NAMESPACE = "twostep"
 CACHE_ENV = "TWOSTEP_CACHE_DIR"
@@ -54,9 +54,9 @@ def _uri_read(uri: str, relative: str) -> bytes | None:
         return stream.read()
 
 
-def _allowed(manifest: dict, relative: str) -> bool:
+def _allowed(manifest: Manifest, relative: str) -> bool:
     return relative in (MANIFEST, *SERIES_PROFILES) or relative in {
-        v["weights"] for v in manifest["variants"]} or relative in graph_files(manifest)
+        v.weights for v in manifest.variants} or relative in graph_files(manifest)
 
 
 class SeriesPublisher:
@@ -219,18 +219,18 @@ class SeriesMirror:
         if self.in_place:
             return
         entry = self.store.get(variant_id)
-        path = self.store.directory / entry["weights"]
-        if path.is_file() and file_sha256(path) == entry["sha256"]:
+        path = self.store.directory / entry.weights
+        if path.is_file() and file_sha256(path) == entry.sha256:
             return
         start = time.perf_counter()
-        data = self._read(entry["weights"])
+        data = self._read(entry.weights)
         if data is None:
-            raise SeriesError(f"variant {variant_id}: {entry['weights']} is missing at "
+            raise SeriesError(f"variant {variant_id}: {entry.weights} is missing at "
                               f"{self.ref['location']}")
         actual = _sha256(data)
-        if actual != entry["sha256"]:
+        if actual != entry.sha256:
             raise SeriesError(f"variant {variant_id}: weights from {self.ref['location']} hash to "
-                              f"{actual[:16]}..., the manifest says {entry['sha256'][:16]}...; "
+                              f"{actual[:16]}..., the manifest says {entry.sha256[:16]}...; "
                               f"refused on node {self.node}")
         write_bytes_atomic(path, data)
         self.fetches.append({"variant": variant_id, "bytes": len(data),
@@ -241,18 +241,18 @@ class SeriesMirror:
         record = self.store.graph_record(variant_id, split, part)
         if record is None or self.in_place:
             return self.store.graph_bytes(variant_id, split, part)
-        path = self.store.directory / record["path"]
-        if not (path.is_file() and file_sha256(path) == record["sha256"]):
-            data = self._read(record["path"])
-            if data is None or _sha256(data) != record["sha256"]:
-                raise SeriesError(f"variant {variant_id}: {record['path']} from {self.ref['location']} "
+        path = self.store.directory / record.path
+        if not (path.is_file() and file_sha256(path) == record.sha256):
+            data = self._read(record.path)
+            if data is None or _sha256(data) != record.sha256:
+                raise SeriesError(f"variant {variant_id}: {record.path} from {self.ref['location']} "
                                   f"is missing or does not match its sha256; refused on node {self.node}")
             path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(path, data)
         return self.store.graph_bytes(variant_id, split, part)
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return self.store.manifest
 
     def load_model(self, variant_id: str):

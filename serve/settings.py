@@ -206,7 +206,7 @@ class AppArgs(BaseModel):
     def stream_limits(self) -> dict:
         """The EdgeTail's session limits (`serve.stream.StreamLimits` fields), with the token
         read from `token_file` here: replicas on other nodes cannot open it."""
-        from serve.stream_client import read_token
+        from pipeline.session_wire import read_token
 
         token = read_token(self.token_file) if self.token_file is not None else None
         return {"max_sessions": self.stream_max_sessions, "max_fps": self.stream_max_fps,

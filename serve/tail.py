@@ -88,7 +88,7 @@ class EdgeTail:
         torch.set_num_threads(torch_threads)
         self.runtime, self.threads = runtime, torch_threads
         self.series = SeriesMirror(series)  # reference from serve.series_source.publish_series
-        self.info = DataInfo.from_dict(self.series.manifest["data"])
+        self.info = DataInfo.from_dict(self.series.manifest.data)
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         self.faults: dict[str, str] = {}

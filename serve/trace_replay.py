@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.cost import Link
 from pipeline.selection import Candidate
+from pipeline.series import Manifest
 from pipeline.traces import Trace
 from serve.bandwidth import (
     LINK_BAND,
@@ -257,12 +258,12 @@ def recovery_delays(router: Outcome, oracle: Outcome, hold_s: float = 3.0) -> li
     return delays
 
 
-def fixed_strategies(candidates: Sequence[Candidate], manifest: dict) -> dict[str, list[Candidate]]:
+def fixed_strategies(candidates: Sequence[Candidate], manifest: Manifest) -> dict[str, list[Candidate]]:
     """The paper's fixed strategies as candidate families; each one runs, over a trace, the
     member that is best in hindsight: (a) all on the device, (b) raw input to the edge (the
     unpruned model), (d) one split of the unpruned model, (e) one split of the step-1 model.
     ((c), JPEG input, needs measured JPEG sizes: `twostep bench` has it.)"""
-    base, step1 = manifest["base"], manifest.get("step1") or manifest["base"]
+    base, step1 = manifest.base, manifest.step1_or_base
     of = {"a": [c for c in candidates if c.variant_id == base and c.bytes_sent == 0],
           "b": [c for c in candidates if c.variant_id == base and c.split == "input"],
           "d": [c for c in candidates if c.variant_id == base],

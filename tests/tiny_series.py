@@ -36,7 +36,7 @@ def tiny_store(tmp_path_factory) -> SeriesStore:
     store = SeriesStore.create(tmp_path_factory.mktemp("tiny") / "series", spec, INFO.to_dict(),
                                {"bits": 8, "per_channel": False, "compress": True})
     base = store.add_variant(model, spec, _entry(model, spec, 0, 0, split_points(spec), 0.9))
-    store.set_field("base", base["id"])
+    store.set_field("base", base.id)
     pruned, pruned_spec = remove_filters(model, spec, {"conv5_2": list(range(2, 32))})
     pruned.eval()
     store.add_variant(pruned, pruned_spec,

@@ -23,7 +23,7 @@ from torch import nn
 from pipeline.atomic import write_json_atomic
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models.registry import ArchSpec
-from pipeline.series import SeriesError, SeriesStore, variant_id
+from pipeline.series import Measured, SeriesError, SeriesStore, Variant, measured, variant_id
 
 TRIAL_FORMAT = "twostep-trial-checkpoint/1"
 WEIGHTS_FILE = "variant.safetensors"
@@ -31,17 +31,17 @@ ENTRY_FILE = "variant.json"
 
 
 def write_trial_checkpoint(directory: str | os.PathLike, model: nn.Module, spec: ArchSpec,
-                           entry: dict, stop_reason: str | None = None) -> Path:
+                           entry: Measured, stop_reason: str | None = None) -> Path:
     """Write one iteration's model and manifest entry into `directory` (created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(directory / WEIGHTS_FILE, model, spec, {"variant": entry["id"]})
-    document = {"format": TRIAL_FORMAT, "entry": entry, "stop_reason": stop_reason}
+    save_checkpoint(directory / WEIGHTS_FILE, model, spec, {"variant": entry.id})
+    document = {"format": TRIAL_FORMAT, "entry": entry.to_json(), "stop_reason": stop_reason}
     write_json_atomic(directory / ENTRY_FILE, document, indent=None, sort_keys=True)
     return directory
 
 
-def read_trial_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, ArchSpec, dict, str | None]:
+def read_trial_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, ArchSpec, Measured, str | None]:
     """(model, spec, entry, stop_reason) of a trial checkpoint; SeriesError if it is not one."""
     directory = Path(directory)
     try:
@@ -50,13 +50,13 @@ def read_trial_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, Arch
         raise SeriesError(f"{directory} is not a trial checkpoint: {err}") from err
     if not isinstance(document, dict) or document.get("format") != TRIAL_FORMAT:
         raise SeriesError(f"{directory}/{ENTRY_FILE} is not a {TRIAL_FORMAT} document")
-    entry = document.get("entry")
-    if not isinstance(entry, dict) or not all(k in entry for k in ("id", "step", "iteration")):
+    if not isinstance(document.get("entry"), dict):
         raise SeriesError(f"{directory}/{ENTRY_FILE} holds no manifest entry")
+    entry = measured(document["entry"], f"{directory}/{ENTRY_FILE}")
     model, spec, _ = load_checkpoint(directory / WEIGHTS_FILE)
-    expected = variant_id(spec.arch, entry["step"], entry["iteration"], entry.get("layer"))
-    if entry["id"] != expected:
-        raise SeriesError(f"trial checkpoint {directory}: entry id {entry['id']!r} does not match "
+    expected = variant_id(spec.arch, entry.step, entry.iteration, entry.layer)
+    if entry.id != expected:
+        raise SeriesError(f"trial checkpoint {directory}: entry id {entry.id!r} does not match "
                           f"its step/iteration/layer ({expected!r})")
     return model, spec, entry, document.get("stop_reason")
 
@@ -76,18 +76,18 @@ class VariantSink:
         self.next_iteration = next_iteration
         self.added: list[str] = []
 
-    def add(self, directory: str | os.PathLike) -> dict:
+    def add(self, directory: str | os.PathLike) -> Variant:
         model, spec, entry, _ = read_trial_checkpoint(directory)
-        if entry["step"] != self.step or entry.get("layer") != self.layer:
-            raise SeriesError(f"checkpoint {entry['id']} is not step {self.step} of "
+        if entry.step != self.step or entry.layer != self.layer:
+            raise SeriesError(f"checkpoint {entry.id} is not step {self.step} of "
                               f"{self.layer or 'the whole network'}")
-        iteration = entry["iteration"]
+        iteration = entry.iteration
         if iteration > self.next_iteration:
-            raise SeriesError(f"checkpoint {entry['id']} skips iteration {self.next_iteration}; "
+            raise SeriesError(f"checkpoint {entry.id} skips iteration {self.next_iteration}; "
                               "refusing a hole in the series")
         full = self.store.add_variant(model, spec, entry)
         self.next_iteration = iteration + 1
-        self.added.append(full["id"])
+        self.added.append(full.id)
         return full
 
 
@@ -95,21 +95,15 @@ def copy_variants(source: SeriesStore, target: SeriesStore, ids: list[str]) -> N
     """Add variants of `source` (weights re-checked on load) to `target`, in the given order."""
     for vid in ids:
         model, spec, entry = source.load_model(vid)
-        fields = {k: v for k, v in entry.items() if k not in ("spec", "weights", "sha256")}
+        fields = {k: v for k, v in entry.to_json().items() if k not in ("spec", "weights", "sha256")}
         target.add_variant(model, spec, fields)
 
 
 def sort_variants(store: SeriesStore, key) -> None:
-    """Rewrite the manifest with its variants ordered by `key` (weights are untouched).
-
-    The store has no public "save" call; re-setting an existing field writes the whole
-    manifest atomically, including the reordered variant list.
-    """
+    """Rewrite the manifest with its variants ordered by `key` (weights are untouched)."""
     ordered = sorted(store.variants, key=key)
-    if [v["id"] for v in ordered] == store.ids():
-        return
-    store.manifest["variants"] = ordered
-    store.set_field("step1", store.manifest.get("step1"))
+    if [v.id for v in ordered] != store.ids():
+        store.reorder(ordered)
 
 
 def append_run_log(path: str | os.PathLike, record: dict) -> None:

@@ -33,9 +33,8 @@ from ray import tune
 
 from pipeline.config import PruneConfig
 from pipeline.data import splits_to_arrays
-from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import Log, prepare, step2_layers, time_step1_calls
-from pipeline.series import SeriesError, SeriesStore
+from pipeline.series import SeriesError, SeriesStore, Variant, is_series
 from tune.callbacks import LiveTable, SeriesCollector
 from tune.collect import VariantSink, append_run_log, copy_variants, sort_variants
 from tune.plan import (
@@ -109,8 +108,8 @@ class _Launcher:
     data: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def base(self) -> dict:
-        return self.store.get(self.store.manifest["base"])
+    def base(self) -> Variant:
+        return self.store.manifest.base_variant
 
     # ---- one Tune run ----
     def fit(self, phase: str, trainable, jobs: list[dict], sinks: dict[str, VariantSink],
@@ -122,9 +121,9 @@ class _Launcher:
                     job["fail_once"] = {k: self.inject_failure[k] for k in ("marker", "after_iteration")}
         if self.config.distill_weight > 0:
             base = self.base
-            blobs = {**blobs, base["sha256"]: self.store.weights_path(base["id"]).read_bytes()}
+            blobs = {**blobs, base.sha256: self.store.weights_path(base.id).read_bytes()}
             for job in jobs:
-                job["teacher"] = base["sha256"]
+                job["teacher"] = base.sha256
         collector = SeriesCollector(sinks)
         callbacks = [collector, LiveTable(jobs, totals, enabled=self.progress)]
         name = f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -186,14 +185,14 @@ class _Launcher:
             entries = step1_entries(store)
         self._keep_step1(entries)
 
-    def _keep_step1(self, entries: list[dict]) -> None:
+    def _keep_step1(self, entries: list[Variant]) -> None:
         if not entries:
             self.log("step 1 kept no iteration (the first already broke the budget); "
                      "step 2 starts from the base model")
         kept = entries[-1] if entries else self.base
-        self.store.set_field("step1", kept["id"])
-        self.log(f"step 1 keeps {kept['id']} ({self.base['macs'] / kept['macs']:.2f}x fewer MACs, "
-                 f"val acc {kept['val_accuracy']:.4f})")
+        self.store.set_field("step1", kept.id)
+        self.log(f"step 1 keeps {kept.id} ({self.base.macs / kept.macs:.2f}x fewer MACs, "
+                 f"val acc {kept.val_accuracy:.4f})")
 
     def search_step1(self, search: Step1Search) -> None:
         """One step-1 trial per candidate, each into its own store under `<out>/search/`; the
@@ -203,7 +202,7 @@ class _Launcher:
         stores, jobs, sinks, blobs = {}, [], {}, {}
         for key, overrides in candidates.items():
             cstore = stores[key] = self._candidate_store(key, overrides)
-            if cstore.manifest["step1"] is not None:
+            if cstore.manifest.step1 is not None:
                 continue
             entries = step1_entries(cstore)
             if step1_finished(entries, base, config.replace(**overrides)):
@@ -220,33 +219,32 @@ class _Launcher:
         for key, cstore in stores.items():
             entries = step1_entries(cstore)
             kept[key] = entries[-1] if entries else base
-            if cstore.manifest["step1"] is None:
-                cstore.set_field("step1", kept[key]["id"])
-        winner = choose_step1(kept, base["val_accuracy"], config, search.metric)
+            if cstore.manifest.step1 is None:
+                cstore.set_field("step1", kept[key].id)
+        winner = choose_step1(kept, base.val_accuracy, config, search.metric)
         self.log(f"step-1 search ({search.metric}): {winner} wins")
-        copy_variants(stores[winner], store, [e["id"] for e in step1_entries(stores[winner])])
+        copy_variants(stores[winner], store, [e.id for e in step1_entries(stores[winner])])
         store.set_field("step1_search", {
             "metric": search.metric, "chosen": winner, "overrides": candidates[winner],
-            "candidates": {k: {"overrides": candidates[k], "kept": v["id"],
-                               "val_accuracy": v["val_accuracy"], "macs": v["macs"]}
+            "candidates": {k: {"overrides": candidates[k], "kept": v.id,
+                               "val_accuracy": v.val_accuracy, "macs": v.macs}
                            for k, v in kept.items()},
         })
         self._keep_step1(step1_entries(store))
 
     def _candidate_store(self, key: str, overrides: dict) -> SeriesStore:
         directory = Path(self.config.out) / SEARCH_DIR / key
-        if (directory / "manifest.json").exists():
+        if is_series(directory):
             return SeriesStore.open(directory)
         m = self.store.manifest
-        return SeriesStore.create(directory, ArchSpec.from_dict(m["base_spec"]), m["data"],
-                                  m["codec"],
+        return SeriesStore.create(directory, m.base_arch, m.data, m.codec,
                                   config_dict(self.config.replace(**overrides)))
 
     # ---- step 2 ----
     def step2(self) -> None:
         store = self.store
-        step1 = store.get(store.manifest["step1"])
-        layers = step2_layers(ArchSpec.from_dict(step1["spec"]), self.config)
+        step1 = store.manifest.step1_variant
+        layers = step2_layers(step1.arch_spec, self.config)
         jobs = step2_jobs(store, step1, layers, self.config, self.resources.threads)
         complete = [layer for layer in layers if f"step2-{layer}" not in {j["key"] for j in jobs}]
         if complete:
@@ -329,11 +327,11 @@ def launch_pruning(
         store, ctx, _, base_spec = prepare(config, log)
         if steps != "1":
             step2_layers(base_spec, config)  # a bad split name fails now, not after step 1
-        if steps == "2" and store.manifest["step1"] is None:
+        if steps == "2" and store.manifest.step1 is None:
             raise SeriesError(f"{config.out} has no finished step 1; run --step 1 (or both) first")
         launcher = _Launcher(config, store, resources, max_concurrent, storage, max_failures,
                              progress, log, inject_failure, splits_to_arrays(ctx.splits))
-        if store.manifest["step1"] is None:
+        if store.manifest.step1 is None:
             if search is not None:
                 launcher.search_step1(search)
             else:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import PruneConfig
 from pipeline.models.registry import ArchSpec
-from pipeline.series import SeriesError, SeriesStore, variant_id
+from pipeline.series import SeriesError, SeriesStore, Variant, variant_id
 from pipeline.steps import step2_ladder
 
 SEARCH_METRICS = ("macs", "val_accuracy")
@@ -104,20 +104,20 @@ def config_dict(config: PruneConfig) -> dict:
     return config.model_dump(mode="json")
 
 
-def start_of(entry: dict) -> dict:
-    return {"variant": entry["id"], "sha256": entry["sha256"], "iteration": entry["iteration"]}
+def start_of(entry: Variant) -> dict:
+    return {"variant": entry.id, "sha256": entry.sha256, "iteration": entry.iteration}
 
 
-def step1_entries(store: SeriesStore) -> list[dict]:
+def step1_entries(store: SeriesStore) -> list[Variant]:
     """The contiguous run of step-1 variants i1, i2, ... in the store, in order."""
-    by_iteration = {v["iteration"]: v for v in store.variants if v["step"] == 1}
+    by_iteration = {v.iteration: v for v in store.manifest.step(1)}
     out = []
     while len(out) + 1 in by_iteration:
         out.append(by_iteration[len(out) + 1])
     return out
 
 
-def step1_finished(entries: list[dict], base: dict, config: PruneConfig) -> bool:
+def step1_finished(entries: list[Variant], base: Variant, config: PruneConfig) -> bool:
     """Whether recorded step-1 variants already end the procedure (a run that died before the
     driver marked step 1 finished): the last accepted iteration hit the iteration limit or
     the MAC target. A rejected iteration is never recorded; re-running it rejects it again."""
@@ -126,28 +126,28 @@ def step1_finished(entries: list[dict], base: dict, config: PruneConfig) -> bool
     if not entries:
         return False
     last = entries[-1]
-    if last["iteration"] >= config.step1_max_iterations:
+    if last.iteration >= config.step1_max_iterations:
         return True
     target = config.step1_target_mac_reduction
-    return bool(target) and base["macs"] / last["macs"] >= target
+    return bool(target) and base.macs / last.macs >= target
 
 
-def step1_job(key: str, store: SeriesStore, base: dict, entries: list[dict], threads: int,
+def step1_job(key: str, store: SeriesStore, base: Variant, entries: list[Variant], threads: int,
               overrides: dict | None = None) -> dict:
     """The job of a step-1 trial that continues after `entries` (or starts at the base)."""
     start = entries[-1] if entries else base
     return {
-        "kind": "step1", "key": key, "start": start_of(start), "data": store.manifest["data"],
-        "threads": threads, "overrides": dict(overrides or {}), "base_macs": base["macs"],
-        "base_spec": store.manifest["base_spec"], "baseline_val": base["val_accuracy"],
+        "kind": "step1", "key": key, "start": start_of(start), "data": store.manifest.data,
+        "threads": threads, "overrides": dict(overrides or {}), "base_macs": base.macs,
+        "base_spec": store.manifest.base_spec, "baseline_val": base.val_accuracy,
     }
 
 
-def step2_jobs(store: SeriesStore, step1: dict, layers: dict[str, list[str]],
+def step2_jobs(store: SeriesStore, step1: Variant, layers: dict[str, list[str]],
                config: PruneConfig, threads: int) -> list[dict]:
     """One job per layer whose ladder is not complete in the store, in `layers` order."""
-    spec = ArchSpec.from_dict(step1["spec"])
-    base = store.get(store.manifest["base"])
+    spec = step1.arch_spec
+    base = store.manifest.base_variant
     jobs = []
     for layer, offered in layers.items():
         ladder = step2_ladder(spec, layer, config)
@@ -155,41 +155,42 @@ def step2_jobs(store: SeriesStore, step1: dict, layers: dict[str, list[str]],
         if done >= len(ladder):
             continue
         recorded = store.get(variant_id(spec.arch, 2, done, layer)) if done else None
-        if recorded is not None and recorded.get("ladder", ladder) != ladder:
+        recorded_ladder = getattr(recorded, "ladder", ladder)
+        if recorded_ladder != ladder:
             raise SeriesError(f"step-2 variants of {layer} in {store.directory} follow the "
-                              f"ladder {recorded['ladder']}, not {ladder}")
+                              f"ladder {recorded_ladder}, not {ladder}")
         jobs.append({
             "kind": "step2", "key": f"step2-{layer}",
             "start": {**start_of(recorded or step1), "iteration": done},
-            "data": store.manifest["data"], "threads": threads, "overrides": {},
-            "base_macs": base["macs"], "layer": layer, "offered": list(offered), "ladder": ladder,
+            "data": store.manifest.data, "threads": threads, "overrides": {},
+            "base_macs": base.macs, "layer": layer, "offered": list(offered), "ladder": ladder,
         })
     return jobs
 
 
 def step2_done(store: SeriesStore, layer: str) -> int:
     """How many iterations of `layer`'s ladder are recorded, counting i1, i2, ... up to a gap."""
-    have = {v["iteration"] for v in store.variants if v["step"] == 2 and v["layer"] == layer}
+    have = {v.iteration for v in store.manifest.step(2) if v.layer == layer}
     done = 0
     while done + 1 in have:
         done += 1
     return done
 
 
-def choose_step1(candidates: dict[str, dict], baseline_val: float, config: PruneConfig,
+def choose_step1(candidates: dict[str, Variant], baseline_val: float, config: PruneConfig,
                  metric: str) -> str:
-    """The winning candidate key, given key -> the kept entry ({val_accuracy, macs})."""
+    """The winning candidate key, given key -> the kept entry (its val_accuracy and macs)."""
     if not candidates:
         raise ValueError("no step-1 candidates to choose from")
     if metric == "val_accuracy":
-        return max(candidates, key=lambda k: (candidates[k]["val_accuracy"], -candidates[k]["macs"]))
+        return max(candidates, key=lambda k: (candidates[k].val_accuracy, -candidates[k].macs))
     if metric != "macs":
         raise ValueError(f"unknown search metric {metric!r}; choose one of {', '.join(SEARCH_METRICS)}")
     floor = baseline_val - config.step1_budget
-    within = {k: v for k, v in candidates.items() if v["val_accuracy"] >= floor}
+    within = {k: v for k, v in candidates.items() if v.val_accuracy >= floor}
     if not within:
-        return max(candidates, key=lambda k: candidates[k]["val_accuracy"])
-    return min(within, key=lambda k: (within[k]["macs"], -within[k]["val_accuracy"]))
+        return max(candidates, key=lambda k: candidates[k].val_accuracy)
+    return min(within, key=lambda k: (within[k].macs, -within[k].val_accuracy))
 
 
 def variant_order(spec: ArchSpec):
@@ -197,7 +198,7 @@ def variant_order(spec: ArchSpec):
     network order then iteration (the order of the in-process run over all split points)."""
     layer_index = {name: i for i, name in enumerate(spec.group_names)}
 
-    def key(entry: dict) -> tuple:
-        return (entry["step"], layer_index.get(entry.get("layer"), -1), entry["iteration"])
+    def key(entry: Variant) -> tuple:
+        return (entry.step, layer_index.get(entry.layer, -1), entry.iteration)
 
     return key

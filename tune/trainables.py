@@ -30,6 +30,7 @@ from pipeline.data import DataInfo, splits_from_arrays
 from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
 from pipeline.schedule import step1_filters_per_iteration
+from pipeline.series import Measured
 from pipeline.split import split_points, total_macs
 from pipeline.steps import derive_seed, judge_step1, run_step2, step1_iteration, step1_mac_limit
 from tune.collect import read_trial_checkpoint, write_trial_checkpoint
@@ -63,13 +64,13 @@ def _resume(job: dict, start_blobs: dict[str, bytes]) -> tuple[nn.Module, ArchSp
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             model, spec, entry, stop_reason = read_trial_checkpoint(directory)
-        return model, spec, entry["iteration"], stop_reason
+        return model, spec, entry.iteration, stop_reason
     start = job["start"]
     model, spec, _ = _load_blob(start_blobs, start["sha256"])
     return model, spec, start["iteration"], None
 
 
-def _report(metrics: dict, model: nn.Module, spec: ArchSpec, entry: dict,
+def _report(metrics: dict, model: nn.Module, spec: ArchSpec, entry: Measured,
             stop_reason: str | None = None) -> None:
     # report() copies the directory to the run's storage before it returns
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +122,7 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dic
                                      offered_splits=split_points(snap.spec),
                                      extra={"removed": snap.removed,
                                             "recovered_from": snap.recovered_from})
-            metrics.update(test_accuracy=entry["test_accuracy"], variant=entry["id"])
+            metrics.update(test_accuracy=entry.test_accuracy, variant=entry.id)
             _report(metrics, snap.model, snap.spec, entry, stop_reason)
         else:
             tune.report(metrics)
@@ -143,9 +144,9 @@ def step2_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dic
         metrics = {
             "phase": "step2", "layer": layer, "split": offered[0], "iteration": snap.iteration,
             "width": ladder[snap.iteration - 1], "val_accuracy": snap.val_accuracy,
-            "test_accuracy": entry["test_accuracy"], "macs": snap.macs,
+            "test_accuracy": entry.test_accuracy, "macs": snap.macs,
             "mac_reduction": job["base_macs"] / snap.macs,
-            "bytes_sent": entry["splits"][offered[0]]["bytes_mean"], "variant": entry["id"],
+            "bytes_sent": entry.splits[offered[0]].bytes_mean, "variant": entry.id,
         }
         _report(metrics, snap.model, snap.spec, entry)
         _maybe_fail(job, snap.iteration)

@@ -16,6 +16,9 @@ from pydantic import BaseModel
 from pipeline.config import PruneConfig, TrainConfig
 from serve.settings import AppArgs
 from twostep.bench.config import BenchConfig
+from twostep.bench.edge_side import EdgeOptions
+from twostep.commands.plan import PlanOptions
+from twostep.commands.profile import ProfileOptions
 from twostep.config_flags import flag_name
 from twostep.demo_config import DemoSettings
 
@@ -29,6 +32,10 @@ MODELS: list[tuple[str, type[BaseModel], str]] = [
     ("bench", BenchConfig, "`twostep bench` flags"),
     ("serve", AppArgs, "`twostep serve` flags; `args:` of a Serve config file (`serve/serve.yaml`); "
                        "`serve run serve.app:build_app key=value`"),
+    ("plan", PlanOptions, "`twostep plan SERIES` flags"),
+    ("profile", ProfileOptions, "`twostep profile PATH` flags"),
+    ("bench-edge", EdgeOptions, "flags of `python -m twostep.bench.edge_side`, the edge process "
+                                "`twostep bench` starts"),
 ]
 
 INTRO = """# Configuration reference

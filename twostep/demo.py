@@ -23,7 +23,7 @@ from pipeline.profiler import (
     save_profile,
 )
 from pipeline.runtime import DEFAULT_RUNTIME
-from pipeline.series import SeriesStore
+from pipeline.series import Manifest, SeriesStore
 from twostep.demo_config import DemoConfig
 from twostep.ports import free_port
 
@@ -94,8 +94,8 @@ def start_app(series_dir: Path, accuracy_floor: float, slowdown: float, port: in
     """Start the Serve apps on 127.0.0.1 (Ray must be running); returns their base URL and the
     series reference (to unpublish it when the apps are deleted)."""
     from serve.app import deploy
+    from serve.process.startup import start_http
     from serve.settings import AppArgs
-    from serve.startup import start_http
 
     port = port or free_port()
     # a retry shuts Serve down: only on a cluster the demo owns
@@ -139,7 +139,7 @@ def line_candidates(store: SeriesStore, edge_path: Path, device_path: Path,
     manifest = store.manifest
     device, edge = load_profile(device_path), load_profile(edge_path)
     every = candidates_from_series(manifest, device, edge)
-    base, step1 = manifest["base"], manifest["step1"]
+    base, step1 = manifest.base, manifest.step1
     return {
         "all on device": [c for c in every if c.variant_id == base and c.split == "output"],
         "raw input to edge": [c for c in every if c.variant_id == base and c.split == "input"],
@@ -282,14 +282,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
-def markdown_table(summary: list[dict], manifest: dict) -> str:
+def markdown_table(summary: list[dict], manifest: Manifest) -> str:
     """twostep's choices, then every line's measured p50 side by side."""
-    variants = {v["id"]: v for v in manifest["variants"]}
+    variants = manifest.by_id()
     lines = ["| bandwidth | choice (variant @ split) | test acc of choice | bytes sent | "
              "measured p50 / p95 ms | cost model ms (no serving overhead) |", "|---|---|---|---|---|---|"]
     for row in summary:
         first = row["choice"].split(", ")[0].split("@")[0]
-        accuracy = variants[first]["test_accuracy"] if first in variants else float("nan")
+        accuracy = variants[first].accuracy if first in variants else float("nan")
         lines.append(f"| {row['bandwidth_mbit']:g} Mbit/s | {row['choice']} | {accuracy:.4f} | "
                      f"{row['bytes_sent']:.0f} | "
                      f"{row['measured_p50_ms']:.1f} / {row['measured_p95_ms']:.1f} | "
@@ -358,7 +358,7 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
         def prune():
             nonlocal started_ray
             if owns_cluster:
-                from serve.ingress import apply_ingress
+                from serve.process.ingress import apply_ingress
 
                 log(f"   {apply_ingress(config.demo.ingress)[1]}")
             started_ray = init_ray(config.demo.ray_address)
@@ -368,8 +368,7 @@ def run_demo(config: DemoConfig, progress: bool = True, log: Log = print) -> dic
         log(format_series_table(store.manifest, config.prune.step1_budget))
         edge_path, device_path = stages.run(
             "profile every variant", lambda: profile_stage(store, config.demo.slowdown, log))
-        base = store.get(store.manifest["base"])
-        floor = base["test_accuracy"] - config.demo.accuracy_drop
+        floor = store.manifest.base_variant.accuracy - config.demo.accuracy_drop
 
         lines = line_candidates(store, edge_path, device_path, floor)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -23,6 +23,7 @@ from pipeline.config import (
     build_config,
     read_toml,
 )
+from serve.process.ingress import Ingress
 
 
 class DemoSettings(ConfigModel):
@@ -40,7 +41,7 @@ class DemoSettings(ConfigModel):
                                  "the base model's test accuracy minus this (0.01 = 1 point)")
     ray_address: str = Field("local", description="local (start a Ray session), auto or HOST:PORT "
                              "(join a cluster)")
-    ingress: Literal["auto", "haproxy", "proxy"] = Field(
+    ingress: Ingress = Field(
         "auto", description="HTTP ingress of a Ray session the demo starts: HAProxy where available")
     cpus_per_trial: float = Field(1.0, gt=0.0, le=1024.0, description="CPUs per pruning trial")
     gpus_per_trial: float = Field(0.0, ge=0.0, le=64.0, description="GPUs per pruning trial")

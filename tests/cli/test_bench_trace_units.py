@@ -4,7 +4,7 @@ candidates it prices, and the device client's deadline rule."""
 import numpy as np
 import pytest
 
-from serve.client import DeviceClient
+from serve.device.client import DeviceClient
 from serve.profiles import estimate_profile
 from twostep.bench.config import BenchConfig
 from twostep.bench.strategies import LinkCosts
@@ -60,12 +60,12 @@ def test_priced_candidates_cover_what_the_device_and_the_fixed_strategies_may_ru
     keys = {(c.variant_id, c.split, c.strategy) for c in candidates}
     # every variant runs whole on the device, whether or not its manifest offers `output`
     whole = {c.variant_id for c in candidates if c.split == "output"}
-    assert whole == {v["id"] for v in manifest["variants"]}
+    assert whole == {v.id for v in manifest.variants}
     (jpeg_row,) = [c for c in candidates if c.strategy == "jpeg-input"]
     assert jpeg_row.bytes_sent == 600.0 and jpeg_row.head_ms == pytest.approx(2.0)
     assert len(keys) == len(candidates)
-    timed = trace_candidates(manifest, profile, 10.0, costs, {(manifest["base"], "output"): 77.0}, jpeg)
-    assert next(c for c in timed if (c.variant_id, c.split) == (manifest["base"], "output")).head_ms == 77.0
+    timed = trace_candidates(manifest, profile, 10.0, costs, {(manifest.base, "output"): 77.0}, jpeg)
+    assert next(c for c in timed if (c.variant_id, c.split) == (manifest.base, "output")).head_ms == 77.0
 
 
 def test_the_device_deadline_is_a_factor_of_its_fallbacks_time():
@@ -97,7 +97,7 @@ def test_the_device_client_imports_without_torch_or_ray():
             "        if name.split('.')[0] in ('torch', 'torchvision', 'ray'):\n"
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import serve.client, serve.stream_client\n"
+            "import serve.device.client, serve.device.stream_client\n"
             "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -34,18 +34,18 @@ def test_baselines_are_the_papers_strategies(tiny_store, edge_profile):
     assert choices["a"][0] == Execution("device", "vgg11-base", "output")
     assert choices["a"][1]["bytes"] == 0 and choices["a"][1]["transfer_ms"] == 0
     # (b) sends the input as the device path does: the coded frame at `input`, in one hop
-    input_bytes = tiny_store.get("vgg11-base")["splits"]["input"]["bytes_mean"]
+    input_bytes = tiny_store.get("vgg11-base").splits["input"].bytes_mean
     assert choices["b"][0] == Execution("frame", "vgg11-base", "input")
     assert choices["b"][1]["bytes"] == input_bytes
     assert choices["c"][0].mode == "jpeg" and choices["c"][1]["device_ms"] == pytest.approx(1.0)
     # (d) is the cheapest split of the unpruned model under the same cost model.
     device = derive_profile(edge_profile, 5.0)["variants"]["vgg11-base"]
     edge = edge_profile["variants"]["vgg11-base"]
-    splits = tiny_store.get("vgg11-base")["splits"]
+    splits = tiny_store.get("vgg11-base").splits
     costs = LinkCosts(300, 5.0)
 
     def predicted(split):
-        sent = 0 if split == "output" else splits[split]["bytes_mean"]
+        sent = 0 if split == "output" else splits[split].bytes_mean
         transfer = 0 if split == "output" else sent * 8 / 1e6 * 1000 + costs.rtt_ms(1e6)
         return device["head_ms"][split] + transfer + edge["tail_ms"][split]
 
@@ -230,10 +230,10 @@ def test_the_device_times_the_executions_that_could_win_and_they_replace_the_lin
     assert len(keys) == len(picked) and all(e.mode in ("device", "frame") for e in picked)
     # on a slow link the whole unpruned model on the device is among them ((a) and (d) pick it)
     assert "device:vgg11-base@output" in keys
-    assert any(e.variant != manifest["base"] for e in picked)  # the router's pool: the series
+    assert any(e.variant != manifest.base for e in picked)  # the router's pool: the series
     # a floor nothing meets leaves (d) and (e)'s models only
     strict = shortlist(manifest, edge_profile, costs, fast_link, [1.0], accuracy_floor=1.01)
-    assert {e.variant for e in strict} <= {manifest["base"], manifest["step1"]}
+    assert {e.variant for e in strict} <= {manifest.base, manifest.step1}
 
     measured = {e.key: 2.0 for e in picked}
     times = device_times_at(measured, picked, slowdown=10.0, request_ms=0.1)
@@ -245,10 +245,13 @@ def test_the_device_times_the_executions_that_could_win_and_they_replace_the_lin
     assert plain["a"][1]["device_ms"] != pytest.approx(20.1)
 
 
-def test_the_step1_call_reduction_is_judged_against_its_mac_reduction():
+def test_the_step1_call_reduction_is_judged_against_its_mac_reduction(tiny_store):
     from twostep.bench.report import call_reduction
 
-    manifest = {"variants": [{"id": "base", "macs": 600}, {"id": "s1", "macs": 100}]}
+    manifest = tiny_store.manifest
+    manifest = manifest.model_copy(update={"variants": [
+        manifest.base_variant.model_copy(update={"id": "base", "macs": 600}),
+        manifest.base_variant.model_copy(update={"id": "s1", "macs": 100})]})
 
     def document(base_ms, step1_ms):
         return {"base": "base", "step1": "s1", "calibration": {"device_at_gap": {

@@ -40,11 +40,11 @@ class Served:
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory):
     from ray import serve
+    from synthetic_series import make_tiny_series, synthetic_images
 
     from serve.app import deploy
-    from serve.demo_series import make_tiny_series, synthetic_images
+    from serve.process.startup import start_http
     from serve.settings import AppArgs
-    from serve.startup import start_http
 
     store = make_tiny_series(tmp_path_factory.mktemp("served") / "series")
     port = free_port()
@@ -88,7 +88,7 @@ def in_process(served, variant: str, split: str, pixels: np.ndarray,
     runner = VariantRunner.load(served.store, variant)
     head = VariantRunner.load(served.store, variant, runtime=head_runtime).run_head(pixels, split)
     quantised = head.logits if head.frame is None else runner.run_tail(head.frame, split).logits
-    info = DataInfo.from_dict(served.store.manifest["data"])
+    info = DataInfo.from_dict(served.store.manifest.data)
     with torch.inference_mode():
         exact = runner.model(normalize(torch.from_numpy(pixels), info)).numpy()
     return quantised, exact
@@ -123,7 +123,7 @@ def test_end_to_end_prediction_equals_the_in_process_model(http, served, variant
             assert (answer["bytes_sent"] == 0) == (split == "output")
             timings = answer["timings_ms"]
             assert timings["total"] >= timings["head"] + timings["tail"]
-            assert answer["label"] == served.store.manifest["data"]["classes"][answer["prediction"]]
+            assert answer["label"] == served.store.manifest.data["classes"][answer["prediction"]]
 
 
 def _phase(http, served, link, count) -> list[tuple[str, str, int]]:
@@ -330,7 +330,7 @@ def test_every_malformed_input_gets_a_4xx_and_the_app_keeps_serving(http, served
 
 
 def test_device_client_round_trip(served):
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
 
     with DeviceClient(served.url, link="phone-1", throttle_bps=2e6, min_report_bytes=256,
                       runtime="torch", transport="http") as client:
@@ -377,7 +377,7 @@ def test_device_client_over_a_session(served):
     """The default transport where the edge offers sessions: answers equal the session coding
     computed here, 10 bytes of header a frame, the uplink measured from its own frames and
     reported in-band, routes declared as the plan changes."""
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
 
     with DeviceClient(served.url, link="phone-s", throttle_bps=1e6, min_report_bytes=256,
                       logits=True) as client:
@@ -418,7 +418,7 @@ def test_a_device_gives_a_frame_up_on_a_stalled_link_and_finishes_it_itself(serv
     """The device's own deadline: its uplink stalls (a proxy stops forwarding what it sends), the
     frame is given up after `frame_deadline_ms` and the fallback of the edge's plan table runs on
     the device; the link is known to be slow; when it flows again, frames are answered again."""
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
 
     proxy = PausableProxy(int(served.url.rsplit(":", 1)[1]))
     try:
@@ -540,7 +540,7 @@ def test_killing_a_tail_replica_mid_burst_loses_no_request(served):
     expected, _ = in_process(served, "vgg11-base", "pool1", batch)
 
     def one(_):
-        from serve.client import DeviceClient
+        from serve.device.client import DeviceClient
 
         with DeviceClient(served.url, timeout_s=30, transport="http") as client:  # a hung request is resent
             return client.send_frame(frame, "vgg11-base", "pool1")
@@ -575,7 +575,7 @@ def test_sessions_lose_no_frame_when_their_replica_is_killed_or_drained(served):
     from ray import serve
 
     from serve.app import TAIL_ROUTE, build_tail_app
-    from serve.stream_client import DeviceSession
+    from serve.device.stream_client import DeviceSession
 
     pixels = served.images[:4]
     expected = [int(session_expected(served, "vgg11-base", "pool1", p[None])[0].argmax()) for p in pixels]

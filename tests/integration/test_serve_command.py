@@ -26,7 +26,7 @@ def wait_for_line(text: str, proc, output, timeout_s: float = 240.0) -> None:
 
 
 def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_path):
-    from serve.client import DeviceClient
+    from serve.device.client import DeviceClient
     from serve.runner import VariantRunner
     from twostep.local_cluster import cluster_env
 

@@ -83,23 +83,23 @@ def test_fan_out_gives_the_in_process_series(tune_series, config, tmp_path):
                              progress=False, log=_quiet)
     ours = SeriesStore.open(tune_series.directory)
     assert ours.ids() == reference.ids()  # same variants, same (canonical) order
-    ladders = {v["layer"]: v["ladder"] for v in ours.variants if v["step"] == 2}
+    ladders = {v.layer: v.ladder for v in ours.manifest.step(2)}
     assert set(ladders) == {"conv1_1", "conv2_1", "conv3_2"}
-    assert len([v for v in ours.variants if v["step"] == 2]) == sum(map(len, ladders.values()))
-    assert ours.manifest["step1"] == reference.manifest["step1"]
+    assert len(ours.manifest.step(2)) == sum(map(len, ladders.values()))
+    assert ours.manifest.step1 == reference.manifest.step1
     for mine, theirs in zip(ours.variants, reference.variants, strict=True):
-        assert mine["spec"] == theirs["spec"]  # the widths
-        assert mine.get("ladder") == theirs.get("ladder")
-        assert {s: b["elements"] for s, b in mine["splits"].items()} == \
-            {s: b["elements"] for s, b in theirs["splits"].items()}
+        assert mine.spec == theirs.spec  # the widths
+        assert getattr(mine, "ladder", None) == getattr(theirs, "ladder", None)
+        assert {s: b.elements for s, b in mine.splits.items()} == \
+            {s: b.elements for s, b in theirs.splits.items()}
         # prune_series ranks every layer's first cut on its one in-memory step-1 model, and
         # ranking runs train-mode passes that move that model's BN statistics, so ladders after
         # the first start from slightly different statistics than the stored step-1 model each
         # trial starts from; on 100 test images that is worth a few images.
-        assert abs(mine["val_accuracy"] - theirs["val_accuracy"]) <= 0.2
-        assert abs(mine["test_accuracy"] - theirs["test_accuracy"]) <= 0.2
+        assert abs(mine.val_accuracy - theirs.val_accuracy) <= 0.2
+        assert abs(mine.test_accuracy - theirs.test_accuracy) <= 0.2
     # step 1 and the first ladder are the very same computation: identical weights
-    first_ladder = [v["id"] for v in ours.variants if v.get("layer") == "conv1_1"]
+    first_ladder = [v.id for v in ours.variants if v.layer == "conv1_1"]
     for vid in ["vgg11-base", "vgg11-s1-i1", "vgg11-s1-i2", *first_ladder]:
         assert _same_weights(ours, reference, vid), vid
 
@@ -114,9 +114,9 @@ def test_fan_out_equals_in_process_runs_from_the_stored_step1_model(tune_series,
                                  progress=False, log=_quiet)
     assert tune_series.ids() == reference.ids()
     for mine, theirs in zip(tune_series.variants, reference.variants, strict=True):
-        assert {k: v for k, v in mine.items() if k != "sha256"} == \
-            {k: v for k, v in theirs.items() if k != "sha256"}
-        assert _same_weights(tune_series, reference, mine["id"]), mine["id"]
+        assert {k: v for k, v in mine.to_json().items() if k != "sha256"} == \
+            {k: v for k, v in theirs.to_json().items() if k != "sha256"}
+        assert _same_weights(tune_series, reference, mine.id), mine.id
 
 
 def test_run_directory_holds_tune_logs_and_the_run_log(tune_series):
@@ -125,16 +125,16 @@ def test_run_directory_holds_tune_logs_and_the_run_log(tune_series):
     assert list(run_dir.glob("step1-*/step1/progress.csv"))
     phases = _run_log(tune_series)
     assert [p["phase"] for p in phases] == ["step1", "step2", "step2"]  # step 1 ran once
-    ladder = tune_series.get("vgg11-s2-conv2_1-i1")["ladder"]
+    ladder = tune_series.get("vgg11-s2-conv2_1-i1").ladder
     trial = phases[1]["trials"]["step2-conv2_1"]
     assert trial["iterations"] == list(range(1, len(ladder) + 1)) and trial["failures"] == 0
 
 
 def test_interrupted_run_leaves_a_usable_partial_series(tune_run):
     partial, store = tune_run["partial"], tune_run["store"]
-    assert len(store.get("vgg11-s2-conv3_2-i1")["ladder"]) >= 3  # room to die twice
-    step2 = [v["id"] for v in partial.variants if v["step"] == 2]
-    finished = [v["id"] for v in store.variants if v.get("layer") in ("conv1_1", "conv2_1")]
+    assert len(store.get("vgg11-s2-conv3_2-i1").ladder) >= 3  # room to die twice
+    step2 = [v.id for v in partial.manifest.step(2)]
+    finished = [v.id for v in store.variants if v.layer in ("conv1_1", "conv2_1")]
     assert sorted(step2) == sorted([*finished, "vgg11-s2-conv3_2-i1"])
     for vid in step2:
         partial.load_model(vid)  # every recorded variant loads (sha256 checked)
@@ -148,7 +148,7 @@ def test_resumed_run_does_not_repeat_finished_trials(tune_run):
     assert first["trials"]["step2-conv3_2"]["error"]
     assert set(second["trials"]) == {"step2-conv3_2"}  # finished ladders were skipped
     for entry in partial.variants:  # and what was recorded stays untouched
-        assert store.get(entry["id"])["sha256"] == entry["sha256"]
+        assert store.get(entry.id).sha256 == entry.sha256
 
 
 def test_killed_trial_resumes_from_its_checkpoint(tune_run):
@@ -157,7 +157,7 @@ def test_killed_trial_resumes_from_its_checkpoint(tune_run):
     trial = _run_log(store)[-1]["trials"]["step2-conv3_2"]
     assert trial["failures"] == 1 and trial["error"] is None
     # run 2 started after the recorded i1; the restarted worker went on after its i2 checkpoint
-    n = len(store.get("vgg11-s2-conv3_2-i1")["ladder"])
+    n = len(store.get("vgg11-s2-conv3_2-i1").ladder)
     assert trial["iterations"] == list(range(2, n + 1))
     assert trial["collected"] == [f"vgg11-s2-conv3_2-i{i}" for i in range(2, n + 1)]
     ids = store.ids()
@@ -172,13 +172,13 @@ def test_step1_search_keeps_the_stated_best(ray_session, config, tmp_path):
     store = launch_pruning(config.replace(out=str(tmp_path / "series"),
                                                step1_max_iterations=1),
                            steps="1", search=search, progress=False, log=_quiet)
-    result = store.manifest["step1_search"]
+    result = store.manifest.step1_search
     assert set(result["candidates"]) == {"step1-d4-b1", "step1-d16-b1"}
     # the budget admits both; removing a quarter of the filters per iteration leaves fewer MACs
     assert result["chosen"] == "step1-d4-b1"
-    kept = store.get(store.manifest["step1"])
-    assert kept["macs"] == min(c["macs"] for c in result["candidates"].values())
-    assert [v["id"] for v in store.variants if v["step"] == 1] == ["vgg11-s1-i1"]
+    kept = store.manifest.step1_variant
+    assert kept.macs == min(c["macs"] for c in result["candidates"].values())
+    assert [v.id for v in store.manifest.step(1)] == ["vgg11-s1-i1"]
     assert (Path(store.directory) / "search" / "step1-d16-b1" / "manifest.json").is_file()
 
 

@@ -26,7 +26,7 @@ def _series(directory, config: dict | None = None) -> SeriesStore:
     store = SeriesStore.create(directory, spec, INFO.to_dict(),
                                {"bits": 8, "per_channel": False, "compress": True}, config)
     store.set_field("base", store.add_variant(model, spec, _entry(model, spec, 0, 0, split_points(spec),
-                                                                 0.9))["id"])
+                                                                 0.9)).id)
     for iteration, keep in ((1, 24), (2, 8)):
         cut = {g: list(range(keep * w // 32, w)) for g, w in spec.width_of().items()}
         pruned, pruned_spec = remove_filters(model, spec, cut)
@@ -41,9 +41,9 @@ def test_step1_call_times_time_each_step1_model_against_the_base(tmp_path):
     assert document["runtime"] == "onnxruntime" and document["idle_ms"] == 1.0
     assert document["base"] == "vgg11-base" and document["base_ms"] > 0
     assert list(document["variants"]) == ["vgg11-s1-i1", "vgg11-s1-i2"]
-    base_macs = store.get("vgg11-base")["macs"]
+    base_macs = store.get("vgg11-base").macs
     for vid, row in document["variants"].items():
-        assert row["mac_reduction"] == pytest.approx(base_macs / store.get(vid)["macs"])
+        assert row["mac_reduction"] == pytest.approx(base_macs / store.get(vid).macs)
         assert row["time_reduction"] == pytest.approx(document["base_ms"] / row["ms"])
         assert row["time_per_mac"] == pytest.approx(row["time_reduction"] / row["mac_reduction"])
     assert document["variants"]["vgg11-s1-i2"]["mac_reduction"] > 10  # widths / 4: ~16x
@@ -59,7 +59,7 @@ def test_series_time_records_them_and_series_show_reports_them(tmp_path, capsys)
     assert call_time.FIELD not in SeriesStore.open(store.directory).manifest
     assert main(["series", "time", str(store.directory), "--repeats", "3", "--idle-ms", "1",
                  "--variants", "vgg11-s1-i1"]) == 0
-    recorded = SeriesStore.open(store.directory).manifest[call_time.FIELD]
+    recorded = SeriesStore.open(store.directory).manifest.step1_call_times
     assert list(recorded["variants"]) == ["vgg11-s1-i1"] and recorded["repeats"] == 3
     capsys.readouterr()
     assert main(["series", "show", str(store.directory)]) == 0
@@ -77,7 +77,7 @@ def test_the_prune_job_times_step1_once(tmp_path):
     assert time_step1_calls(store, config.replace(step1_time_calls=False), log=None) is None
     first = time_step1_calls(store, config, log=None)
     assert sorted(first["variants"]) == ["vgg11-s1-i1", "vgg11-s1-i2"]
-    assert SeriesStore.open(store.directory).manifest[call_time.FIELD] == first
+    assert SeriesStore.open(store.directory).manifest.step1_call_times == first
     assert time_step1_calls(store, config, log=None) is None  # a resumed run: already there
 
 
@@ -89,8 +89,8 @@ def test_a_series_made_before_round_to_resumes_as_it_was_made(tmp_path):
     with pytest.raises(SeriesError, match=r"step1_round_to\).*made with step1_round_to = 1 "
                                           r"\(--step1-round-to 1 resumes it\)"):
         open_or_create_store(config, spec, INFO)  # step 1 unfinished: would mix widths
-    assert open_or_create_store(config.replace(step1_round_to=1), spec, INFO).manifest["base"]
+    assert open_or_create_store(config.replace(step1_round_to=1), spec, INFO).manifest.base
     store.set_field("step1", "vgg11-s1-i2")  # finished: step 1's knobs no longer matter
-    assert open_or_create_store(config, spec, INFO).manifest["step1"] == "vgg11-s1-i2"
+    assert open_or_create_store(config, spec, INFO).manifest.step1 == "vgg11-s1-i2"
     with pytest.raises(SeriesError, match="step2_round_to"):
         open_or_create_store(config.replace(step2_round_to=8), spec, INFO)

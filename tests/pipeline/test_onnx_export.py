@@ -25,17 +25,17 @@ def test_export_records_checked_graphs_that_the_onnx_runner_loads(series):
     records = export_series(series, PIXELS, variants=["vgg11-base"], splits=["input", "pool2", "output"])
     assert set(records["vgg11-base"]) == {"input", "pool2", "output"}
     store = SeriesStore.open(series)
-    entry = store.get("vgg11-base")["onnx"]
-    assert entry["input"]["head"] is None and entry["output"]["tail"] is None
+    entry = store.get("vgg11-base").onnx
+    assert entry["input"].head is None and entry["output"].tail is None
     for split in ("pool2",):
         for part in ("head", "tail"):
-            graph = entry[split][part]
-            data = (series / graph["path"]).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == graph["sha256"] and len(data) == graph["bytes"]
-        assert entry[split]["max_abs_diff"] < 1e-3
-        assert entry[split]["images"] == len(PIXELS)
-    assert store.manifest["onnx_export"]["opset"] == 18
-    assert "onnx" not in store.get("vgg11-s2-conv5_2-i1")  # not asked for
+            graph = getattr(entry[split], part)
+            data = (series / graph.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == graph.sha256 and len(data) == graph.bytes
+        assert entry[split].max_abs_diff < 1e-3
+        assert entry[split].images == len(PIXELS)
+    assert store.manifest.onnx_export["opset"] == 18
+    assert "onnx" not in store.get("vgg11-s2-conv5_2-i1").to_json()  # not asked for
 
     # The ONNX runner runs the recorded graphs: same logits as the PyTorch runner, and a graph
     # file that no longer matches its sha256 is refused.
@@ -49,7 +49,7 @@ def test_export_records_checked_graphs_that_the_onnx_runner_loads(series):
             continue
         tails = [r.run_tail(expected.frame, split).logits for r in (torch_runner, onnx_runner)]
         np.testing.assert_allclose(tails[1], tails[0], atol=1e-4)
-    (series / entry["pool2"]["tail"]["path"]).write_bytes(b"not a graph")
+    (series / entry["pool2"].tail.path).write_bytes(b"not a graph")
     with pytest.raises(SeriesError, match="sha256"):
         VariantRunner.load(SeriesStore.open(series), "vgg11-base", runtime="onnxruntime").run_tail(
             torch_runner.run_head(PIXELS, "pool2").frame, "pool2")
@@ -85,5 +85,5 @@ def test_a_manifest_pointing_a_graph_outside_the_series_is_refused(series):
     manifest = json.loads((series / "manifest.json").read_text())
     manifest["variants"][0]["onnx"] = {"pool1": {"head": {"path": "onnx/../../etc/passwd", "sha256": "0"},
                                                  "tail": None}}
-    with pytest.raises(SeriesError, match="bad onnx head record"):
+    with pytest.raises(SeriesError, match="bad graph path"):
         validate_manifest(manifest)

@@ -206,7 +206,7 @@ def test_codec_timing_fits_and_charges_frames_in_selection(tiny_store, tmp_path)
     coded = {(c.variant_id, c.split): c for c in candidates_from_series(store.manifest, device, edge)}
     base = store.get("vgg11-base")
     for split in ("input", "pool2"):
-        elements = base["splits"][split]["elements"]
+        elements = base.splits[split].elements
         assert coded[("vgg11-base", split)].head_ms == pytest.approx(
             10 * plain[("vgg11-base", split)].head_ms + codec_ms(device, "encode_ms", elements))
         assert coded[("vgg11-base", split)].tail_ms == pytest.approx(

@@ -48,31 +48,31 @@ def test_series_resumes_after_an_interruption_without_redoing_work(
     assert step1_line.startswith("  step 1: 1/16 of the filters") and "for the 2 left" in step1_line
     partial = SeriesStore.open(config.out)
     assert len(partial.variants) == 5
-    hashes = {v["id"]: v["sha256"] for v in partial.variants}
+    hashes = {v.id: v.sha256 for v in partial.variants}
 
     said = []
     store = prune_job.prune_series(config, progress=False, log=said.append)
     # the schedule comes first, with a time for what is left (step 1 was finished)
     assert said[0].startswith("schedule:") and "ms per batch of 32" in said[0]
     assert said[1] == "  step 1: finished (resumed from the series store)"
-    step1 = store.get(store.manifest["step1"])
-    layers = prune_job.step2_layers(step1_spec := store.load_model(step1["id"])[1], config)
+    step1 = store.manifest.step1_variant
+    layers = prune_job.step2_layers(step1_spec := store.load_model(step1.id)[1], config)
     assert set(layers) == {"conv1_1", "conv2_1", "conv5_2"}  # pool2 shares conv2_1's series
     assert layers["conv2_1"] == ["conv2_1", "pool2"]
     expected = sum(len(step2_ladder(step1_spec, layer, config)) for layer in layers)
-    step2 = [v for v in store.variants if v["step"] == 2]
+    step2 = store.manifest.step(2)
     assert len(step2) == expected  # one variant per iteration per layer, none repeated
     assert said[2].startswith(f"  step 2: {expected - 2} iterations over ")  # 2 were done
     for v in step2:
-        assert sorted(v["splits"]) == sorted(layers[v["layer"]])
+        assert sorted(v.splits) == sorted(layers[v.layer])
     for vid, sha in hashes.items():  # finished variants were not recomputed
-        assert store.get(vid)["sha256"] == sha
-    base = store.get(store.manifest["base"])
-    assert list(base["splits"]) == split_points(step1_spec)
+        assert store.get(vid).sha256 == sha
+    base = store.manifest.base_variant
+    assert list(base.splits) == split_points(step1_spec)
     for v in store.variants:
-        store.load_model(v["id"])
-        for m in v["splits"].values():
-            assert m["bytes_mean"] >= 35 and m["bytes_p95"] >= m["bytes_mean"] * 0.5
+        store.load_model(v.id)
+        for m in v.splits.values():
+            assert m.bytes_mean >= 35 and m.bytes_p95 >= m.bytes_mean * 0.5
 
 
 def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashion_dir, tmp_path):
@@ -88,7 +88,7 @@ def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashio
         prune_job.prune_series(_config(base_checkpoint, learnable_fashion_dir, tmp_path / "s",
                                        step1_max_iterations=3), progress=False, log=None)
     # A series made before a config key existed resumes with that key at its default.
-    older = {k: v for k, v in store.manifest["config"].items() if not k.startswith("distill")}
+    older = {k: v for k, v in store.manifest.config.items() if not k.startswith("distill")}
     store.set_field("config", older)
     again = prune_job.prune_series(config, progress=False, log=lambda m: None)
     assert again.ids() == store.ids()

@@ -19,6 +19,7 @@ from pipeline.selection import (
     candidates_from_series,
     select,
 )
+from pipeline.series import SeriesError, validate_manifest
 from pipeline.split import split_points
 from twostep.cli import main
 
@@ -161,6 +162,10 @@ def _profile(scale):
 
 
 def _manifest():
+    return validate_manifest(_document())
+
+
+def _document():
     spec = SPEC.to_dict()
     split = {"head_macs": 1, "tail_macs": 1, "elements": 64}
     return {
@@ -206,10 +211,12 @@ def test_candidates_from_series():
     same = _profile(1.0)
     same["variants"]["v1"]["spec"] = SPEC.to_dict()
     assert len(candidates_from_series(_manifest(), device, same)) == 3
-    bad = _manifest()
-    bad["variants"][0]["test_accuracy"] = 88.0
-    with pytest.raises(ValueError, match="accuracy of variant 'v1'"):
-        candidates_from_series(bad, device, edge)
+    bad = _document()
+    bad["variants"][0]["test_accuracy"] = 88.0  # a percentage: refused when the series is read
+    with pytest.raises(SeriesError, match="variants.0.test_accuracy"):
+        validate_manifest(bad)
+    with pytest.raises(ValueError, match="no variants"):
+        candidates_from_series(validate_manifest({**_document(), "variants": []}), device, edge)
 
 
 def test_baseline_candidates():
@@ -228,7 +235,7 @@ def test_baseline_candidates():
 
 
 def _write_series(root):
-    (root / "manifest.json").write_text(json.dumps(_manifest()))
+    (root / "manifest.json").write_text(json.dumps(_document()))
     save_profile(root / "profile.json", _profile(1.0))
     return root
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve import ingress
+from serve.process import ingress
 
 
 def test_auto_takes_haproxy_when_the_binary_exists(monkeypatch):

@@ -44,7 +44,7 @@ def test_a_uri_is_mirrored_and_verified(tiny_store, tmp_path):
 def test_weights_that_fail_their_sha256_are_refused_and_not_cached(tiny_store, tmp_path):
     directory = _copy(tiny_store, tmp_path)
     ref = publish_series(f"file://{directory}")
-    weights = directory / tiny_store.get("vgg11-base")["weights"]
+    weights = directory / tiny_store.get("vgg11-base").weights
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))

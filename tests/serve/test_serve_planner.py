@@ -25,7 +25,7 @@ def test_estimated_profile_is_valid_and_proportional_to_macs(tiny_store):
     validate_profile(doc)
     base = doc["variants"]["vgg11-base"]
     assert base["head_ms"]["input"] == 0.0
-    assert base["total_ms"] == pytest.approx(10.0 * tiny_store.get("vgg11-base")["macs"] / 1e6
+    assert base["total_ms"] == pytest.approx(10.0 * tiny_store.get("vgg11-base").macs / 1e6
                                              + 0.5 * len(base["layers"]))
 
 

@@ -6,7 +6,7 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
 from serve.inputs import HttpError
-from serve.router import call_with_retries
+from serve.retries import call_with_retries
 
 REAL_SLEEP = asyncio.sleep
 
@@ -31,7 +31,7 @@ def no_backoff(monkeypatch):
     async def fast(seconds):
         await REAL_SLEEP(0)
 
-    monkeypatch.setattr("serve.router.asyncio.sleep", fast)
+    monkeypatch.setattr("serve.retries.asyncio.sleep", fast)
 
 
 def test_a_dead_replica_is_retried():

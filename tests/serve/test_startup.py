@@ -4,7 +4,7 @@ be produced on demand, so `serve.start` is replaced by one that fails a set numb
 import pytest
 from ray import serve
 
-from serve.startup import start_http
+from serve.process.startup import start_http
 
 
 def _flaky_start(monkeypatch, failures, error=None):

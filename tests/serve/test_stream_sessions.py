@@ -35,9 +35,9 @@ from pipeline.session_wire import (
     pack_session_frame,
     parse_session_frame,
 )
+from serve.device.stream_client import DeviceSession, FrameLate, SessionClosed
 from serve.runner import RequestError, VariantRunner
 from serve.stream import SessionTable, StreamLimits, run_session
-from serve.stream_client import DeviceSession, FrameLate, SessionClosed
 
 VARIANT = "vgg11-base"
 TOKEN = "s3cret-token"
@@ -288,8 +288,8 @@ def _server_loop(edge):
 
 
 def test_an_edge_without_sessions_leaves_the_client_on_http(edge, tiny_store):
-    from serve.client import DeviceClient
-    from serve.stream_client import SessionUnavailable
+    from serve.device.client import DeviceClient
+    from serve.device.stream_client import SessionUnavailable
 
     with pytest.raises(SessionUnavailable):
         DeviceSession(_url(edge, "nowhere")).send(VARIANT, "pool3", _features(tiny_store, "pool3"))

@@ -3,18 +3,18 @@
 import pytest
 
 from pipeline.models.registry import build, make_spec
-from pipeline.series import SeriesStore, variant_id
+from pipeline.series import SeriesStore, measured, variant_id
 from pipeline.split import total_macs
 
 
 def _make_entry(spec, step, iteration, layer=None, val_accuracy=0.9, **extra):
     """A manifest entry as `describe_variant` would write it (numbers made up)."""
-    return {
+    return measured({
         "id": variant_id(spec.arch, step, iteration, layer), "step": step, "layer": layer,
         "split": layer if step == 2 else None, "iteration": iteration,
         "val_accuracy": val_accuracy, "test_accuracy": val_accuracy, "macs": total_macs(spec),
         "splits": {}, **extra,
-    }
+    })
 
 
 @pytest.fixture
@@ -33,5 +33,5 @@ def store(tmp_path, spec):
     store = SeriesStore.create(tmp_path / "series", spec, {"dataset": "fashion-mnist"},
                                {"bits": 8}, {})
     entry = store.add_variant(build(spec), spec, _make_entry(spec, 0, 0))
-    store.set_field("base", entry["id"])
+    store.set_field("base", entry.id)
     return store

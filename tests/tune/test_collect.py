@@ -47,7 +47,11 @@ def test_trial_checkpoint_rejects_foreign_or_inconsistent_files(tmp_path, spec, 
     (tmp_path / "a" / ENTRY_FILE).write_text(json.dumps({**document, "format": "pickle"}))
     with pytest.raises(SeriesError, match="twostep-trial-checkpoint"):
         read_trial_checkpoint(tmp_path / "a")
-    entry = {**make_entry(spec, 1, 1), "id": "vgg11-s1-i9"}
+    document["entry"]["test_accuracy"] = 89.0  # a percentage: refused, naming the field
+    (tmp_path / "a" / ENTRY_FILE).write_text(json.dumps(document))
+    with pytest.raises(SeriesError, match="test_accuracy"):
+        read_trial_checkpoint(tmp_path / "a")
+    entry = make_entry(spec, 1, 1).model_copy(update={"id": "vgg11-s1-i9"})
     write_trial_checkpoint(tmp_path / "b", build(spec), spec, entry)
     with pytest.raises(SeriesError, match="does not match"):
         read_trial_checkpoint(tmp_path / "b")
@@ -90,7 +94,7 @@ def test_copy_variants_between_stores(tmp_path, store, spec, make_entry):
     other = SeriesStore.create(tmp_path / "other", spec, {}, {}, {})
     copy_variants(store, other, ["vgg11-base"])
     assert other.ids() == ["vgg11-base"]
-    assert other.get("vgg11-base")["val_accuracy"] == store.get("vgg11-base")["val_accuracy"]
+    assert other.get("vgg11-base").val_accuracy == store.get("vgg11-base").val_accuracy
     other.load_model("vgg11-base")
 
 

@@ -1,5 +1,7 @@
 """Planning a Tune run from the store: resources, search grid, what is finished, what resumes."""
 
+from types import SimpleNamespace as Kept  # the fields of a Variant these functions read
+
 import pytest
 
 from pipeline.config import PruneConfig
@@ -61,10 +63,10 @@ def test_search_grid_and_its_validation():
 
 def test_choose_step1_by_the_stated_metric():
     kept = {
-        "a": {"val_accuracy": 0.90, "macs": 100},
-        "b": {"val_accuracy": 0.89, "macs": 60},   # within a 0.02 budget of 0.905
-        "c": {"val_accuracy": 0.80, "macs": 30},   # outside it
-        "d": {"val_accuracy": 0.89, "macs": 60.0},  # tie on MACs, same accuracy: first wins
+        "a": Kept(val_accuracy=0.90, macs=100),
+        "b": Kept(val_accuracy=0.89, macs=60),   # within a 0.02 budget of 0.905
+        "c": Kept(val_accuracy=0.80, macs=30),   # outside it
+        "d": Kept(val_accuracy=0.89, macs=60),   # tie on MACs, same accuracy: first wins
     }
     config = PruneConfig(step1_budget=0.02)
     assert choose_step1(kept, 0.905, config, "macs") == "b"
@@ -76,8 +78,8 @@ def test_choose_step1_by_the_stated_metric():
 
 
 def test_step1_finished_reads_the_recorded_iterations(spec):
-    base = {"macs": 1000, "val_accuracy": 0.9}
-    entry = lambda i, macs: {"iteration": i, "macs": macs}  # noqa: E731
+    base = Kept(macs=1000, val_accuracy=0.9)
+    entry = lambda i, macs: Kept(iteration=i, macs=macs)  # noqa: E731
     assert not step1_finished([], base, PruneConfig(step1_max_iterations=3))
     assert step1_finished([], base, PruneConfig(step1_max_iterations=0))
     assert not step1_finished([entry(1, 800), entry(2, 600)], base,
@@ -89,15 +91,15 @@ def test_step1_finished_reads_the_recorded_iterations(spec):
 
 
 def test_step1_job_continues_after_the_last_recorded_iteration(store, spec, make_entry):
-    base = store.get(store.manifest["base"])
+    base = store.manifest.base_variant
     job = step1_job("step1", store, base, step1_entries(store), threads=1)
-    assert job["start"] == {"variant": "vgg11-base", "sha256": base["sha256"], "iteration": 0}
+    assert job["start"] == {"variant": "vgg11-base", "sha256": base.sha256, "iteration": 0}
     assert job["baseline_val"] == 0.9 and job["base_spec"] == spec.to_dict()
     smaller = spec.with_widths({"conv1_1": 3})
     for i in (1, 2, 4):  # i4 follows a hole: only i1, i2 count
         store.add_variant(build(smaller), smaller, make_entry(smaller, 1, i))
     entries = step1_entries(store)
-    assert [e["iteration"] for e in entries] == [1, 2]
+    assert [e.iteration for e in entries] == [1, 2]
     job = step1_job("step1-d8-b0.1", store, base, entries, threads=2, overrides={"step1_divisor": 8})
     assert job["start"]["variant"] == "vgg11-s1-i2" and job["start"]["iteration"] == 2
     assert job["overrides"] == {"step1_divisor": 8} and job["threads"] == 2
@@ -105,7 +107,7 @@ def test_step1_job_continues_after_the_last_recorded_iteration(store, spec, make
 
 def test_step2_jobs_skip_complete_ladders_and_resume_partial_ones(store, spec, make_entry):
     config = PruneConfig(step2_steps=2)
-    step1 = store.get(store.manifest["base"])  # step 2 may start from the base model
+    step1 = store.manifest.base_variant  # step 2 may start from the base model
     layers = {"conv1_1": ["conv1_1", "pool1"], "conv2_1": ["conv2_1", "pool2"],
               "conv3_2": ["conv3_2", "pool3"]}
     for layer, iterations in (("conv1_1", (1, 2)), ("conv2_1", (1,))):
@@ -126,13 +128,10 @@ def test_step2_jobs_skip_complete_ladders_and_resume_partial_ones(store, spec, m
 
 
 def test_variant_order_is_the_in_process_order(spec):
-    entries = [
-        {"step": 2, "layer": "conv3_2", "iteration": 1}, {"step": 1, "layer": None, "iteration": 2},
-        {"step": 2, "layer": "conv1_1", "iteration": 2}, {"step": 0, "layer": None, "iteration": 0},
-        {"step": 2, "layer": "conv1_1", "iteration": 1}, {"step": 1, "layer": None, "iteration": 1},
-    ]
+    entries = [Kept(step=step, layer=layer, iteration=iteration) for step, layer, iteration in (
+        (2, "conv3_2", 1), (1, None, 2), (2, "conv1_1", 2), (0, None, 0), (2, "conv1_1", 1), (1, None, 1))]
     ordered = sorted(entries, key=variant_order(spec))
-    assert [(e["step"], e["layer"], e["iteration"]) for e in ordered] == [
+    assert [(e.step, e.layer, e.iteration) for e in ordered] == [
         (0, None, 0), (1, None, 1), (1, None, 2), (2, "conv1_1", 1), (2, "conv1_1", 2),
         (2, "conv3_2", 1)]
 
@@ -151,7 +150,7 @@ def test_round_to_crosses_the_tune_boundary_and_rounds_the_step2_jobs_ladders(st
     trial = build_config(PruneConfig, {**config_dict(config), **{}})  # what a trial rebuilds
     assert (trial.step1_round_to, trial.step2_round_to) == (4, 8)
     wide = spec.with_widths({"conv5_2": 30})
-    step1 = store.add_variant(build(wide), wide, {**store.get(store.manifest["base"]),
+    step1 = store.add_variant(build(wide), wide, {**store.manifest.base_variant.to_json(),
                                                   "id": "vgg11-s1-i1", "step": 1, "iteration": 1})
     (job,) = step2_jobs(store, step1, {"conv5_2": ["conv5_2", "pool5"]}, config, threads=1)
     assert job["ladder"] == step2_ladder(wide, "conv5_2", config) == [8, 3, 1]  # 10 -> 8; 3 below 8

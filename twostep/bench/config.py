@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pipeline.config import Bandwidth, CommaList, ConfigModel
 from pipeline.runtime import DEFAULT_RUNTIME, Runtime
+from serve.process.ingress import Ingress
 
 
 class BenchConfig(ConfigModel):
@@ -39,7 +40,7 @@ class BenchConfig(ConfigModel):
                                  "JPEG accuracy check")
     startup_timeout_s: float = Field(300.0, gt=0.0, le=3600.0, description="seconds the edge "
                                      "and device processes may take to start")
-    ingress: Literal["auto", "haproxy", "proxy"] = Field(
+    ingress: Ingress = Field(
         "auto", description="the edge's HTTP ingress: HAProxy where available")
     runtime: Runtime = Field(
         DEFAULT_RUNTIME, description="what runs heads and tails on the device and the edge, and "

@@ -35,7 +35,7 @@ import torch
 from pipeline.clock import ms_since
 from pipeline.runtime import DEFAULT_RUNTIME
 from pipeline.session_wire import FRAME_HEADER_BYTES
-from serve.client import DeviceClient
+from serve.device.client import DeviceClient
 from serve.inputs import MULTIPLEX_HEADER
 from twostep.bench.emulation import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time, refill_gap_ms
 from twostep.bench.strategies import Execution, execution_for
@@ -92,7 +92,7 @@ class Device:
         self.client.info()
         self.session = None
         if setup.transport == "stream":
-            from serve.stream_client import DeviceSession
+            from serve.device.stream_client import DeviceSession
 
             self.session = DeviceSession(setup.url, link="bench", timeout_s=120.0)
 

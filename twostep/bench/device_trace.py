@@ -1,7 +1,7 @@
 """The device's side of `twostep bench --trace`: classify test images at a frame rate while the
 shaped link follows a trace, planning as a real device does.
 
-The device is a `serve.client.DeviceClient` over one session: it plans from its own uplink
+The device is a `serve.device.client.DeviceClient` over one session: it plans from its own uplink
 estimate (its frames' times, probes while it runs everything itself) and the edge's plan table,
 fetched once for its constraint and its measured head times; a frame not answered within its
 deadline (`deadline_factor` x the fallback's time on this device) is given up and the device runs
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.traces import Trace
-from serve.client import DeviceClient, HeadCall
+from serve.device.client import DeviceClient, HeadCall
 from twostep.bench.emulation import TCP_SEGMENT_OVERHEAD, UDP_OVERHEAD, device_time
 
 MIN_FILLER_BYTES = 22  # fewer tokens than a minimal frame's worth (64 B) are left in the bucket

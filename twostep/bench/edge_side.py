@@ -18,7 +18,27 @@ import sys
 import threading
 import urllib.request
 
-from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES
+from pydantic import Field
+
+from pipeline.config import ConfigError, ConfigModel, build_config
+from pipeline.runtime import DEFAULT_RUNTIME, Runtime
+from serve.process.ingress import Ingress
+from twostep.config_flags import add_config_flags, flag_values
+
+
+class EdgeOptions(ConfigModel):
+    """The edge process of `twostep bench` (started by the orchestrator, not by hand)."""
+
+    series: str = Field(description="the series directory to serve")
+    host: str = Field(description="address to serve on (the edge's veth, or 127.0.0.1)")
+    port: int = Field(ge=1, le=65535, description="HTTP port")
+    edge_profile: str = Field(description="this machine's profile of every variant")
+    accuracy_floor: float = Field(ge=0.0, le=1.0, description="the router's accuracy floor")
+    sink_port: int = Field(0, ge=0, le=65535, description="UDP port swallowing the device's filler "
+                           "datagrams (0: none)")
+    ray_address: str | None = Field(None, description="Ray cluster to join (none: a new one here)")
+    ingress: Ingress = Field("auto", description="HTTP ingress of the Ray session started here")
+    runtime: Runtime = Field(DEFAULT_RUNTIME, description="what runs the tails")
 
 
 def udp_sink(host: str, port: int) -> None:
@@ -39,14 +59,14 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     import ray
 
     from serve.app import deploy
+    from serve.process.startup import start_http
     from serve.settings import AppArgs
-    from serve.startup import start_http
     from twostep.ray_env import apply_ray_env
 
     apply_ray_env()
     if not ray.is_initialized():
         if not ray_address:
-            from serve.ingress import apply_ingress
+            from serve.process.ingress import apply_ingress
 
             # HAProxy reaches local replicas on 127.0.0.1, so inside the edge's network namespace
             # they (and it) bind every interface of it: its veth and its loopback, nothing else.
@@ -73,16 +93,11 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", required=True)
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--edge-profile", required=True)
-    parser.add_argument("--accuracy-floor", type=float, required=True)
-    parser.add_argument("--sink-port", type=int, default=0)
-    parser.add_argument("--ray-address")
-    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto")
-    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME)
-    args = parser.parse_args(argv)
+    add_config_flags(parser, EdgeOptions)
+    try:
+        args = build_config(EdgeOptions, flag_values(parser.parse_args(argv), EdgeOptions.model_fields))
+    except ConfigError as err:
+        parser.error(str(err))
     if args.sink_port:
         udp_sink(args.host, args.sink_port)
     start_edge(args.series, args.host, args.port, args.edge_profile, args.accuracy_floor,

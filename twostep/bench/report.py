@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_json_atomic
-from pipeline.selection import variant_accuracy
-from pipeline.series import SeriesStore
+from pipeline.series import Manifest, SeriesStore
 from twostep.bench.strategies import STRATEGIES
 
 Log = Callable[[str], None]
@@ -38,7 +37,7 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 def strategy_rows(document: dict, store: SeriesStore) -> list[dict]:
     """One row per (grid point, strategy) with measured and predicted figures."""
-    variants = {v["id"]: v for v in store.manifest["variants"]}
+    variants = store.manifest.by_id()
     rows = []
     for point in document["points"]:
         chosen = {k: p["execution"] for k, p in point["predicted"].items()}
@@ -53,7 +52,7 @@ def strategy_rows(document: dict, store: SeriesStore) -> list[dict]:
             else:
                 predicted = point["predicted"][letter]
             accuracy = (document["jpeg"]["accuracy"] if execution["mode"] == "jpeg"
-                        else variant_accuracy(variants[execution["variant"]]))
+                        else variants[execution["variant"]].accuracy)
             total = np.array([r["total_ms"] for r in requests])
             device = _mean(requests, "device_ms")
             network = [r["send_ms"] - r["edge_compute_ms"] for r in requests if r["send_ms"]]
@@ -106,7 +105,7 @@ def targets(rows: list[dict], base_accuracy: float, max_loss: float = 0.01) -> d
     }
 
 
-def call_reduction(document: dict, manifest: dict) -> dict | None:
+def call_reduction(document: dict, manifest: Manifest) -> dict | None:
     """The device's whole-model call time of the unpruned vs the step-1 model (same runtime,
     batch 1, speed 1), at each idle gap the device was timed at, against the MAC reduction;
     judged at the shortest gap. None without a step-1 model or those timings."""
@@ -114,7 +113,7 @@ def call_reduction(document: dict, manifest: dict) -> dict | None:
     at_gap = document["calibration"].get("device_at_gap") or {}
     if not step1 or step1 == base:
         return None
-    macs = {v["id"]: v["macs"] for v in manifest["variants"]}
+    macs = {v.id: v.macs for v in manifest.variants}
     points = []
     for gap, entry in sorted(at_gap.items(), key=lambda item: float(item[0])):
         measured = entry["measured"]

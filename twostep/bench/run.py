@@ -23,10 +23,9 @@ import numpy as np
 
 from pipeline.atomic import write_json_atomic
 from pipeline.device_times import device_times_document
-from pipeline.models.registry import ArchSpec
 from pipeline.runtime import DEFAULT_RUNTIME
-from pipeline.selection import candidates_from_series, variant_accuracy
-from pipeline.series import SeriesStore
+from pipeline.selection import candidates_from_series
+from pipeline.series import Manifest, SeriesStore
 from pipeline.series_images import series_test_images
 from pipeline.split import split_points
 from twostep.bench.config import BenchConfig
@@ -78,8 +77,8 @@ def jpeg_stats(store: SeriesStore, images: np.ndarray, labels: np.ndarray, quali
         sizes.append(len(data))
         pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L" if image.shape[0] == 1 else "RGB"))
         decoded.append(pixels[None] if pixels.ndim == 2 else np.transpose(pixels, (2, 0, 1)))
-    model, _, _ = store.load_model(store.manifest["base"])
-    info = DataInfo.from_dict(store.manifest["data"])
+    model, _, _ = store.load_model(store.manifest.base)
+    info = DataInfo.from_dict(store.manifest.data)
     correct = 0
     with torch.inference_mode():
         batch = torch.from_numpy(np.stack(decoded))
@@ -243,10 +242,10 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     out.mkdir(parents=True, exist_ok=True)
     store = SeriesStore.open(config.series)
     manifest = store.manifest
-    base = store.get(manifest["base"])
-    base_accuracy = variant_accuracy(base)
+    base = manifest.base_variant
+    base_accuracy = base.accuracy
     floor = max(0.0, base_accuracy - config.max_loss)
-    log(f"== series {store.directory}: {len(store.ids())} variants; base {base['id']} test accuracy "
+    log(f"== series {store.directory}: {len(store.ids())} variants; base {base.id} test accuracy "
         f"{base_accuracy:.4f}; twostep's accuracy floor {floor:.4f}")
     log("== [1/5] profile every variant here (the edge)")
     edge_profile = profile_edge(store, out / "profile.edge.json", log, config.runtime,
@@ -291,10 +290,10 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
 
         log("== [4/5] calibrate the serving path, then every grid point")
         link.set_rate(1e9)
-        last_features = split_points(ArchSpec.from_dict(manifest["base_spec"]))[-2]  # pool5 of a VGG
-        probe = Execution("frame", manifest["step1"] or manifest["base"], last_features)
-        base_id = manifest["base"]
-        smallest = min(store.ids(), key=lambda vid: store.get(vid)["macs"])
+        last_features = split_points(manifest.base_arch)[-2]  # pool5 of a VGG
+        probe = Execution("frame", manifest.step1_or_base, last_features)
+        base_id = manifest.base
+        smallest = min(manifest.variants, key=lambda v: v.macs).id
         calibration = device.ask({
             "kind": "calibrate", "execution": probe.to_dict(), "requests": config.calibration_requests,
             "whole": [Execution("device", vid, "output").to_dict() for vid in (base_id, smallest)],
@@ -307,7 +306,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
         # a call after a wait costs more than the back-to-back calibration says.
         gaps = {b: refill_gap_ms(link.shaped.burst_bytes, b * 1e6) if link.shaped else 0.0
                 for b in bandwidths}
-        fit_on = calibration_executions(manifest, store)
+        fit_on = calibration_executions(manifest)
         distinct = sorted(set(gaps.values()))
         calls = max(10, config.calibration_requests // 3)
         called = device.ask({"kind": "device_calls", "executions": [e.to_dict() for e in fit_on],
@@ -390,7 +389,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
                                 "CPU time for it (padded by sleeping; never less than its wall "
                                 "time); 1 torch thread"},
         "edge": "Ray Serve on this machine, 1 tail replica, 1 torch thread",
-        "base": base["id"], "step1": manifest["step1"], "accuracy_floor": floor,
+        "base": base.id, "step1": manifest.step1, "accuracy_floor": floor,
         "base_test_accuracy": base_accuracy, "max_loss": config.max_loss, "jpeg": jpeg,
         "raw_bytes": raw_bytes,
         "calibration": {k: v for k, v in calibration.items() if k != "rows"},
@@ -403,7 +402,7 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     return write_report(document, store, out, log)
 
 
-def time_shortlists(device: Process, manifest: dict, edge_profile: dict, costs_at: dict[float, LinkCosts],
+def time_shortlists(device: Process, manifest: Manifest, edge_profile: dict, costs_at: dict[float, LinkCosts],
                     gaps: dict[float, float], bandwidths: tuple[float, ...], slowdowns: tuple[float, ...],
                     floor: float, measured: dict[float, dict[str, float]], fit_on: list[Execution],
                     calls: int) -> tuple[dict[float, dict[str, float]], list[Execution]]:
@@ -426,19 +425,19 @@ def time_shortlists(device: Process, manifest: dict, edge_profile: dict, costs_a
     return timed, list(known.values())
 
 
-def calibration_executions(manifest: dict, store: SeriesStore) -> list[Execution]:
+def calibration_executions(manifest: Manifest) -> list[Execution]:
     """What the device's calls are fitted on: whole models across the series' MAC range (base,
     step 1, the smallest and two between) and the input encoded as a frame."""
-    whole = [vid for vid in store.ids() if "output" in store.get(vid)["splits"]]
-    by_macs = sorted(whole, key=lambda vid: store.get(vid)["macs"])
-    picks = [manifest["base"], manifest["step1"] or manifest["base"], by_macs[0],
+    whole = [v for v in manifest.variants if "output" in v.splits]
+    by_macs = [v.id for v in sorted(whole, key=lambda v: v.macs)]
+    picks = [manifest.base, manifest.step1_or_base, by_macs[0],
              by_macs[len(by_macs) // 3], by_macs[2 * len(by_macs) // 3]]
     unique = list(dict.fromkeys(picks))
     return [Execution("device", vid, "output") for vid in unique] + [
-        Execution("frame", manifest["base"], "input")]
+        Execution("frame", manifest.base, "input")]
 
 
-def profiled_device_work(manifest: dict, edge_profile: dict,
+def profiled_device_work(manifest: Manifest, edge_profile: dict,
                          executions: list[Execution]) -> dict[str, float]:
     """The edge profile's time for each execution's device work, as the cost model counts it
     (head, plus encoding for a frame)."""

@@ -14,16 +14,17 @@ from collections.abc import Iterable, Mapping
 
 from pipeline.device_times import DeviceTimes
 from pipeline.selection import JPEG_INPUT, RAW_INPUT, CandidateTable
+from pipeline.series import Manifest
 from twostep.bench.strategies import Execution, LinkCosts, device_candidates, execution_for
 
 SERIES_TOP, MODEL_TOP = 6, 3
 
 
-def shortlist(manifest: dict, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
+def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
               slowdowns: Iterable[float], accuracy_floor: float) -> list[Execution]:
     """The device executions worth timing at this bandwidth (mode `device` or `frame`)."""
     link = costs.link(bandwidth_bps)
-    base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
+    base, step1 = manifest.base, manifest.step1_or_base
     picked: dict[str, Execution] = {}
     for slowdown in slowdowns:
         candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs)

@@ -19,6 +19,7 @@ from pipeline.cost import Link, latency_breakdown
 from pipeline.device_times import with_device_times
 from pipeline.profiler import derive_profile
 from pipeline.selection import Candidate, CandidateTable, candidates_from_series
+from pipeline.series import Manifest
 
 STRATEGIES = {
     "a": "all on device",
@@ -103,7 +104,7 @@ def execution_for(variant: str, split: str, strategy: str = "split") -> Executio
     return Execution("frame", variant, split)
 
 
-def device_candidates(manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts,
+def device_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts,
                       device_ms: Mapping[tuple[str, str], float] | None = None) -> list[Candidate]:
     """Every (variant, split) of the series with the cost model's device time at `slowdown`: the
     calibrated line on the edge profile, or the device's own measured time where `device_ms`
@@ -124,7 +125,7 @@ def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:
 
 
 def baseline_choices(
-    manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts, bandwidth_bps: float,
+    manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts, bandwidth_bps: float,
     raw_bytes: float, jpeg_bytes: float, jpeg_encode_ms: float,
     device_ms: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[str, tuple[Execution, dict]]:
@@ -145,7 +146,7 @@ def baseline_choices(
     candidates = device_candidates(manifest, edge_profile, slowdown, costs, device_ms)
     overhead = costs.device_overhead(slowdown)
     link = costs.link(bandwidth_bps)
-    base, step1 = manifest["base"], manifest["step1"] or manifest["base"]
+    base, step1 = manifest.base, manifest.step1_or_base
 
     def of(variant: str, split: str | None = None) -> CandidateTable:
         chosen = [c for c in candidates if c.variant_id == variant and split in (None, c.split)]

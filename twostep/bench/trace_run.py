@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.device_times import with_device_times
 from pipeline.profiler import derive_profile
 from pipeline.selection import JPEG_INPUT, ON_DEVICE, RAW_INPUT, Candidate, baseline_candidates
+from pipeline.series import Manifest
 from pipeline.traces import Trace, load_trace
 from serve.deadline import fallback_candidate
 from serve.trace_replay import best_fixed, feasible, fixed_strategies, recovery_delays, replay_oracle
@@ -84,7 +85,7 @@ class RateStepper(threading.Thread):
             self.lags_ms.append((time.time() - self.start_at - start) * 1000.0)
 
 
-def trace_candidates(manifest: dict, edge_profile: dict, slowdown: float, costs: LinkCosts,
+def trace_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts,
                      device_ms: dict, jpeg: dict) -> list[Candidate]:
     """What the device can do per request at `slowdown`, as the cost model prices it: every
     frame and on-device choice of the series (the device's own times where it has them), plus
@@ -96,7 +97,7 @@ def trace_candidates(manifest: dict, edge_profile: dict, slowdown: float, costs:
     whole = [dataclasses.replace(c, head_ms=c.head_ms + costs.device_overhead(slowdown))
              for c in baseline_candidates(manifest, device_profile, edge_profile) if c.strategy == ON_DEVICE]
     candidates += with_device_times(whole, device_ms) if device_ms else whole
-    base = manifest["base"]
+    base = manifest.base
     edge_all = next(c for c in candidates if c.variant_id == base and c.split == "input")
     jpeg_fixed = costs.jpeg_fixed_ms if costs.jpeg_fixed_ms is not None else costs.fixed_ms
     return candidates + [Candidate(
@@ -106,7 +107,7 @@ def trace_candidates(manifest: dict, edge_profile: dict, slowdown: float, costs:
 
 
 def replay_one(device, set_rate: Callable[[float], None], trace: Trace, config, slowdown: float,
-               manifest: dict, edge_profile: dict, costs: LinkCosts, device_ms: dict, jpeg: dict,
+               manifest: Manifest, edge_profile: dict, costs: LinkCosts, device_ms: dict, jpeg: dict,
                floor: float, log: Log) -> dict:
     """One replay at `slowdown` and its comparison (see the module docstring)."""
     candidates = trace_candidates(manifest, edge_profile, slowdown, costs, device_ms, jpeg)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from twostep.cli import UsageError
 from twostep.config_flags import add_config_flags, flag_values
@@ -21,11 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import build_config
+    from pipeline.series import is_series
     from twostep.bench.config import BenchConfig
     from twostep.bench.run import run_bench
 
     config = build_config(BenchConfig, flag_values(args, BenchConfig.model_fields))
-    if not (Path(config.series) / "manifest.json").is_file():
+    if not is_series(config.series):
         default = BenchConfig.model_fields["series"].default
         hint = " (run `twostep demo` first, or give --series)" if config.series == default else ""
         raise UsageError(f"--series {config.series!r} is not a model series directory{hint}")

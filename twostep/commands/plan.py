@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Literal
 
-from pipeline.cost import Link, parse_bandwidth
+from pydantic import Field, model_validator
+
+from pipeline.config import Bandwidth, ConfigModel, build_config
+from pipeline.cost import Link
 from pipeline.profile_paths import device_profile_of, series_edge_profile
 from pipeline.profiler import derive_profile, load_profile
 from pipeline.selection import (
-    BYTE_STATS,
     Decision,
     baseline_candidates,
     candidates_from_series,
@@ -18,42 +21,53 @@ from pipeline.selection import (
     select,
 )
 from pipeline.series import SeriesStore
+from twostep.config_flags import add_config_flags, flag_values
+
+
+class PlanOptions(ConfigModel):
+    """`twostep plan SERIES`: the link and the constraint to plan for, and where the profiles are."""
+
+    bandwidth: Bandwidth = Field(description="link rate: bits/s (2.5e6) or 250kbit, 1mbit, 1gbit")
+    rtt_ms: float = Field(0.0, ge=0.0, le=1e6, description="round-trip time in ms")
+    accuracy_floor: float | None = Field(None, ge=0.0, le=1.0, description="lowest test accuracy, "
+                                         "a fraction (0.9 = 90%); this or latency_budget_ms")
+    latency_budget_ms: float | None = Field(None, ge=0.0, le=1e9, description="end-to-end latency "
+                                            "limit in ms; this or accuracy_floor")
+    edge_profile: str | None = Field(None, description="edge profile file; none: <series>/profile.json")
+    device_profile: str | None = Field(None, description="device profile file; none: <edge "
+                                       "profile>.device.json where present")
+    slowdown: float | None = Field(None, gt=0.0, le=1e6, description="model the device as this "
+                                   "many times slower than the edge (instead of a device profile)")
+    bytes: Literal["mean", "p95"] = Field("mean", description="statistic of the measured bytes sent")
+    baselines: bool = Field(True, description="raw-input and all-on-device candidates besides the "
+                            "series' splits (--no-baselines: the splits only)")
+    jpeg_bytes: float | None = Field(None, gt=0.0, le=1e9, description="mean size of a JPEG input "
+                                     "(adds jpeg-input candidates)")
+    top: int = Field(10, ge=1, le=100_000, description="rows of the table")
+
+    @model_validator(mode="after")
+    def _one_constraint_one_device(self) -> PlanOptions:
+        if (self.accuracy_floor is None) == (self.latency_budget_ms is None):
+            raise ValueError("give --accuracy-floor or --latency-budget-ms (one of them)")
+        if self.device_profile is not None and self.slowdown is not None:
+            raise ValueError("give --device-profile or --slowdown, not both")
+        return self
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("series", help="a series directory (or its manifest.json)")
-    parser.add_argument(
-        "--bandwidth", required=True, help="link rate: bits/s (2.5e6) or 250kbit, 1mbit, 1gbit"
-    )
-    parser.add_argument("--rtt-ms", type=float, default=0.0, help="round-trip time (default 0)")
-    constraint = parser.add_mutually_exclusive_group(required=True)
-    constraint.add_argument(
-        "--accuracy-floor", type=float, help="lowest test accuracy, a fraction (0.9 = 90%%)"
-    )
-    constraint.add_argument("--latency-budget-ms", type=float, help="end-to-end latency limit")
-    parser.add_argument("--edge-profile", help="edge profile (default: <series>/profile.json)")
-    parser.add_argument(
-        "--device-profile", help="device profile (default: <edge profile>.device.json if present)"
-    )
-    parser.add_argument(
-        "--slowdown", type=float, help="model the device as this many times slower than the edge"
-    )
-    parser.add_argument("--bytes", choices=sorted(BYTE_STATS), default="mean",
-                        help="statistic of the measured bytes sent (default mean)")
-    parser.add_argument("--no-baselines", action="store_true",
-                        help="leave out raw-input and all-on-device candidates")
-    parser.add_argument("--jpeg-bytes", type=float,
-                        help="mean size of a JPEG input (adds jpeg-input candidates)")
-    parser.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
+    add_config_flags(parser.add_argument_group("the plan (PlanOptions; docs/config.md)"), PlanOptions)
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
 
 
-def _profiles(args: argparse.Namespace, root: Path) -> tuple[dict, dict, str]:
+def options(args: argparse.Namespace) -> PlanOptions:
+    return build_config(PlanOptions, flag_values(args, PlanOptions.model_fields))
+
+
+def _profiles(args: PlanOptions, root: Path) -> tuple[dict, dict, str]:
     """(device profile, edge profile, a line saying where they came from)."""
     edge_path = Path(args.edge_profile) if args.edge_profile else series_edge_profile(root)
     edge = load_profile(edge_path)
-    if args.device_profile and args.slowdown is not None:
-        raise ValueError("give --device-profile or --slowdown, not both")
     if args.slowdown is not None:
         return derive_profile(edge, args.slowdown), edge, f"device = {args.slowdown:g} x edge"
     device_path = Path(args.device_profile or device_profile_of(edge_path))
@@ -81,18 +95,17 @@ def _print_table(decision: Decision) -> None:
         ))
 
 
-def run(args: argparse.Namespace) -> int:
-    link = Link(parse_bandwidth(args.bandwidth), args.rtt_ms)
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
-    store = SeriesStore.open(args.series)
+def run(cli: argparse.Namespace) -> int:
+    args = options(cli)
+    link = Link(args.bandwidth, args.rtt_ms)
+    store = SeriesStore.open(cli.series)
     root, manifest = store.directory, store.manifest
     device, edge, source = _profiles(args, root)
     candidates = candidates_from_series(manifest, device, edge, args.bytes)
-    if not args.no_baselines:
+    if args.baselines:
         candidates += baseline_candidates(manifest, device, edge, args.jpeg_bytes)
     decision = select(candidates, link, args.accuracy_floor, args.latency_budget_ms, args.top)
-    if args.json:
+    if cli.json:
         ranked = ranked_rows(decision.ranked)
         print(json.dumps({"bandwidth_bps": link.bandwidth_bps, "rtt_ms": link.rtt_ms,
                           "accuracy_floor": args.accuracy_floor,

@@ -5,59 +5,64 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config import ConfigModel, build_config, check_device
 from pipeline.profile_paths import device_profile_of, series_edge_profile
-from pipeline.runtime import DEFAULT_RUNTIME, RUNTIMES
+from pipeline.runtime import DEFAULT_RUNTIME, Runtime
+from twostep.config_flags import add_config_flags, flag_values
+
+
+class ProfileOptions(ConfigModel):
+    """`twostep profile PATH`: how the models are timed, and where the profile goes."""
+
+    output: str | None = Field(None, description="profile file; none: <series>/profile.json, or "
+                               "<checkpoint>.profile.json")
+    batch_size: int = Field(1, ge=1, le=4096, description="images per forward pass")
+    repeats: int = Field(20, ge=1, le=100_000, description="timed runs per layer (their median)")
+    warmup: int = Field(5, ge=0, le=100_000, description="untimed runs per layer")
+    threads: int = Field(1, ge=1, le=1024, description="threads of the runtime (1: as a Serve "
+                         "replica runs)")
+    runtime: Runtime = Field(DEFAULT_RUNTIME, description="time the models as this runtime runs "
+                             "them (twostep serve runs the default)")
+    idle_ms: float = Field(0.0, ge=0.0, le=10_000.0, description="idle time before each timed "
+                           "call, as between a server's requests")
+    device: str = Field("cpu", description="torch device to time on: cpu, cuda or cuda:N")
+    slowdown: float | None = Field(None, gt=0.0, le=1e6, description="also write a device profile "
+                                   "derived as this many times slower (<output>.device.json)")
+
+    _device = field_validator("device")(check_device)
+
+    @model_validator(mode="after")
+    def _onnxruntime_on_the_cpu(self) -> ProfileOptions:
+        if self.runtime == "onnxruntime" and self.device != "cpu":
+            raise ValueError("runtime onnxruntime times the CPU: leave --device at cpu")
+        return self
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a checkpoint (.safetensors) or a series directory")
-    parser.add_argument(
-        "-o", "--output",
-        help="profile file (default: <series>/profile.json, or <checkpoint>.profile.json)",
-    )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per layer (median)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed runs per layer")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads of the runtime (default 1, as a Serve replica runs)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
-                        help=f"time the models as this runtime runs them (default {DEFAULT_RUNTIME}, "
-                             "as twostep serve runs them)")
-    parser.add_argument("--idle-ms", type=float, default=0.0,
-                        help="idle time before each timed call, as between a server's requests "
-                             "(default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device to time on (default cpu)")
-    parser.add_argument(
-        "--slowdown", type=float,
-        help="also write a device profile derived as this many times slower (<output>.device.json)",
-    )
+    add_config_flags(parser.add_argument_group("timing (ProfileOptions; docs/config.md)"),
+                     ProfileOptions)
+    parser.add_argument("-o", dest="output", metavar="TEXT", default=None, help="same as --output")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cli: argparse.Namespace) -> int:
     import torch
 
     from pipeline.checkpoint import load_checkpoint
     from pipeline.profile_series import profile_as_served
     from pipeline.profiler import derive_profile, profile_document, save_profile
+    from pipeline.series import MANIFEST
 
-    path = Path(args.path)
+    args = build_config(ProfileOptions, flag_values(cli, ProfileOptions.model_fields))
+    path = Path(cli.path)
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint nor a series directory")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if not 0 <= args.idle_ms <= 10_000:
-        raise ValueError(f"--idle-ms must be in [0, 10000], got {args.idle_ms}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown --device {args.device!r}: {err}") from None
+    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device!r} asked for, but CUDA is not available here")
-    if args.runtime == "onnxruntime" and device.type != "cpu":
-        raise ValueError("--runtime onnxruntime times the CPU: leave --device at cpu")
-    if args.slowdown is not None and not 0 < args.slowdown <= 1e6:
-        raise ValueError(f"--slowdown must be in (0, 1e6], got {args.slowdown}")
-    series = path.is_dir() or path.name == "manifest.json"
+    series = path.is_dir() or path.name == MANIFEST
     if args.output:
         output = Path(args.output)
     elif series:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline.config import PruneConfig, make_config
 from twostep.config_flags import add_config_flags, flag_values
@@ -68,9 +67,10 @@ def _ray_flags_used(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.report import format_series_table
+    from pipeline.series import is_series
 
     config = config_from_args(args)
-    if args.resume and not (Path(config.out) / "manifest.json").is_file():
+    if args.resume and not is_series(config.out):
         raise ValueError(f"--resume: no series at {config.out} to resume")
     if args.ray is None and _ray_flags_used(args):
         raise ValueError(f"{', '.join(_ray_flags_used(args))} only apply with --ray")

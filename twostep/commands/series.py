@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.variants:
         print(f"\n{'variant':<28}{'step':>5}{'val acc':>9}{'test acc':>9}{'MMACs':>8}  widths")
         for v in store.variants:
-            print(f"{v['id']:<28}{v['step']:>5}{v['val_accuracy']:>9.4f}"
-                  f"{v['test_accuracy']:>9.4f}{v['macs'] / 1e6:>8.2f}  {v['spec']['widths']}")
+            val, test = (f"{a:>9.4f}" if a is not None else f"{'-':>9}"
+                         for a in (v.val_accuracy, v.test_accuracy))
+            print(f"{v.id:<28}{v.step:>5}{val}{test}{v.macs / 1e6:>8.2f}  {v.spec['widths']}")
     return 0
 
 
@@ -70,6 +71,6 @@ def time_calls(args: argparse.Namespace) -> int:
         return 1
     if not args.no_save:
         store.set_field(call_time.FIELD, document)
-    for line in call_time.format_call_times({**store.manifest, call_time.FIELD: document}):
+    for line in call_time.format_call_times(store.manifest, document):
         print(line)
     return 0

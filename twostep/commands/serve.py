@@ -8,6 +8,7 @@ import logging
 import os
 import time
 
+from serve.process.ingress import MODES
 from twostep.config_flags import add_config_flags, flag_values
 
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
-    parser.add_argument("--ingress", choices=("auto", "haproxy", "proxy"), default="auto",
+    parser.add_argument("--ingress", choices=MODES, default="auto",
                         help="HTTP ingress of a Ray session started here: HAProxy (Ray's fast "
                              "ingress) where available, else Serve's proxy (default auto)")
     parser.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from serve.app import deploy
-    from serve.startup import start_http
+    from serve.process.startup import start_http
 
     # this driver's own Ray and Serve lines at the app's level (INFO floods the terminal)
     level = getattr(logging, app_args.log_level)
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print("twostep serve: ingress: the cluster's own (RAY_SERVE_ENABLE_HA_PROXY=1 on its nodes "
               "selects HAProxy)", flush=True)
     else:
-        from serve.ingress import apply_ingress
+        from serve.process.ingress import apply_ingress
 
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)

@@ -43,19 +43,6 @@ PING_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 0.25  # a probe not answered by then: the link is slower than ~33 kbit/s or stalled
 
 
-def read_token(path: str) -> str:
-    """A bearer token from a file: one word of 1-4096 characters (ValueError naming the file)."""
-    from pathlib import Path
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(f"token file {path!r} does not exist")
-    token = file.read_text().strip()
-    if not token or len(token) > 4096 or any(c.isspace() for c in token):
-        raise ValueError(f"token file {path!r} must hold one token of 1-4096 characters without spaces")
-    return token
-
-
 class SessionUnavailable(RuntimeError):
     """The edge offers no session route (an older edge, or a proxy that refuses WebSockets)."""
 

@@ -45,9 +45,9 @@ from serve.bandwidth import (
     EstimatorConfig,
 )
 from serve.deadline import censored_seconds
+from serve.device.stream_client import PROBE_TIMEOUT_S, FrameLate
 from serve.inputs import IMAGE_TYPES, MULTIPLEX_HEADER, decode_image
 from serve.plan_table import pick
-from serve.stream_client import PROBE_TIMEOUT_S, FrameLate
 
 DEADLINE_FACTOR = 2.0  # a frame's deadline: this x the fallback's time on this device (as the router)
 TRANSPORTS = ("auto", "stream", "http")
@@ -153,7 +153,7 @@ class DeviceClient:
         self.deadline_hits = 0
         self.token = token
         self.logits = logits  # a session answers with logits only when asked (else the class)
-        self._session = None  # serve.stream_client.DeviceSession, opened on the first frame
+        self._session = None  # serve.device.stream_client.DeviceSession, opened on the first frame
         self.link = link
         self.timeout_s = timeout_s
         self.throttle_bps = throttle_bps
@@ -234,7 +234,7 @@ class DeviceClient:
             self._session = None
 
     def session(self):
-        """The device session (`serve.stream_client.DeviceSession`) frames go over, or None
+        """The device session (`serve.device.stream_client.DeviceSession`) frames go over, or None
         where they go as HTTP requests: `transport` http, or auto where the edge offers no
         session or the `websockets` package is missing."""
         if self.transport == "http":
@@ -243,7 +243,7 @@ class DeviceClient:
             try:
                 import websockets  # noqa: F401 - the session's only dependency beyond numpy, lz4
 
-                from serve.stream_client import DeviceSession
+                from serve.device.stream_client import DeviceSession
             except ImportError:
                 if self.transport == "stream":
                     raise
@@ -260,7 +260,7 @@ class DeviceClient:
         """(class, logits or [], bytes sent) of a frame sent over the session, or None when
         the edge has none (transport auto then stays on HTTP). Raises FrameLate (the frame given
         up, its time learnt as a lower bound) when no answer came within `deadline_ms`."""
-        from serve.stream_client import SessionUnavailable
+        from serve.device.stream_client import SessionUnavailable
 
         try:
             seq = session.send(variant, split, features)
@@ -345,7 +345,7 @@ class DeviceClient:
         session = self._session
         if session is None or not session.decls:
             return False
-        from serve.stream_client import SessionClosed, _connection_closed
+        from serve.device.stream_client import SessionClosed, _connection_closed
 
         self._last_probe = now
         self.probes += 1
@@ -679,7 +679,7 @@ class DeviceClient:
             return DeviceResult(answer.value, classes[answer.value], list(answer.logits), variant, split,
                                 sent, {"total": (at - start) * 1000}, session.uplink_bps, "stream")
 
-        from serve.stream_client import SessionUnavailable
+        from serve.device.stream_client import SessionUnavailable
 
         images = iter(images)
         for pixels in images:

@@ -17,8 +17,10 @@ Serve reads its ingress mode from the environment when Ray starts, so this is ch
 from __future__ import annotations
 
 import os
+from typing import Literal, get_args
 
-MODES = ("auto", "haproxy", "proxy")
+Ingress = Literal["auto", "haproxy", "proxy"]  # every verb's and config's choices
+MODES: tuple[str, ...] = get_args(Ingress)
 # HAProxy's stats and Prometheus frontends, fixed ports in Ray's template: one HAProxy-mode Serve
 # per machine (a second, or one left over from a crash, holds them and the new one fails).
 HAPROXY_FIXED_PORTS = (8404, 9101)

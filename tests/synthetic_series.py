@@ -100,12 +100,12 @@ def _build(directory: Path, epochs: int, finetune_epochs: int, n_train: int, n_t
 
     model = build(spec)
     base = record(model, spec, 0, 0, train_for(model, epochs, 0.05), split_points(spec))
-    store.set_field("base", base["id"])
+    store.set_field("base", base.id)
     widths = spec.width_of()
     keep = {n: max(1, w - w // 4) for n, w in widths.items()}
     model1, spec1 = remove_filters(model, spec, _lowest_l1(model, list(widths), keep))
     step1 = record(model1, spec1, 1, 1, train_for(model1, finetune_epochs, 0.02), split_points(spec1))
-    store.set_field("step1", step1["id"])
+    store.set_field("step1", step1.id)
     for layer, ladder in (("conv3_2", (4, 1)), ("conv5_2", (6, 2))):
         offered = [p for p in split_points(spec1) if pruned_layer(spec1, p) == layer]
         current, current_spec = model1, spec1
