@@ -23,6 +23,7 @@ from ray.serve import Application
 
 from pipeline.profile_paths import device_profile_of
 from pipeline.profiler import load_profile
+from serve.fit import Request, requests_of
 from serve.head import DeviceHead
 from serve.link_board import kill_link_board
 from serve.router import Router
@@ -53,8 +54,12 @@ def placement_resources(placement: str) -> tuple[dict, dict]:
     return device, edge
 
 
-def _actor_options(num_cpus: float, resources: dict) -> dict:
-    return {"num_cpus": num_cpus, **({"resources": resources} if resources else {})}
+def deployment_requests(args: AppArgs) -> dict[str, Request]:
+    """What one replica of each deployment asks Ray for (`serve.fit` checks they can be placed)."""
+    device, edge = placement_resources(args.placement)
+    head_cpus = args.replica_cpus if args.head_cpus is None else args.head_cpus
+    return {r.deployment: r for r in requests_of(args.router_cpus, head_cpus, args.replica_cpus,
+                                                 device, edge)}
 
 
 def _profile_docs(args: AppArgs) -> dict:
@@ -82,16 +87,15 @@ def build_app(args: AppArgs) -> Application:
 
 
 def _main_app(args: AppArgs, series: dict) -> Application:
-    device, edge = placement_resources(args.placement)
+    requests = deployment_requests(args)
     common = {"health_check_period_s": args.health_check_period_s}
-    head_cpus = args.replica_cpus if args.head_cpus is None else args.head_cpus
     head = DeviceHead.options(
         num_replicas=args.head_replicas, max_ongoing_requests=8,
-        ray_actor_options=_actor_options(head_cpus, device), **common,
+        ray_actor_options=requests["DeviceHead"].actor_options(), **common,
     ).bind(series, args.torch_threads, args.max_batch, args.runtime)
     return Router.options(
         num_replicas=args.router_replicas, max_ongoing_requests=256,
-        ray_actor_options=_actor_options(args.router_cpus, edge), **common,
+        ray_actor_options=requests["Router"].actor_options(), **common,
     ).bind(head, args.model_dump(), series, _profile_docs(args))
 
 
@@ -103,13 +107,12 @@ def build_tail_app(args: AppArgs) -> Application:
 
 
 def _tail_app(args: AppArgs, series: dict) -> Application:
-    _, edge = placement_resources(args.placement)
     scaling = ({"num_replicas": args.tail_replicas} if args.tail_replicas is not None
                else {"autoscaling_config": args.tail_autoscaling_config()})
     return EdgeTail.options(
         # an open session holds one of Serve's request slots for its whole life
         max_ongoing_requests=args.tail_max_ongoing_requests + args.stream_max_sessions,
-        ray_actor_options=_actor_options(args.replica_cpus, edge),
+        ray_actor_options=deployment_requests(args)["EdgeTail"].actor_options(),
         health_check_period_s=args.health_check_period_s, **scaling,
     ).bind(series, args.torch_threads, args.max_batch, args.max_body_bytes, args.app_name,
            dataclasses.asdict(args.estimator_config()), args.tail_batch_size, args.runtime,

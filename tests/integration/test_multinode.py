@@ -25,6 +25,7 @@ import requests
 from httputil import free_port, png, stoppable_by_sigint, wait_healthy
 
 from twostep.local_cluster import ALIVE_NODES_SCRIPT, TwoNodeCluster, cluster_env, permitted
+from twostep.ray_env import OWN_SERVE_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ def cluster(tmp_path_factory):
                progress=False, log=None)
     cache = root / "cache"  # replicas' series cache, fresh for this run
     starting = TwoNodeCluster(driver, worker_cpus=2, log_dir=str(root),
-                              env={"TWOSTEP_CACHE_DIR": str(cache)})
+                              env={"TWOSTEP_CACHE_DIR": str(cache), **OWN_SERVE_ENV})
     # Taken before Ray binds them: the head port picked for the first attempt (the cluster must
     # notice and start on fresh ports), and Ray's fixed default for its client server (a second
     # Ray on the machine holds it; once a CI failure).
@@ -146,6 +147,16 @@ def test_prune_runs_its_trials_on_the_worker_into_the_drivers_series(series, clu
     for run in runs:
         for trial in run["trials"].values():
             assert trial["error"] is None and trial["path"].startswith(str(cluster["shared"]))
+
+
+def test_serve_refuses_a_head_no_node_can_host_before_deploying(series, cluster):
+    """The head offers Ray no CPUs (only `device`): DeviceHead's default 0.1 CPU fits no node,
+    and no autoscaler config says a node type could host it. One line names it and the flag."""
+    done = _run([TWOSTEP, "serve", str(series.directory), "--address", cluster["address"],
+                 "--port", str(free_port()), "--proxy-location", "HeadOnly"], timeout=180)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "DeviceHead asks for {CPU: 0.1, device: 0.001} per replica and no node offers it" in done.stderr
+    assert "change --head-cpus" in done.stderr and "deploying" not in done.stdout
 
 
 @pytest.fixture(scope="module")

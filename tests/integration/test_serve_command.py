@@ -29,13 +29,15 @@ def test_serve_command_with_haproxy_answers_a_device_in_one_hop(tiny_store, tmp_
     from serve.device.client import DeviceClient
     from serve.runner import VariantRunner
     from twostep.local_cluster import cluster_env
+    from twostep.ray_env import OWN_SERVE_ENV
 
     port = free_port()
     twostep = str(Path(sys.executable).with_name("twostep"))
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([twostep, "serve", str(tiny_store.directory), "--port", str(port),
                              "--num-cpus", "2", "--tail-replicas", "1", "--ms-per-mmac", "20"],
-                            stdout=log, stderr=subprocess.STDOUT, env=cluster_env(),
+                            # no request to drain when it stops (HAProxy's default: 30 s)
+                            stdout=log, stderr=subprocess.STDOUT, env={**cluster_env(), **OWN_SERVE_ENV},
                             preexec_fn=stoppable_by_sigint)
     url = f"http://127.0.0.1:{port}"
     try:

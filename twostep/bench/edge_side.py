@@ -61,9 +61,11 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     from serve.app import deploy
     from serve.process.startup import start_http
     from serve.settings import AppArgs
-    from twostep.ray_env import apply_ray_env
+    from twostep.ray_env import OWN_SERVE_ENV, apply_ray_env
 
-    apply_ray_env()
+    # A Ray of its own (no address): this process shuts its Serve down, with no request to drain
+    # (the 30 s HAProxy default made every `twostep bench` wait 30 s more at its end).
+    apply_ray_env(None, *(() if ray_address else (OWN_SERVE_ENV,)))
     if not ray.is_initialized():
         if not ray_address:
             from serve.process.ingress import apply_ingress

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
 
+from serve.fit import BOOTSTRAP_CONFIG
 from serve.process.ingress import MODES
+from twostep.cli import UsageError
 from twostep.config_flags import add_config_flags, flag_values
 
 
@@ -24,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingress", choices=MODES, default="auto",
                         help="HTTP ingress of a Ray session started here: HAProxy (Ray's fast "
                              "ingress) where available, else Serve's proxy (default auto)")
+    parser.add_argument("--cluster-config", help="the cluster's config (cluster.yaml): its node types "
+                        "are what the autoscaler can launch for a deployment no node can host yet "
+                        f"(default: {BOOTSTRAP_CONFIG} where `ray up` left it, else none)")
     parser.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
                         help="where Serve runs HTTP proxies (default EveryNode; HeadOnly when "
                              "several nodes share one machine and port)")
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=level)
+    check_placement(app_args, args.cluster_config)  # before anything is started on the cluster
     series = None
     try:
         # the reference stop_app unpublishes (deploy publishes the same one again, a no-op)
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                                 log_level=app_args.log_level,
                                 proxy_location=args.proxy_location)
         print(f"twostep serve: deploying {app_args.series_dir} ...", flush=True)
-        deploy(app_args)
+        with watching(app_args.app_name):
+            deploy(app_args)
         url = f"http://{_url_host(host)}:{port}/v1/"
         wait_until_routed(f"http://{_url_host(_local(host))}:{port}/v1/health", url)
         print(f"twostep serve: {app_args.series_dir} ready at {url} (docs/serve.md; Ctrl-C stops)",
@@ -98,6 +107,53 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_app(joined, series, app_args.app_name)
     return 0
+
+
+def check_placement(app_args, cluster_config: str | None) -> None:
+    """Refuse, before deploying, a deployment that no node and no launchable node type can
+    host; say which ones wait for the autoscaler."""
+    import ray
+
+    from serve.app import deployment_requests
+    from serve.fit import node_types, read_cluster_config, unplaceable, waiting_for_autoscaler
+
+    requests = list(deployment_requests(app_args).values())
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    launchable = node_types(read_cluster_config(cluster_config))
+    problems = unplaceable(requests, nodes, launchable)
+    if problems:
+        raise UsageError("\n".join(problems))
+    for line in waiting_for_autoscaler(requests, nodes, launchable):
+        print(f"twostep serve: {line}", flush=True)
+
+
+@contextlib.contextmanager
+def watching(app_name: str, every_s: float = 5.0):
+    """While the block deploys, print what Serve says of replicas not yet running (waiting to be
+    scheduled, failing to start), each message once."""
+    from ray import serve
+
+    from serve.fit import deployment_news
+    from serve.settings import tail_app_name
+
+    stop, seen = threading.Event(), set()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            try:
+                lines = deployment_news(serve.status(), (tail_app_name(app_name), app_name), seen)
+            except Exception:  # noqa: BLE001 - a status poll that fails says nothing
+                continue
+            for line in lines:
+                print(f"twostep serve: {line}", flush=True)
+
+    thread = threading.Thread(target=watch, daemon=True, name="deploy-watch")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s)
 
 
 def _local(host: str) -> str:
