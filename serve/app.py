@@ -16,6 +16,7 @@ the router and tail to `edge` nodes.
 # to validate the args dict into `AppArgs`.
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import ray
@@ -128,17 +129,24 @@ def _prepare(args: AppArgs | dict) -> tuple[AppArgs, dict]:
     return args, publish_series(args.series_dir, join_from_env=True)
 
 
-def deploy(args: AppArgs, blocking: bool = False) -> dict:
-    """Deploy the tail application, then the main one (Serve must be started), with the series
-    published once for both; returns its reference (for `delete_apps`)."""
+def deploy(args: AppArgs, blocking: bool = False, also: Sequence = ()) -> dict:
+    """Deploy the tail and the main application together (Serve must be started), with the
+    series published once for both, and the applications `also` names (`serve.RunTarget`s)
+    beside them; returns the series' reference (for `delete_apps`)."""
     from ray import serve
+    from ray.serve import RunTarget
 
     logging_config = {"enable_access_log": False, "log_level": args.log_level}
     args, series = _prepare(args)
-    serve.run(_tail_app(args, series), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
-              logging_config=logging_config)
-    serve.run(_main_app(args, series), name=args.app_name, route_prefix="/", blocking=blocking,
-              logging_config=logging_config)
+    # Both at once: the Router finds its tails when it first needs them, so neither app waits
+    # for the other's replicas (one after the other took ~9 s more here).
+    serve.run_many([
+        RunTarget(_tail_app(args, series), name=tail_app_name(args.app_name), route_prefix=TAIL_ROUTE,
+                  logging_config=logging_config),
+        RunTarget(_main_app(args, series), name=args.app_name, route_prefix="/",
+                  logging_config=logging_config),
+        *also,
+    ], blocking=blocking)
     return series
 
 

@@ -85,10 +85,9 @@ def start_edge(series: str, host: str, port: int, edge_profile: str, accuracy_fl
     start_http(host, port)
     args = AppArgs(series_dir=series, accuracy_floor=accuracy_floor, edge_profile=edge_profile,
                    runtime=runtime, tail_replicas=1, baselines=True)
-    deploy(args)
-    from twostep.bench.noop_app import deploy_noop
+    from twostep.bench.noop_app import noop_target
 
-    deploy_noop()  # Serve's own one-hop floor, timed by calibration beside the device path
+    deploy(args, also=[noop_target()])  # the no-op: Serve's own one-hop floor, timed beside
     with urllib.request.urlopen(f"http://{host}:{port}/v1/health", timeout=60) as response:
         response.read()
 

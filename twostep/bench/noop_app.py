@@ -23,5 +23,7 @@ class Noop:
         return {}
 
 
-def deploy_noop() -> None:
-    serve.run(Noop.bind(), name="noop", route_prefix=ROUTE, logging_config={"enable_access_log": False})
+def noop_target() -> serve.RunTarget:
+    """The no-op application, to deploy beside twostep's (`serve.app.deploy(..., also=...)`)."""
+    return serve.RunTarget(Noop.bind(), name="noop", route_prefix=ROUTE,
+                           logging_config={"enable_access_log": False})
