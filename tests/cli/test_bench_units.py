@@ -168,7 +168,7 @@ def test_the_calibrated_device_factor_scales_the_device_side_predictions(tiny_st
 
 
 def test_the_device_model_is_fitted_through_two_models():
-    from twostep.bench.run import device_model
+    from twostep.bench.calibrate import device_model
 
     profile = {"variants": {"big": {"head_ms": {"output": 5.0}}, "small": {"head_ms": {"output": 1.0}}}}
     fitted = device_model([7.0, 3.0], profile, ("big", "small"))
@@ -198,7 +198,7 @@ def test_the_device_is_slowdown_times_its_cpu_time_never_faster_than_it_ran():
 
 
 def test_the_device_fit_follows_calls_that_do_not_grow_with_the_profile(edge_profile):
-    from twostep.bench.run import fit_device
+    from twostep.bench.calibrate import fit_device
 
     line = fit_device({"a": 0.2, "b": 0.5, "c": 0.8}, {"a": 0.4, "b": 0.55, "c": 0.7})
     assert line["device_factor"] == pytest.approx(0.5) and line["device_overhead_ms"] == pytest.approx(0.3)

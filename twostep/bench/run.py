@@ -8,7 +8,6 @@ serving path's per-request bytes and time -> every grid point -> JSON, markdown,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import queue
 import subprocess
@@ -24,14 +23,11 @@ import numpy as np
 from pipeline.atomic import write_json_atomic
 from pipeline.device_times import device_times_document
 from pipeline.runtime import DEFAULT_RUNTIME
-from pipeline.selection import candidates_from_series
 from pipeline.series import Manifest, SeriesStore
 from pipeline.series_images import series_test_images
-from pipeline.split import split_points
+from twostep.bench.calibrate import Calibrated, calibrate
 from twostep.bench.config import BenchConfig
-from twostep.bench.emulation import refill_gap_ms
-from twostep.bench.shortlist import device_times_at, shortlist
-from twostep.bench.strategies import Execution, LinkCosts, baseline_choices
+from twostep.bench.strategies import baseline_choices
 from twostep.bench.trace_run import bench_trace, calibration_bandwidth_mbit, replay_one, write_trace_report
 from twostep.ports import free_port
 
@@ -227,7 +223,6 @@ def check_trace_link(mode: str) -> None:
 
 def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> dict:
     """All stages; returns what `twostep.bench.report` needs (also written as bench.json)."""
-    from tqdm.auto import tqdm
 
     from twostep.bench.report import write_report
 
@@ -264,109 +259,13 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     link = open_link(config.link, log)
     processes: list[Process] = []
     try:
-        port = EDGE_PORT if link.shaped is not None else free_port()
-        edge = spawn("edge", link.edge_argv([
-            sys.executable, "-m", "twostep.bench.edge_side", "--series", str(store.directory),
-            "--host", link.edge_host, "--port", str(port),
-            "--edge-profile", str((out / "profile.edge.json").resolve()),
-            "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0),
-            "--ingress", config.ingress, "--runtime", config.runtime]), out)
-        processes.append(edge)
-        edge.wait_ready(config.startup_timeout_s)
-        setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),
-                 "labels": str((out / "labels.npy").resolve()), "jpeg_quality": config.jpeg_quality,
-                 "runtime": config.runtime, "throttle": link.shaped is None,
-                 "transport": config.transport}
-        if link.shaped is not None:
-            setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
-                         prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
-        write_json_atomic(out / "device_setup.json", setup)
-        device = spawn("device", link.device_argv([
-            sys.executable, "-m", "twostep.bench.device_side", str((out / "device_setup.json").resolve())]),
-            out)
-        processes.append(device)
-        device.wait_ready(config.startup_timeout_s)
-        log(f"   edge at {setup['url']} (Ray Serve, 1 tail replica); device process ready")
-
+        edge, device = start_edge_and_device(link, store, out, config, floor, processes, log)
         log("== [4/5] calibrate the serving path, then every grid point")
-        link.set_rate(1e9)
-        last_features = split_points(manifest.base_arch)[-2]  # pool5 of a VGG
-        probe = Execution("frame", manifest.step1_or_base, last_features)
-        base_id = manifest.base
-        smallest = min(manifest.variants, key=lambda v: v.macs).id
-        calibration = device.ask({
-            "kind": "calibrate", "execution": probe.to_dict(), "requests": config.calibration_requests,
-            "whole": [Execution("device", vid, "output").to_dict() for vid in (base_id, smallest)],
-            "jpeg": Execution("jpeg", base_id, "input").to_dict()})
-        calibration.update(device_model(calibration["whole_device_ms"], edge_profile, (base_id, smallest)))
-        costs = LinkCosts(calibration["overhead_bytes"], calibration["fixed_ms"],
-                          calibration["device_factor"], calibration["device_overhead_ms"],
-                          calibration["jpeg_fixed_ms"], calibration["device_request_ms"])
-        # The device's calls at each bandwidth's idle gap (the link's refill before a request):
-        # a call after a wait costs more than the back-to-back calibration says.
-        gaps = {b: refill_gap_ms(link.shaped.burst_bytes, b * 1e6) if link.shaped else 0.0
-                for b in bandwidths}
-        fit_on = calibration_executions(manifest)
-        distinct = sorted(set(gaps.values()))
-        calls = max(10, config.calibration_requests // 3)
-        called = device.ask({"kind": "device_calls", "executions": [e.to_dict() for e in fit_on],
-                             "gaps_ms": distinct, "requests": calls})
-        profiled = profiled_device_work(manifest, edge_profile, fit_on)
-        by_gap = {gap: fit_device(profiled, measured) for gap, measured in zip(distinct, called, strict=True)}
-        costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in bandwidths}
-        # The line cannot rank variants whose calls after a wait barely follow their MACs: the
-        # device also times, at each gap, every execution that could win there by the line.
-        timed, known = time_shortlists(device, manifest, edge_profile, costs_at, gaps, bandwidths,
-                                       config.slowdowns, floor, dict(zip(distinct, called, strict=True)),
-                                       fit_on, calls)
-        calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": timed[gap]}
-                                        for gap in distinct}
-        for b in bandwidths:
-            fit = by_gap[gaps[b]]
-            log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
-                f"{fit['device_factor']:.2f} x profile + {fit['device_overhead_ms']:.2f} ms; "
-                f"{len(timed[gaps[b]])} executions timed by the device itself")
-
-        def device_ms(mbit: float, slowdown: float) -> dict:
-            return device_times_at(timed[gaps[mbit]], known, slowdown, costs.device_request_ms)
-        log(f"   per request: {costs.overhead_bytes:.0f} B besides the payload "
-            f"({calibration['overhead_source']}), {costs.fixed_ms:.1f} ms fixed ("
-            f"{'a device session' if config.transport == 'stream' else 'an HTTP request'} + Serve hop; "
-            f"Serve's own HTTP no-op one-hop floor here {calibration['floor_ms']:.1f} ms, "
-            f"{costs.fixed_ms / calibration['floor_ms']:.2f}x); "
-            f"device call back to back = {costs.device_factor:.2f} x profile + "
-            f"{costs.device_overhead_ms:.2f} ms (on {base_id} and {smallest}; the predictions use "
-            f"the fits at each bandwidth's idle gap below); a JPEG through /v1/classify "
-            f"{costs.jpeg_fixed_ms:.1f} ms fixed (Router hops, JPEG decode)")
+        cal = calibrate(device, link, manifest, edge_profile, config, bandwidths, floor, log)
+        costs_at, device_ms, calibration = cal.costs_at, cal.device_ms, cal.document
         grid = [(b, s) for b in bandwidths for s in config.slowdowns] if grid else []
-        choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
-                                            jpeg["bytes_mean"], jpeg["encode_ms"], device_ms(b, s))
-                   for b, s in grid}
-        plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs_at[b].device_slowdown(s),
-                        "overhead_ms": costs_at[b].device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
-                        "accuracy_floor": floor, "device_ms": device_times_document(device_ms(b, s))}
-                       for b, s in grid]
-        points = []
-        fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
-            e.to_dict() for point in choices.values() for e, _ in point.values()]}) if grid else {"plans": []}
-        if grid:
-            log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
-        bar = tqdm(grid, desc="grid", disable=not progress or not grid, unit="point")
-        current_rate = None
-        for (mbit, slowdown), plan in zip(bar, fetched["plans"], strict=True):
-            bps = mbit * 1e6
-            if bps != current_rate:
-                link.set_rate(bps)
-                current_rate = bps
-            bar.set_postfix(bw=f"{mbit:g}Mbit/s", slowdown=f"{slowdown:g}x")
-            point = choices[(mbit, slowdown)]
-            executions = {e.key: e.to_dict() for e, _ in point.values()}
-            result = device.ask({"kind": "point", "bandwidth_bps": bps, "slowdown": slowdown,
-                                 "plan": plan, "requests": config.requests, "executions": executions})
-            points.append({"bandwidth_mbit": mbit, "slowdown": slowdown, "rtt_ms": costs.rtt_ms(bps),
-                           "predicted": {k: {"execution": e.key, **p} for k, (e, p) in point.items()},
-                           **result})
-        bar.close()
+        points = measure_grid(device, link, manifest, edge_profile, cal, grid, jpeg, raw_bytes,
+                              floor, config, progress, log)
         traced = []
         if trace is not None:
             at = min(bandwidths, key=lambda b: abs(np.log(b / median)))
@@ -402,82 +301,71 @@ def run_bench(config: BenchConfig, progress: bool = True, log: Log = print) -> d
     return write_report(document, store, out, log)
 
 
-def time_shortlists(device: Process, manifest: Manifest, edge_profile: dict, costs_at: dict[float, LinkCosts],
-                    gaps: dict[float, float], bandwidths: tuple[float, ...], slowdowns: tuple[float, ...],
-                    floor: float, measured: dict[float, dict[str, float]], fit_on: list[Execution],
-                    calls: int) -> tuple[dict[float, dict[str, float]], list[Execution]]:
-    """The device's own speed-1 time at each gap of every execution a bandwidth with that gap
-    short-lists (`shortlist`), besides those already `measured` there: ({gap: {execution key:
-    ms}}, every execution timed)."""
-    wanted: dict[float, dict[str, Execution]] = {gap: {} for gap in measured}
-    for mbit in bandwidths:
-        for execution in shortlist(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns, floor):
-            wanted[gaps[mbit]].setdefault(execution.key, execution)
-    timed = {}
-    for gap, done in measured.items():
-        todo = [e.to_dict() for key, e in wanted[gap].items() if key not in done]
-        extra = device.ask({"kind": "device_calls", "executions": todo, "gaps_ms": [gap],
-                            "requests": calls})[0] if todo else {}
-        timed[gap] = {**done, **extra}
-    known = {e.key: e for e in fit_on}
-    for executions in wanted.values():
-        known.update(executions)
-    return timed, list(known.values())
+def start_edge_and_device(link: Link, store: SeriesStore, out: Path, config: BenchConfig, floor: float,
+                          processes: list[Process], log: Log) -> tuple[Process, Process]:
+    """The edge (Ray Serve, in the edge namespace) and the device process, each appended to
+    `processes` as soon as it runs (the caller stops them)."""
+    port = EDGE_PORT if link.shaped is not None else free_port()
+    edge = spawn("edge", link.edge_argv([
+        sys.executable, "-m", "twostep.bench.edge_side", "--series", str(store.directory),
+        "--host", link.edge_host, "--port", str(port),
+        "--edge-profile", str((out / "profile.edge.json").resolve()),
+        "--accuracy-floor", repr(floor), "--sink-port", str(SINK_PORT if link.shaped else 0),
+        "--ingress", config.ingress, "--runtime", config.runtime]), out)
+    processes.append(edge)
+    edge.wait_ready(config.startup_timeout_s)
+    setup = {"url": f"http://{link.edge_host}:{port}", "images": str((out / "images.npy").resolve()),
+             "labels": str((out / "labels.npy").resolve()), "jpeg_quality": config.jpeg_quality,
+             "runtime": config.runtime, "throttle": link.shaped is None,
+             "transport": config.transport}
+    if link.shaped is not None:
+        setup.update(interface=link.shaped.device_if, prime_host=link.shaped.edge_ip,
+                     prime_port=SINK_PORT, burst_bytes=link.shaped.burst_bytes)
+    write_json_atomic(out / "device_setup.json", setup)
+    device = spawn("device", link.device_argv([
+        sys.executable, "-m", "twostep.bench.device_side", str((out / "device_setup.json").resolve())]),
+        out)
+    processes.append(device)
+    device.wait_ready(config.startup_timeout_s)
+    log(f"   edge at {setup['url']} (Ray Serve, 1 tail replica); device process ready")
+    return edge, device
 
 
-def calibration_executions(manifest: Manifest) -> list[Execution]:
-    """What the device's calls are fitted on: whole models across the series' MAC range (base,
-    step 1, the smallest and two between) and the input encoded as a frame."""
-    whole = [v for v in manifest.variants if "output" in v.splits]
-    by_macs = [v.id for v in sorted(whole, key=lambda v: v.macs)]
-    picks = [manifest.base, manifest.step1_or_base, by_macs[0],
-             by_macs[len(by_macs) // 3], by_macs[2 * len(by_macs) // 3]]
-    unique = list(dict.fromkeys(picks))
-    return [Execution("device", vid, "output") for vid in unique] + [
-        Execution("frame", manifest.base, "input")]
+def measure_grid(device: Process, link: Link, manifest: Manifest, edge_profile: dict, cal: Calibrated,
+                 grid: list[tuple[float, float]], jpeg: dict, raw_bytes: float, floor: float,
+                 config: BenchConfig, progress: bool, log: Log) -> list[dict]:
+    """Every grid point (Mbit/s, slowdown): strategies (a)-(e) as the cost model chose them and
+    the router's (f), each measured by the device over the link at that rate."""
+    from tqdm.auto import tqdm
 
-
-def profiled_device_work(manifest: Manifest, edge_profile: dict,
-                         executions: list[Execution]) -> dict[str, float]:
-    """The edge profile's time for each execution's device work, as the cost model counts it
-    (head, plus encoding for a frame)."""
-    heads = {(c.variant_id, c.split): c.head_ms
-             for c in candidates_from_series(manifest, edge_profile, edge_profile)}
-    return {e.key: heads[(e.variant, e.split)] for e in executions}
-
-
-# A slowdown must stay positive (the profile is scaled by it, the router refuses 0).
-MIN_DEVICE_FACTOR = 1e-3
-
-
-def fit_device(profiled: dict[str, float], measured: dict[str, float]) -> dict:
-    """`device_factor` and `device_overhead_ms` (both >= 0) of the least-squares line
-    measured = factor x profiled + overhead over the executions both name."""
-    keys = [k for k in profiled if k in measured]
-    if not keys:
-        raise ValueError("no device calls to fit the device on")
-    x = np.array([profiled[k] for k in keys])
-    y = np.array([measured[k] for k in keys])
-    if len(keys) >= 2 and np.ptp(x) > 1e-6:
-        factor, overhead = np.polyfit(x, y, 1)
-        if factor >= 0 and overhead >= 0:
-            return {"device_factor": float(factor), "device_overhead_ms": float(overhead)}
-        if factor < 0:  # the calls do not grow with the profile here: (nearly) a constant
-            return {"device_factor": MIN_DEVICE_FACTOR,
-                    "device_overhead_ms": float(max(0.0, np.mean(y) - MIN_DEVICE_FACTOR * np.mean(x)))}
-    # through the origin (a negative intercept would make small models free)
-    return {"device_factor": max(MIN_DEVICE_FACTOR, float(np.sum(x * y) / max(np.sum(x * x), 1e-12))),
-            "device_overhead_ms": 0.0}
-
-
-def device_model(whole_ms: list[float], edge_profile: dict, variants: tuple[str, str]) -> dict:
-    """`device_factor` and `device_overhead_ms` such that the device's measured whole-model call
-    is factor x profile + overhead, through the two models' points (one factor if they coincide)."""
-    profiled = [edge_profile["variants"][vid]["head_ms"]["output"] for vid in variants]
-    if abs(profiled[0] - profiled[1]) < 1e-3 * max(profiled):
-        return {"device_factor": whole_ms[0] / profiled[0], "device_overhead_ms": 0.0}
-    factor = (whole_ms[0] - whole_ms[1]) / (profiled[0] - profiled[1])
-    overhead = whole_ms[0] - factor * profiled[0]
-    if factor <= 0 or overhead < 0:  # noise: fall back to one factor through the larger model
-        return {"device_factor": whole_ms[0] / profiled[0], "device_overhead_ms": 0.0}
-    return {"device_factor": factor, "device_overhead_ms": overhead}
+    costs, costs_at, device_ms = cal.costs, cal.costs_at, cal.device_ms
+    choices = {(b, s): baseline_choices(manifest, edge_profile, s, costs_at[b], b * 1e6, raw_bytes,
+                                        jpeg["bytes_mean"], jpeg["encode_ms"], device_ms(b, s))
+               for b, s in grid}
+    plan_points = [{"bandwidth_bps": b * 1e6, "slowdown": costs_at[b].device_slowdown(s),
+                    "overhead_ms": costs_at[b].device_overhead(s), "rtt_ms": costs.rtt_ms(b * 1e6),
+                    "accuracy_floor": floor, "device_ms": device_times_document(device_ms(b, s))}
+                   for b, s in grid]
+    if not grid:
+        return []
+    fetched = device.ask({"kind": "prefetch", "points": plan_points, "executions": [
+        e.to_dict() for point in choices.values() for e, _ in point.values()]})
+    log(f"   router plans for {len(grid)} points and {fetched['heads']} heads fetched at 1 Gbit/s")
+    points = []
+    bar = tqdm(grid, desc="grid", disable=not progress, unit="point")
+    current_rate = None
+    for (mbit, slowdown), plan in zip(bar, fetched["plans"], strict=True):
+        bps = mbit * 1e6
+        if bps != current_rate:
+            link.set_rate(bps)
+            current_rate = bps
+        bar.set_postfix(bw=f"{mbit:g}Mbit/s", slowdown=f"{slowdown:g}x")
+        point = choices[(mbit, slowdown)]
+        executions = {e.key: e.to_dict() for e, _ in point.values()}
+        result = device.ask({"kind": "point", "bandwidth_bps": bps, "slowdown": slowdown,
+                             "plan": plan, "requests": config.requests, "executions": executions})
+        points.append({"bandwidth_mbit": mbit, "slowdown": slowdown, "rtt_ms": costs.rtt_ms(bps),
+                       "predicted": {k: {"execution": e.key, **p} for k, (e, p) in point.items()},
+                       **result})
+    bar.close()
+    return points
