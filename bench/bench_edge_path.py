@@ -134,9 +134,13 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     from ray import serve
 
     from pipeline.series import SeriesStore
-    from serve.device.client import DeviceClient
-    from serve.process.startup import start_http
     from serve.runner import VariantRunner
+    try:
+        from serve.device.client import DeviceClient
+        from serve.process.startup import start_http
+    except ImportError:  # a checkout from before serve/ had rooms (--tree)
+        from serve.client import DeviceClient
+        from serve.startup import start_http
     from serve.settings import AppArgs
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -169,8 +173,9 @@ def child(mode: str, series: str | None, requests: int) -> dict:
 
         series = str(make_tiny_series(Path(tempfile.mkdtemp()) / "series").directory)
     store = SeriesStore.open(series)
-    variant = store.manifest.base
-    offered = list(store.get(variant).splits)
+    typed = not isinstance(store.manifest, dict)  # a checkout from before the typed manifest: a dict
+    variant = store.manifest.base if typed else store.manifest["base"]
+    offered = list(store.get(variant).splits if typed else store.get(variant)["splits"])
     split = "pool3" if "pool3" in offered else offered[1]
     app_args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1)
     try:
@@ -337,10 +342,15 @@ def _session_clients(port: int, variant: str, split: str) -> dict | None:
     checkout measured has no sessions (`--tree` of an older commit)."""
     try:
         from websockets.sync.client import connect
-
-        from serve.device.stream_client import DeviceSession
     except ImportError:
         return None
+    try:
+        from serve.device.stream_client import DeviceSession
+    except ImportError:
+        try:  # a checkout from before serve/ had rooms (--tree)
+            from serve.stream_client import DeviceSession
+        except ImportError:  # ... or before sessions
+            return None
     noop = connect(f"ws://127.0.0.1:{port}/noop/ws", compression=None, legacy=True)
     try:
         device = DeviceSession(f"http://127.0.0.1:{port}", link="bench", timings=True)

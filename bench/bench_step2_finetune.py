@@ -41,7 +41,7 @@ def main() -> None:
     ctx = load_context(config, DataInfo.from_dict(store.manifest.data))
     ladder = [int(w) for w in args.ladder.split(",")]
     print(f"{store.manifest.step1}: {args.group} {spec.width_of()[args.group]} -> {ladder}, "
-          f"{args.epochs:g} epochs per cut; base test accuracy {base['test_accuracy']:.4f}")
+          f"{args.epochs:g} epochs per cut; base test accuracy {base.accuracy:.4f}")
     start = time.perf_counter()
     for snap in run_step2(model, spec, args.group, ctx.splits, config, ladder, teacher=ctx.teacher):
         entry = describe_variant(ctx, snap.model, snap.spec, step=2, iteration=snap.iteration,

@@ -82,7 +82,9 @@ def unplaceable(requests: Iterable[Request], nodes: Iterable[Mapping[str, float]
         shown = {"CPU", "GPU", *request.resources}
         offered = "; ".join(sorted({_describe({k: v for k, v in node.items() if k in shown})
                                     for node in nodes})) or "none"
-        typed = f"; node types the autoscaler can launch: {', '.join(launchable)}" if launchable else ""
+        typed = (f"; node types the autoscaler can launch: {', '.join(launchable)}" if launchable else
+                 "; no cluster config names node types an autoscaler could launch: give "
+                 "--cluster-config FILE where one will")
         lines.append(f"{request.deployment} asks for {_describe(request.resources)} per replica and "
                      f"no node offers it (nodes: {offered}{typed}); change {request.flag}")
     return lines
@@ -110,9 +112,10 @@ def deployment_news(status, app_names: Iterable[str], seen: set) -> list[str]:
         app = status.applications.get(app_name)
         for name, deployment in (app.deployments.items() if app else ()):
             message = (deployment.message or "").strip()
-            if str(deployment.status) != "HEALTHY" and message and (name, message) not in seen:
+            status = getattr(deployment.status, "value", deployment.status)  # a str enum in Ray
+            if status != "HEALTHY" and message and (name, message) not in seen:
                 seen.add((name, message))
-                lines.append(f"{app_name}/{name} {deployment.status}: {message}")
+                lines.append(f"{app_name}/{name} {status}: {message}")
     return lines
 
 

@@ -79,7 +79,7 @@ def _build(directory: Path, epochs: int, finetune_epochs: int, n_train: int, n_t
     spec = make_spec("vgg11", 0.0625, in_channels=1)
     store = SeriesStore.create(directory, spec, info.to_dict(),
                                {"bits": codec.bits, "per_channel": codec.per_channel, "compress": True},
-                               {"demo": "serve.demo_series.make_tiny_series", "seed": seed})
+                               {"demo": "tests/synthetic_series.py make_tiny_series", "seed": seed})
 
     def train_for(model: VGG, n_epochs: int, lr: float) -> float:
         if n_epochs:

@@ -183,6 +183,8 @@ def test_cli_profile_errors_exit_2(tmp_path, capsys):
     assert main(["profile", str(tmp_path / "nope")]) == 2
     assert main(["profile", str(tmp_path), "--device", "warp-drive"]) == 2
     assert "warp-drive" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path), "--runtime", "torch", "--device", "auto"]) == 2
+    assert "got 'auto'" in capsys.readouterr().err
     ckpt = tmp_path / "weights" / "vgg11-s0-i0.safetensors"
     assert main(["profile", str(ckpt), "-o", str(tmp_path / "x.json"), "--repeats", "0"]) == 2
     assert "repeats" in capsys.readouterr().err

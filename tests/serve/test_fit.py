@@ -67,9 +67,11 @@ def test_fits_compares_every_asked_resource_and_ignores_zero_requests():
 
 
 def test_deployment_news_says_each_message_of_an_unhealthy_deployment_once():
-    waiting = SimpleNamespace(status="UPDATING",
+    from ray.serve._private.common import DeploymentStatus  # what serve.status() reports
+
+    waiting = SimpleNamespace(status=DeploymentStatus.UPDATING,
                               message="1 replicas have taken more than 30s to be scheduled")
-    healthy = SimpleNamespace(status="HEALTHY", message="")
+    healthy = SimpleNamespace(status=DeploymentStatus.HEALTHY, message="upscaled to 2 replicas")
     status = SimpleNamespace(applications={"twostep": SimpleNamespace(
         deployments={"DeviceHead": waiting, "Router": healthy})})
     seen = set()

@@ -31,7 +31,12 @@ class ProfileOptions(ConfigModel):
     slowdown: float | None = Field(None, gt=0.0, le=1e6, description="also write a device profile "
                                    "derived as this many times slower (<output>.device.json)")
 
-    _device = field_validator("device")(check_device)
+    @field_validator("device")
+    @classmethod
+    def _a_device_to_time_on(cls, name: str) -> str:
+        if name == "auto":
+            raise ValueError("device must be cpu, cuda or cuda:N (the one to time on), got 'auto'")
+        return check_device(name)
 
     @model_validator(mode="after")
     def _onnxruntime_on_the_cpu(self) -> ProfileOptions:
