@@ -74,10 +74,8 @@ def unplaceable(requests: Iterable[Request], nodes: Iterable[Mapping[str, float]
                 launchable: Mapping[str, Mapping[str, float]]) -> list[str]:
     """One line per deployment that no alive node and no launchable node type can host."""
     nodes, lines = list(nodes), []
-    for request in requests:
-        if any(fits(request.resources, node) for node in nodes):
-            continue
-        if any(fits(request.resources, offer) for offer in launchable.values()):
+    for request in _not_hosted_now(requests, nodes):
+        if _types_for(request, launchable):
             continue
         shown = {"CPU", "GPU", *request.resources}
         offered = "; ".join(sorted({_describe({k: v for k, v in node.items() if k in shown})
@@ -93,15 +91,19 @@ def unplaceable(requests: Iterable[Request], nodes: Iterable[Mapping[str, float]
 def waiting_for_autoscaler(requests: Iterable[Request], nodes: Iterable[Mapping[str, float]],
                            launchable: Mapping[str, Mapping[str, float]]) -> list[str]:
     """One line per deployment only a node the autoscaler has yet to launch can host."""
-    nodes, lines = list(nodes), []
-    for request in requests:
-        if any(fits(request.resources, node) for node in nodes):
-            continue
-        names = [name for name, offer in launchable.items() if fits(request.resources, offer)]
-        if names:
-            lines.append(f"{request.deployment} ({_describe(request.resources)}) waits for the "
-                         f"autoscaler to launch a node of type {' or '.join(names)}")
-    return lines
+    return [f"{request.deployment} ({_describe(request.resources)}) waits for the autoscaler to "
+            f"launch a node of type {' or '.join(names)}"
+            for request in _not_hosted_now(requests, nodes)
+            if (names := _types_for(request, launchable))]
+
+
+def _not_hosted_now(requests: Iterable[Request], nodes: Iterable[Mapping[str, float]]) -> list[Request]:
+    nodes = list(nodes)
+    return [r for r in requests if not any(fits(r.resources, node) for node in nodes)]
+
+
+def _types_for(request: Request, launchable: Mapping[str, Mapping[str, float]]) -> list[str]:
+    return [name for name, offer in launchable.items() if fits(request.resources, offer)]
 
 
 def deployment_news(status, app_names: Iterable[str], seen: set) -> list[str]:
