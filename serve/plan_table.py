@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipeline.cost import Link
+from serve.bandwidth import SWITCH_MARGIN
 
 if TYPE_CHECKING:  # `pick` runs on devices without torch, which pipeline.selection imports
     from pipeline.selection import Candidate
@@ -82,7 +83,7 @@ def plan_table(best_at: Callable[[Link], Candidate], rtt_ms: float = 0.0,
 
 
 def pick(table: list[dict], bandwidth_bps: float, current: tuple[str, str] | None = None,
-         switch_margin: float = 0.1) -> dict:
+         switch_margin: float = SWITCH_MARGIN) -> dict:
     """The row for `bandwidth_bps`; the row of `current` while the bandwidth is within
     `switch_margin` of that row's interval (hysteresis against flapping at a boundary)."""
     if not table:

@@ -30,6 +30,7 @@ from pipeline.selection import (
 )
 from pipeline.series import Manifest
 from pipeline.split import split_points
+from serve.bandwidth import SWITCH_MARGIN
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Planner:
         edge_profile: dict,
         bytes_stat: str = "mean",
         baselines: bool = True,
-        switch_margin: float = 0.1,
+        switch_margin: float = SWITCH_MARGIN,
     ):
         if not 0 <= switch_margin < 1:
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin!r}")

@@ -23,6 +23,7 @@ from serve.bandwidth import (
     LINK_WINDOW,
     PROBE_BYTES,
     PROBE_INTERVAL_S,
+    SWITCH_MARGIN,
     EstimatorConfig,
 )
 
@@ -74,7 +75,7 @@ class AppArgs(BaseModel):
     estimator_band: float = Field(LINK_BAND, ge=0.0, le=10.0, description="the held estimate moves to the "
                                   "raw one when that leaves this relative band around it")
     min_sample_bytes: int = Field(256, ge=0, description="smaller transfers do not count as samples")
-    switch_margin: float = Field(0.1, ge=0.0, lt=1.0, description="hysteresis: switch choice only "
+    switch_margin: float = Field(SWITCH_MARGIN, ge=0.0, lt=1.0, description="hysteresis: switch choice only "
                                  "when the new one is this much (relative) faster")
     probe_interval_s: float = Field(PROBE_INTERVAL_S, gt=0.0, description="seconds between bandwidth "
                                     "probes of a link that sends no frames")

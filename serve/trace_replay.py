@@ -37,6 +37,7 @@ from serve.bandwidth import (
     LINK_WINDOW,
     PROBE_BYTES,
     PROBE_INTERVAL_S,
+    SWITCH_MARGIN,
     BandwidthEstimator,
     EstimatorConfig,
 )
@@ -78,6 +79,7 @@ class Outcome:
     switches: int = 0
     probes: int = 0
     estimates_bps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    on_device_ms: float | None = None  # the oracle's: its fastest feasible on-device latency
 
     def summary(self, duration_s: float) -> dict:
         shares: dict[str, float] = {}
@@ -226,9 +228,10 @@ def replay_oracle(trace: Trace, candidates: Sequence[Candidate], floor: float | 
     table = np.stack([latency_on_trace(trace, starts, c, rtt_ms, overhead_bytes) for c in options])
     best = table.argmin(axis=0)
     chosen = [options[b] for b in best]
+    local = [c.head_ms + c.tail_ms for c in options if c.bytes_sent == 0]
     return Outcome(starts, table[best, np.arange(len(starts))], [_label(c) for c in chosen],
                    np.array([c.accuracy for c in chosen]), np.array([c.bytes_sent > 0 for c in chosen]),
-                   switches=int(np.count_nonzero(np.diff(best))))
+                   switches=int(np.count_nonzero(np.diff(best))), on_device_ms=min(local, default=None))
 
 
 def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -241,10 +244,17 @@ def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
     return kept
 
 
-def recovery_delays(router: Outcome, oracle: Outcome, hold_s: float = 3.0) -> list[float]:
-    """Seconds from each moment the oracle starts offloading again after running on the device
-    (and keeps offloading for `hold_s`) to the router's first offloaded request after it."""
+def recovery_delays(router: Outcome, oracle: Outcome, hold_s: float = 3.0,
+                    margin: float = SWITCH_MARGIN) -> list[float]:
+    """Seconds from each moment the link comes back to the router's first offloaded request
+    after it. The link is back when the oracle, after running on the device, offloads for
+    `hold_s` at least `margin` (a fraction) faster than running on the device: with the
+    router's own hysteresis as `margin` (the default), the moments a router that knew the true
+    rate would switch (it keeps a choice within `margin` of the best: a gain of 1% is not a
+    return). `margin=0` counts any offload of the oracle's."""
     starts, oracle_on, router_on = oracle.starts_s, oracle.offloaded, router.offloaded
+    if margin > 0 and oracle.on_device_ms is not None:
+        oracle_on = oracle_on & (oracle.latency_ms <= (1.0 - margin) * oracle.on_device_ms)
     if len(starts) < 2:
         return []
     step = starts[1] - starts[0]

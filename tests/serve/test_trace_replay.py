@@ -80,3 +80,33 @@ def test_fixed_strategies_are_chosen_in_hindsight_and_never_beat_the_oracle(plan
         assert best.latency_ms.mean() >= oracle.latency_ms.mean() - 1e-6
         assert best.latency_ms.mean() <= min(replay_fixed(trace, c, FPS, RTT_MS).latency_ms.mean()
                                              for c in family) + 1e-6
+
+
+def _outcome(latency_ms, offloaded, on_device_ms=None):
+    import numpy as np
+
+    from serve.trace_replay import Outcome
+    n = len(latency_ms)
+    return Outcome(np.arange(n) / FPS, np.array(latency_ms, float), ["x"] * n, np.ones(n),
+                   np.array(offloaded, bool), on_device_ms=on_device_ms)
+
+
+def test_a_return_to_offloading_counts_from_when_it_gains_more_than_the_margin():
+    # the oracle offloads from request 5 at 38 ms (on the device: 39 ms), clearly from 15 at
+    # 30 ms; the router offloads from request 17
+    oracle = _outcome([39.0] * 5 + [38.0] * 10 + [30.0] * 25, [False] * 5 + [True] * 35, 39.0)
+    router = _outcome([39.0] * 17 + [30.0] * 23, [False] * 17 + [True] * 23)
+    assert recovery_delays(router, oracle, 3.0, margin=0.0) == pytest.approx([12 / FPS])
+    assert recovery_delays(router, oracle, 3.0, margin=0.1) == pytest.approx([2 / FPS])
+    # an oracle that never gains the margin has no return to count
+    flat = _outcome([39.0] * 5 + [38.0] * 35, [False] * 5 + [True] * 35, 39.0)
+    assert recovery_delays(router, flat, 3.0, margin=0.1) == []
+
+
+def test_the_oracle_knows_its_fastest_on_device_latency(planner):
+    trace = parse_trace("0 2\n10 0.05\n20 2\n")
+    candidates = planner.table.candidates
+    oracle = replay_oracle(trace, candidates, FLOOR, FPS, RTT_MS)
+    local = [c.head_ms + c.tail_ms for c in candidates if c.bytes_sent == 0 and c.accuracy >= FLOOR]
+    assert oracle.on_device_ms == pytest.approx(min(local))
+    assert oracle.latency_ms.max() <= oracle.on_device_ms + 1e-9
