@@ -72,7 +72,7 @@ class EstimatorConfig:
 
 # How a link is followed, tuned on measured HSDPA traces (bench/bench_traces.py): the router's
 # defaults (serve.settings.AppArgs) and the device client's own estimate use these.
-LINK_WINDOW, LINK_MAX_AGE_S, LINK_BAND = 2, 0.5, 0.25
+LINK_WINDOW, LINK_MAX_AGE_S, LINK_BAND = 2, 0.5, 0.1
 PROBE_BYTES, PROBE_INTERVAL_S = 1024, 0.5  # 16 kbit/s while the device runs everything
 SWITCH_MARGIN = 0.1  # the planners keep a choice while within 10% of the best (hysteresis)
 
