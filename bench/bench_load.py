@@ -92,9 +92,13 @@ def device_plans(url: str, store, devices: int) -> list[dict]:
 
 
 def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
-             during=None, transport: str = "http") -> dict:
+             during=None, transport: str = "http", stop: threading.Event | None = None,
+             on_answer=None, pace_s: float = 0.0) -> dict:
     """Every device sends `frames` frames back to back (over HTTP or a session); `during(done)`
-    runs in the driver thread while the load runs (e.g. kills a replica). Returns the figures."""
+    runs in the driver thread while the load runs (e.g. kills a replica); `stop` set ends the
+    load early (each device after its frame in flight); `on_answer(answer)` sees every HTTP
+    answer (its `replica` names the EdgeTail replica); `pace_s`: an HTTP device waits this long
+    after each answer (a light load). Returns the figures."""
     from serve.device.client import DeviceClient, DeviceError
 
     latencies: list[float] = []
@@ -135,11 +139,11 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
             return session_device(plan)
         with DeviceClient(url, link=f"dev{int(plan['rate'])}", timeout_s=120, transport="http") as client:
             for _ in range(frames):
-                if time.monotonic() > stop_at:
+                if time.monotonic() > stop_at or stop is not None and stop.is_set():
                     return
                 start = time.perf_counter()
                 try:
-                    client.send_frame(plan["frame"], plan["variant"], plan["split"])
+                    answer = client.send_frame(plan["frame"], plan["variant"], plan["split"])
                 except DeviceError as err:
                     with lock:
                         errors.append(str(err)[:120])
@@ -147,6 +151,10 @@ def run_load(url: str, plans: list[dict], frames: int, deadline_s: float,
                 with lock:
                     latencies.append((time.perf_counter() - start) * 1000)
                     done[0] += 1
+                if on_answer is not None:
+                    on_answer(answer)
+                if pace_s:
+                    time.sleep(pace_s)
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:

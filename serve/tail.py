@@ -96,6 +96,7 @@ class EdgeTail:
         self.frames_in_flight = 0
         self._last_done = 0.0  # time.monotonic() when the last frame finished
         self.work = WorkMeter()
+        self.replica_id = _replica_id()
         self.batch_size = batch_size
         if batch_size > 1:
             self._batched.set_max_batch_size(batch_size)
@@ -255,8 +256,9 @@ class EdgeTail:
         return JSONResponse({
             "predictions": predictions, "labels": [self.info.classes[p] for p in predictions],
             "logits": logits, "variant": variant, "split": split, "bytes_received": len(frame),
-            "link": link_id, "timings_ms": {"decode": result["decode_ms"], "tail": result["tail_ms"],
-                                            "total": ms_since(start)}})
+            "link": link_id, "replica": self.replica_id,
+            "timings_ms": {"decode": result["decode_ms"], "tail": result["tail_ms"],
+                           "total": ms_since(start)}})
 
     def _report(self, link_id: str, uplink_bps: float) -> None:
         """Pass the device's measured uplink to the Routers' shared link state (no wait)."""

@@ -13,6 +13,8 @@ declares and stopped when the autoscaler removes it. The node types come from `c
 - every worker's object store is `OBJECT_STORE_BYTES` (Ray's default is 30% of the memory for
   each raylet);
 - `idle_timeout_minutes` is read as seconds (10 minutes become 10 s);
+- `AutoscalingCluster(min_workers={"edge": 0})` overrides a type's `min_workers` for that run
+  only (bench/bench_autoscale_serve.py starts with no edge node); cluster.yaml is not changed;
 - the head is Ray's fake head type (`ray.head.default`, the only one the provider knows) with no
   CPUs, so that every trial runs on a worker the autoscaler launched.
 
@@ -20,8 +22,8 @@ declares and stopped when the autoscaler removes it. The node types come from `c
 autoscaling config it runs. Everything it started (head, monitor, the workers the monitor
 launched and their Ray workers) stops on exit; nothing else is touched (no `ray stop`).
 
-Used by `bench/bench_autoscale.py`; `tests/deploy/test_autoscaling_config.py` holds the
-generated config to cluster.yaml.
+Used by `bench/bench_autoscale.py` and `bench/bench_autoscale_serve.py`;
+`tests/deploy/test_autoscaling_config.py` holds the generated config to cluster.yaml.
 """
 
 from __future__ import annotations
@@ -101,9 +103,19 @@ def worker_types(cluster: dict) -> dict[str, dict]:
     return types
 
 
-def fake_config(cluster: dict, gcs_address: str) -> dict:
+def fake_config(cluster: dict, gcs_address: str, min_workers: dict[str, int] | None = None) -> dict:
     """The autoscaling config for a fake cluster of `cluster`'s worker node types whose head's
-    GCS listens at `gcs_address`."""
+    GCS listens at `gcs_address`; `min_workers` overrides some types' `min_workers` for one run
+    (`{"edge": 0}`: no edge node until work asks for one), within their `max_workers`."""
+    types = worker_types(cluster)
+    for name, count in (min_workers or {}).items():
+        if name not in types:
+            raise ValueError(f"min_workers names {name!r}, not a worker node type of the cluster "
+                             f"({', '.join(types)})")
+        if not 0 <= count <= types[name]["max_workers"]:
+            raise ValueError(f"min_workers of {name!r} must be in 0..{types[name]['max_workers']}, "
+                             f"got {count}")
+        types[name]["min_workers"] = count
     return {
         **EMPTY_KEYS,
         "cluster_name": f"{cluster['cluster_name']}-fake",
@@ -114,7 +126,7 @@ def fake_config(cluster: dict, gcs_address: str) -> dict:
         "head_node_type": FAKE_HEAD_TYPE,
         "available_node_types": {
             FAKE_HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            **worker_types(cluster)},
+            **types},
     }
 
 
@@ -160,8 +172,9 @@ class AutoscalingCluster:
     """`with AutoscalingCluster() as cluster:` ... `cluster.address` is HOST:PORT."""
 
     def __init__(self, cluster_yaml: str | os.PathLike = CLUSTER_YAML, log_dir: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, min_workers: dict[str, int] | None = None):
         self.config_source = Path(cluster_yaml)
+        self.min_workers = dict(min_workers or {})
         self.temp_dir = ""
         self._log_dir = log_dir
         self._head: subprocess.Popen | None = None
@@ -195,8 +208,8 @@ class AutoscalingCluster:
             if not is_free(port):
                 raise PortTaken(f"port {port}, picked free for the head, is taken now")
         cluster = yaml.safe_load(self.config_source.read_text())
-        self.config = fake_config(cluster, self.address)
-        config_path = self.log_dir / "autoscaling.yaml"
+        self.config = fake_config(cluster, self.address, self.min_workers)
+        self.config_path = config_path = self.log_dir / "autoscaling.yaml"
         config_path.write_text(json.dumps(self.config, indent=1))
         self._log = open(self.log_dir / "head.log", "w")  # noqa: SIM115 - closed in __exit__
         self._head = subprocess.Popen(

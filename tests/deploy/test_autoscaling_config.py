@@ -70,6 +70,20 @@ def test_a_changed_cluster_yaml_changes_the_cluster(cluster):
     assert types["tpu"]["resources"] == {"CPU": 2, "TPU": 4, "object_store_memory": OBJECT_STORE_BYTES}
 
 
+def test_a_min_workers_override_changes_that_type_only(cluster):
+    plain = fake_config(cluster, "127.0.0.1:1")
+    config = fake_config(cluster, "127.0.0.1:1", min_workers={"edge": 0})
+    assert cluster["available_node_types"]["edge"]["min_workers"] == 1  # cluster.yaml keeps its own
+    assert config["available_node_types"]["edge"]["min_workers"] == 0
+    for generated in (config, plain):
+        del generated["available_node_types"]["edge"]["min_workers"]
+    assert config == plain
+    with pytest.raises(ValueError, match="not a worker node type"):
+        fake_config(cluster, "127.0.0.1:1", min_workers={"gpu": 0})
+    with pytest.raises(ValueError, match="must be in 0..4"):
+        fake_config(cluster, "127.0.0.1:1", min_workers={"edge": 5})
+
+
 def test_the_config_is_one_ray_autoscaler_accepts(cluster):
     from ray.autoscaler._private.util import validate_config
 
