@@ -152,8 +152,9 @@ def serve_argv(series: str, address: str, port: int, config: Path, args) -> list
             "--proxy-location", "HeadOnly", "--placement", "resources", "--head-cpus", "0",
             "--replica-cpus", str(TAIL_CPUS), "--tail-max-replicas", str(args.max_tails),
             "--tail-autoscaling-signal", args.signal, "--tail-target-ongoing-requests",
-            str(args.target), "--tail-max-ongoing-requests", str(TAIL_MAX_ONGOING),
-            "--stream-max-sessions", "1", "--ms-per-mmac", "20", "--cluster-config", str(config)]
+            str(args.target), "--ms-per-mmac", "20", "--cluster-config", str(config)] + (
+            [] if args.serve_defaults else ["--tail-max-ongoing-requests", str(TAIL_MAX_ONGOING),
+                                            "--stream-max-sessions", "1"])
 
 
 def node_raylets(cluster: AutoscalingCluster, node_id: str) -> list[int]:
@@ -220,6 +221,9 @@ def main() -> int:  # noqa: PLR0915 - one bench, one sequence of phases
                         help="load kept on after the kill: long enough for Serve to find the replica "
                              "dead (about 14 s here) and start its replacement on a new node")
     parser.add_argument("--no-kill", action="store_true", help="skip the node-kill phase")
+    parser.add_argument("--serve-defaults", action="store_true",
+                        help="twostep's own max_ongoing_requests and sessions per replica (a new "
+                             "replica gets frames once it loaded the variants its peers hold)")
     args = parser.parse_args()
     stoppable()
     out = Path(args.out).resolve()

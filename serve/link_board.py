@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from serve.bandwidth import EstimatorConfig, EstimatorPool
 from serve.series_source import NAMESPACE
@@ -24,6 +24,7 @@ READY_TIMEOUT_S = 120.0
 logger = logging.getLogger("ray.serve")
 MAX_KEYS = 4096
 SESSION_REPORT_TTL_S = 5.0
+HELD_REPORT_TTL_S = 10.0  # an EdgeTail replica reports the variants it holds every few seconds
 
 
 def link_board_name(app_name: str) -> str:
@@ -37,6 +38,7 @@ class LinkBoard:
         self.estimators = EstimatorPool(config)
         self.choices: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.session_counts: dict[str, tuple[int, float]] = {}
+        self.held: dict[str, tuple[list[str], float]] = {}
 
     def observe(self, link_id: str, report_bps: float | None = None, key: str | None = None) -> dict:
         """Take the client's uplink report (if any); the link's estimate, the age of its last
@@ -68,6 +70,15 @@ class LinkBoard:
         live = {r: n for r, (n, at) in self.session_counts.items() if now - at <= SESSION_REPORT_TTL_S}
         self.session_counts = {r: self.session_counts[r] for r in live}
         return {"replicas": len(live), "sessions": sum(live.values())}
+
+    def hold_variants(self, replica: str, variants: list[str]) -> list[str]:
+        """Take the variants an EdgeTail replica holds; every variant the live replicas hold,
+        those held by most replicas first (what a new replica loads to share the traffic)."""
+        now = time.monotonic()
+        self.held[replica] = (list(variants), now)
+        self.held = {r: entry for r, entry in self.held.items() if now - entry[1] <= HELD_REPORT_TTL_S}
+        counts = Counter(v for held, _ in self.held.values() for v in held)
+        return [variant for variant, _ in counts.most_common()]
 
 
 class LinkBoardClient:
@@ -110,6 +121,9 @@ class LinkBoardClient:
 
     async def count_sessions(self, replica: str, sessions: int) -> dict:
         return await self._call("count_sessions", replica, sessions)
+
+    async def hold_variants(self, replica: str, variants: list[str]) -> list[str]:
+        return await self._call("hold_variants", replica, variants)
 
     def report(self, link_id: str, report_bps: float) -> None:
         self._send("observe", link_id, report_bps)

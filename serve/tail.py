@@ -30,6 +30,7 @@ from serve.autoscaling import FRAMES_METRIC, WORK_METRIC, WorkMeter
 from serve.bandwidth import EstimatorConfig
 from serve.inputs import MULTIPLEX_HEADER, HttpError, media_type, read_body
 from serve.link_board import LinkBoardClient
+from serve.peer_warm import PeerWarmth
 from serve.queries import TailQuery, check_variant, install_error_handlers, parse_query
 from serve.replica import MAX_MODELS_PER_REPLICA, error_entry, load_runner, replica_health
 from serve.runner import MAX_BATCH, RequestError, VariantRunner
@@ -104,13 +105,19 @@ class EdgeTail:
         self._board: LinkBoardClient | None = None
         self.series_sha256 = self.series.ref["manifest_sha256"]
         self._session_runners: dict[str, VariantRunner] = {}
-        self.sessions = SessionTable(StreamLimits(**(stream or {})), _replica_id(),
+        self.sessions = SessionTable(StreamLimits(**(stream or {})), self.replica_id,
                                      self._link_board() if links_app else None)
+        # loads what the other replicas hold, so that Serve's routing sends it frames too
+        self.peers = PeerWarmth(self.replica_id, MAX_MODELS_PER_REPLICA, self._link_board,
+                                self.get_runner) if links_app else None
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
-        return await load_runner(self.series, variant_id, self.max_batch, self.faults,
-                                 self.runtime, self.threads)
+        runner = await load_runner(self.series, variant_id, self.max_batch, self.faults,
+                                   self.runtime, self.threads)
+        if self.peers is not None:
+            self.peers.note_loaded(variant_id)
+        return runner
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
@@ -275,12 +282,15 @@ class EdgeTail:
     async def check_health(self) -> None:
         """Serve's periodic health check; it also starts the session monitor of a replica that
         holds no session yet, so that a new replica reports its share and the others rebalance
-        towards it."""
+        towards it, and the loop that loads the variants its peers hold."""
         self.sessions.ensure_monitor()
+        if self.peers is not None:
+            self.peers.ensure_running()
 
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
-        return {**replica_health(self.series, self.faults), "stream": self.sessions.health()}
+        return {**replica_health(self.series, self.faults), "stream": self.sessions.health(),
+                "loaded_for_peers": None if self.peers is None else self.peers.warmed}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"bytes_in_flight": float(self.bytes_in_flight), WORK_METRIC: self.work.in_flight_ms,
