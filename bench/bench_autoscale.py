@@ -6,8 +6,9 @@ the 10-minute idle timeout as 10 s); at start only `edge` (min_workers 1) runs, 
 worker. Writes a small learnable Fashion-MNIST-format dataset and trains a tiny base model in
 OUT, then:
 
-1. `twostep prune --ray ADDRESS --gpus-per-trial 1`: step 1 as one trial, step 2 as one trial per
-   layer, each reserving a (fake) GPU, so the pending trials make the autoscaler launch nodes;
+1. `twostep prune --ray ADDRESS --gpus-per-trial 1 --trial-resource prune=1`: step 1 as one
+   trial, step 2 as one trial per layer, each reserving a (fake) GPU and the `prune` resource
+   only `prune_gpu` nodes offer, so the pending trials make the autoscaler launch those nodes;
 2. waits until the autoscaler has removed the nodes it launched for them (idle timeout);
 3. prunes the same series in this process, each layer's ladder starting from the stored step-1
    model as the trials do, and compares the two (tensors and manifest entries);
@@ -130,7 +131,7 @@ def prune_argv(base: Path, data: Path, out: Path, address: str) -> list[str]:
     flags = [x for k, v in PRUNE.items() for x in ("--" + k.replace("_", "-"), str(v))]
     return [TWOSTEP, "prune", "--ray", address, "--quiet", "--base", str(base), "--data-dir",
             str(data), "--out", str(out), "--step2-splits", ",".join(SPLITS), "--no-augment",
-            "--cpus-per-trial", "1", "--gpus-per-trial", "1", *flags]
+            "--cpus-per-trial", "1", "--gpus-per-trial", "1", "--trial-resource", "prune=1", *flags]
 
 
 def main() -> int:

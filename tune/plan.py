@@ -52,7 +52,8 @@ class TrialResources:
         if self.cpus == 0 and self.gpus == 0 and not self.custom:
             raise ValueError("a trial must reserve some CPUs, GPUs or custom resources")
         for name, amount in self.custom.items():
-            if name.upper() in ("CPU", "GPU") or not isinstance(amount, int | float) or amount < 0:
+            if (name.upper() in ("CPU", "GPU") or not isinstance(amount, int | float)
+                    or not math.isfinite(amount) or amount < 0):
                 raise ValueError(f"bad custom resource {name!r}: {amount!r}")
 
     @property

@@ -3,7 +3,7 @@
 import pytest
 
 from twostep.cli import main
-from twostep.commands.prune import _numbers
+from twostep.commands.prune import _numbers, trial_resources
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -11,6 +11,7 @@ from twostep.commands.prune import _numbers
     (["--search-divisors", "8,16", "--max-concurrent", "2"],
      "--max-concurrent, --search-divisors only apply with --ray"),
     (["--resume"], "--resume: no series at"),
+    (["--trial-resource", "prune=0.25"], "--trial-resource only apply with --ray"),
 ])
 def test_ray_flags_are_checked_before_running(argv, message, tmp_path, capsys):
     assert main(["prune", "--out", str(tmp_path / "none"), *argv]) == 2
@@ -29,3 +30,18 @@ def test_ray_client_addresses_are_refused():
 
     with pytest.raises(ValueError, match="ray job submit"):
         init_ray("ray://head:10001")
+
+
+def test_trial_resources_parse_as_name_equals_amount():
+    from tune.plan import TrialResources
+
+    custom = trial_resources(["prune=0.25", " edge = 1"])
+    assert custom == {"prune": 0.25, "edge": 1.0}
+    assert TrialResources(cpus=1, gpus=0.25, custom=custom).to_ray() == {
+        "cpu": 1, "gpu": 0.25, "prune": 0.25, "edge": 1.0}
+    for bad in ("prune", "=1", "prune=lots"):
+        with pytest.raises(ValueError, match="--trial-resource takes NAME=AMOUNT"):
+            trial_resources([bad])
+    for bad in ({"prune": float("nan")}, {"prune": -1.0}, {"GPU": 1.0}):
+        with pytest.raises(ValueError, match="bad custom resource"):
+            TrialResources(custom=bad)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="CPUs each trial reserves; torch uses that many threads (default 1)")
     ray.add_argument("--gpus-per-trial", type=float, default=0.0,
                      help="GPUs each trial reserves; a fraction below 1 shares a GPU (default 0)")
+    ray.add_argument("--trial-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                     help="a custom Ray resource each trial reserves as well (repeatable), e.g. "
+                          "prune=0.25 to run only on cluster.yaml's prune_gpu nodes")
     ray.add_argument("--max-concurrent", type=int, default=0,
                      help="at most this many trials at once (default: as resources allow)")
     ray.add_argument("--max-failures", type=int, default=3,
@@ -58,8 +61,23 @@ def _numbers(text: str | None, kind: type, flag: str) -> tuple:
         raise ValueError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def trial_resources(entries: list[str]) -> dict[str, float]:
+    """`--trial-resource NAME=AMOUNT` entries as the dict Ray takes."""
+    custom: dict[str, float] = {}
+    for entry in entries:
+        name, sep, amount = entry.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise ValueError(f"--trial-resource takes NAME=AMOUNT (e.g. prune=0.25), got {entry!r}")
+        custom[name.strip()] = value
+    return custom
+
+
 def _ray_flags_used(args: argparse.Namespace) -> list[str]:
-    defaults = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": 0,
+    defaults = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "trial_resource": [], "max_concurrent": 0,
                 "max_failures": 3, "storage_path": None, "search_divisors": None,
                 "search_budgets": None, "search_metric": "macs"}
     return ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k) != v]
@@ -90,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             store = launch_pruning(
                 config, steps=args.step, address=args.ray, progress=not args.quiet,
-                resources=TrialResources(cpus=args.cpus_per_trial, gpus=args.gpus_per_trial),
+                resources=TrialResources(cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
+                                         custom=trial_resources(args.trial_resource)),
                 max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                 storage_path=args.storage_path, search=search)
         except TrialsFailedError as err:
