@@ -185,7 +185,8 @@ class Answers:
         self.lock = threading.Lock()
 
     def __call__(self, answer: dict) -> None:
-        self.total += 1  # one increment per answer; device threads only, read by the driver
+        with self.lock:
+            self.total += 1
         replica = answer.get("replica", "?")
         if replica not in self.first:
             with self.lock:

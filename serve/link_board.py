@@ -24,7 +24,7 @@ READY_TIMEOUT_S = 120.0
 logger = logging.getLogger("ray.serve")
 MAX_KEYS = 4096
 SESSION_REPORT_TTL_S = 5.0
-HELD_REPORT_TTL_S = 10.0  # an EdgeTail replica reports the variants it holds every few seconds
+HELD_REPORT_TTL_S = 10.0  # an EdgeTail replica reports the variants it serves every few seconds
 
 
 def link_board_name(app_name: str) -> str:
@@ -72,8 +72,8 @@ class LinkBoard:
         return {"replicas": len(live), "sessions": sum(live.values())}
 
     def hold_variants(self, replica: str, variants: list[str]) -> list[str]:
-        """Take the variants an EdgeTail replica holds; every variant the live replicas hold,
-        those held by most replicas first (what a new replica loads to share the traffic)."""
+        """Take the variants an EdgeTail replica serves; every variant the live replicas serve,
+        those served by most replicas first (what a new replica loads to share the traffic)."""
         now = time.monotonic()
         self.held[replica] = (list(variants), now)
         self.held = {r: entry for r, entry in self.held.items() if now - entry[1] <= HELD_REPORT_TTL_S}

@@ -109,7 +109,8 @@ class EdgeTail:
                                      self._link_board() if links_app else None)
         # loads what the other replicas hold, so that Serve's routing sends it frames too
         self.peers = PeerWarmth(self.replica_id, MAX_MODELS_PER_REPLICA, self._link_board,
-                                self.get_runner) if links_app else None
+                                self.get_runner, busy=lambda: self.frames_in_flight > 0,
+                                cached=self._cached_variants) if links_app else None
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_runner(self, variant_id: str) -> VariantRunner:
@@ -118,6 +119,13 @@ class EdgeTail:
         if self.peers is not None:
             self.peers.note_loaded(variant_id)
         return runner
+
+    def _cached_variants(self) -> list[str] | None:
+        """The variants in Serve's model cache of this replica (Ray 2.60 keeps it on the object
+        as `__serve_multiplex_wrapper`, made at the first load), or None where it cannot be read."""
+        wrapper = getattr(self, "__serve_multiplex_wrapper", None)
+        models = getattr(wrapper, "models", None) if wrapper is not None else {}
+        return None if models is None else list(models)
 
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
@@ -130,6 +138,8 @@ class EdgeTail:
     async def _counted(self, variant_id: str, split: str, nbytes: int, work) -> dict:
         """`await work(alone)`, the frame counted in flight (bytes, frames, tail work) meanwhile."""
         key = (variant_id, split)
+        if self.peers is not None:
+            self.peers.note_used(variant_id)
         self.bytes_in_flight += nbytes
         self.frames_in_flight += 1
         # alone: no other frame held, and none just finished (under load the next request is
@@ -290,7 +300,7 @@ class EdgeTail:
     def health(self) -> dict:
         """Where this replica reads the series, what it fetched, and variants it refused."""
         return {**replica_health(self.series, self.faults), "stream": self.sessions.health(),
-                "loaded_for_peers": None if self.peers is None else self.peers.warmed}
+                "peers": None if self.peers is None else self.peers.health()}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"bytes_in_flight": float(self.bytes_in_flight), WORK_METRIC: self.work.in_flight_ms,

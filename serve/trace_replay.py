@@ -247,24 +247,37 @@ def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
 def recovery_delays(router: Outcome, oracle: Outcome, hold_s: float = 3.0,
                     margin: float = SWITCH_MARGIN) -> list[float]:
     """Seconds from each moment the link comes back to the router's first offloaded request
-    after it. The link is back when the oracle, after running on the device, offloads for
-    `hold_s` at least `margin` (a fraction) faster than running on the device: with the
-    router's own hysteresis as `margin` (the default), the moments a router that knew the true
-    rate would switch (it keeps a choice within `margin` of the best: a gain of 1% is not a
-    return). `margin=0` counts any offload of the oracle's."""
+    after it (inf: none before the trace ends).
+
+    The link comes back in a stretch where the oracle, having run on the device, offloads
+    again: from the first request of the stretch after which it offloads for `hold_s` more than
+    `margin` faster than the device (with the router's hysteresis as `margin`, the default: a
+    router that knew the true rate would switch then, as it keeps a choice within (1 + margin)
+    of the best; `margin=0`: any gain). A stretch that never gains that much for `hold_s`, or
+    ends with the trace before it did, is no return; nor is one the router was already
+    offloading into."""
     starts, oracle_on, router_on = oracle.starts_s, oracle.offloaded, router.offloaded
-    if margin > 0 and oracle.on_device_ms is not None:
-        oracle_on = oracle_on & (oracle.latency_ms <= (1.0 - margin) * oracle.on_device_ms)
     if len(starts) < 2:
         return []
     step = starts[1] - starts[0]
     hold = max(1, int(round(hold_s / step)))
+    clear = oracle_on.copy()
+    if margin > 0 and oracle.on_device_ms is not None:
+        clear &= oracle.latency_ms * (1.0 + margin) < oracle.on_device_ms
     delays = []
     for i in np.flatnonzero(oracle_on[1:] & ~oracle_on[:-1]) + 1:
-        if not oracle_on[i:i + hold].all() or router_on[i - 1]:
+        if router_on[i - 1]:
             continue
+        off = np.flatnonzero(~oracle_on[i:])
+        end = i + int(off[0]) if len(off) else len(starts)
+        if end - i < hold:
+            continue
+        held = np.lib.stride_tricks.sliding_window_view(clear[i:end], hold).all(axis=1)
+        if not held.any():
+            continue
+        back = i + int(np.argmax(held))
         later = np.flatnonzero(router_on[i:])
-        delays.append(float(later[0] * step) if len(later) else math.inf)
+        delays.append(max(0.0, float((i + later[0] - back) * step)) if len(later) else math.inf)
     return delays
 
 

@@ -247,19 +247,21 @@ class AutoscalingCluster:
         raise RuntimeError(f"the head did not start in {START_TIMEOUT_S:g} s: {last}")
 
     def __exit__(self, *exc) -> None:
-        if self._head is not None:
-            self._stop(cluster_processes(self._head.pid, self.temp_dir))
-            self._head.wait(timeout=STOP_TIMEOUT_S)
-            self._head = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.temp_dir:
-            if self._log_dir is not None:
-                for log in Path(self.temp_dir).glob("session_*/logs/monitor.*"):
-                    shutil.copy(log, self.log_dir / log.name)
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-            self.temp_dir = ""
+        try:
+            if self._head is not None:
+                self._stop(cluster_processes(self._head.pid, self.temp_dir))
+                self._head.wait(timeout=STOP_TIMEOUT_S)
+                self._head = None
+        finally:  # a stop that failed still closes the log and removes the temp dir
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self.temp_dir:
+                if self._log_dir is not None:
+                    for log in Path(self.temp_dir).glob("session_*/logs/monitor.*"):
+                        shutil.copy(log, self.log_dir / log.name)
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                self.temp_dir = ""
 
     def _stop(self, pids: dict[int, int]) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

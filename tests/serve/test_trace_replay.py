@@ -101,6 +101,15 @@ def test_a_return_to_offloading_counts_from_when_it_gains_more_than_the_margin()
     # an oracle that never gains the margin has no return to count
     flat = _outcome([39.0] * 5 + [38.0] * 35, [False] * 5 + [True] * 35, 39.0)
     assert recovery_delays(router, flat, 3.0, margin=0.1) == []
+    # an oracle that never ran on the device has none either, however its gain moves
+    always = _outcome([38.0] * 10 + [20.0] * 30, [True] * 40, 39.0)
+    assert recovery_delays(router, always, 3.0, margin=0.1) == []
+    # a return with less than the hold left of the trace is not counted; one the router never
+    # followed with more left is inf
+    late = _outcome([39.0] * 30 + [20.0] * 10, [False] * 30 + [True] * 10, 39.0)
+    on_device = _outcome([39.0] * 40, [False] * 40)
+    assert recovery_delays(on_device, late, 3.0, margin=0.1) == []
+    assert recovery_delays(on_device, oracle, 3.0, margin=0.1) == [float("inf")]
 
 
 def test_the_oracle_knows_its_fastest_on_device_latency(planner):

@@ -39,9 +39,13 @@ def test_trial_resources_parse_as_name_equals_amount():
     assert custom == {"prune": 0.25, "edge": 1.0}
     assert TrialResources(cpus=1, gpus=0.25, custom=custom).to_ray() == {
         "cpu": 1, "gpu": 0.25, "prune": 0.25, "edge": 1.0}
-    for bad in ("prune", "=1", "prune=lots"):
+    for bad in ("prune", "=1", "prune=lots", "prune=0", "prune=-1"):
         with pytest.raises(ValueError, match="--trial-resource takes NAME=AMOUNT"):
             trial_resources([bad])
+    with pytest.raises(ValueError, match="given twice"):
+        trial_resources(["prune=1", "prune=0.5"])
+    with pytest.raises(ValueError, match="Tune reads that name itself"):
+        trial_resources(["memory=1"])
     for bad in ({"prune": float("nan")}, {"prune": -1.0}, {"GPU": 1.0}):
         with pytest.raises(ValueError, match="bad custom resource"):
             TrialResources(custom=bad)

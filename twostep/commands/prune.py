@@ -61,6 +61,9 @@ def _numbers(text: str | None, kind: type, flag: str) -> tuple:
         raise ValueError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+TUNE_RESERVED = ("cpu", "gpu", "memory", "custom_resources")  # keys tune.with_resources reads
+
+
 def trial_resources(entries: list[str]) -> dict[str, float]:
     """`--trial-resource NAME=AMOUNT` entries as the dict Ray takes."""
     custom: dict[str, float] = {}
@@ -70,9 +73,16 @@ def trial_resources(entries: list[str]) -> dict[str, float]:
             value = float(amount)
         except ValueError:
             value = None
-        if not sep or not name.strip() or value is None:
-            raise ValueError(f"--trial-resource takes NAME=AMOUNT (e.g. prune=0.25), got {entry!r}")
-        custom[name.strip()] = value
+        name = name.strip()
+        if not sep or not name or value is None or not value > 0:
+            raise ValueError(f"--trial-resource takes NAME=AMOUNT with AMOUNT > 0 (e.g. prune=0.25), "
+                             f"got {entry!r}")
+        if name in custom:
+            raise ValueError(f"--trial-resource {name} given twice")
+        if name.lower() in TUNE_RESERVED:
+            raise ValueError(f"--trial-resource {name}: Tune reads that name itself; "
+                             f"use --cpus-per-trial/--gpus-per-trial or another name")
+        custom[name] = value
     return custom
 
 
