@@ -107,7 +107,7 @@ class EdgeTail:
         self._session_runners: dict[str, VariantRunner] = {}
         self.sessions = SessionTable(StreamLimits(**(stream or {})), self.replica_id,
                                      self._link_board() if links_app else None)
-        # loads what the other replicas hold, so that Serve's routing sends it frames too
+        # loads what the other replicas serve, so that Serve's routing sends it frames too
         self.peers = PeerWarmth(self.replica_id, MAX_MODELS_PER_REPLICA, self._link_board,
                                 self.get_runner, busy=lambda: self.frames_in_flight > 0,
                                 cached=self._cached_variants) if links_app else None
@@ -292,7 +292,7 @@ class EdgeTail:
     async def check_health(self) -> None:
         """Serve's periodic health check; it also starts the session monitor of a replica that
         holds no session yet, so that a new replica reports its share and the others rebalance
-        towards it, and the loop that loads the variants its peers hold."""
+        towards it, and the loop that loads the variants its peers serve."""
         self.sessions.ensure_monitor()
         if self.peers is not None:
             self.peers.ensure_running()
