@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "device": ("device", "run a variant's head locally and send frames to the edge"),
     "demo": ("demo", "the end-to-end demo on the embedded default"),
     "bench": ("bench", "compare split strategies over a link, side by side"),
+    "capacity": ("capacity", "edge nodes for N devices at a frame rate and p99, from measured costs"),
 }
 
 

@@ -248,13 +248,13 @@ def test_two_routers_plan_alike_for_one_link(served):
         assert len(choices) == 1, choices   # ... with one plan for the link
 
 
-def test_stopping_deletes_only_its_own_app(served, cluster):
+def test_stopping_by_sigterm_deletes_only_its_own_app(served, cluster):
     url = served["url"]
     result = _run([sys.executable, "-c", OTHER_APP, cluster["address"]], timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert requests.get(f"{url}/other", timeout=30).text == "other app ok"
     proc = served["proc"]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # as `kill`, systemd or Kubernetes stop it: same as Ctrl-C
     proc.wait(timeout=90)
     deadline = time.monotonic() + 30
     while requests.get(f"{url}/v1/health", timeout=30).status_code == 200 and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         _, line = apply_ingress(args.ingress, args.host)
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=level)
+    # SIGTERM (kill, systemd, Kubernetes) stops like Ctrl-C: the apps deleted on the way out.
+    # After ray.init, which installs a handler of its own that exits without running `finally`.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     check_placement(app_args, args.cluster_config)  # before anything is started on the cluster
     series = None
     try:
