@@ -8,8 +8,8 @@ serves flat out and what one frame costs each part of the serving path in CPU ti
   runs one thread, the replica's event loop another), so a node of C cores runs
   `floor(C / replica_cores)` replicas (at least one);
 - its queue is taken as M/M/1: the p99 of a frame's time in a replica is `ln(100) / (mu -
-  lambda)`, so to keep the whole frame under `p99_ms` a replica takes at most `mu - ln(100) /
-  (p99_ms - fixed_ms)` frames/s, `fixed_ms` being what a frame spends outside the replica's
+  lambda)` s, so to keep the whole frame under `p99_ms` a replica takes at most `mu - 1000 *
+  ln(100) / (p99_ms - fixed_ms)` frames/s, `fixed_ms` being what a frame spends outside the replica's
   queue (client, ingress, loopback), measured at light load (its p99). `queue_factor` (default
   1) stretches that p99 where a deployment measured a longer tail than an exponential's;
 - a session transport holds at most `max_sessions` devices per replica (stream_max_sessions);
@@ -44,8 +44,9 @@ class FrameCosts:
             value = getattr(self, field.name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{field.name} must be a finite number >= 0, got {value!r}")
-        if self.tail_cpu_ms <= 0 or self.replica_fps <= 0:
-            raise ValueError("replica_fps and tail_cpu_ms must be > 0")
+        for name in ("replica_fps", "tail_cpu_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.queue_factor < 1:
             raise ValueError(f"queue_factor must be >= 1 (M/M/1 or longer), got {self.queue_factor!r}")
 
@@ -117,7 +118,7 @@ def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_c
         replicas = nodes = None
         bound = "p99"
     else:
-        by_p99 = math.ceil(offered / take)
+        by_p99 = math.ceil(offered / take - 1e-9)
         replicas = max(by_p99, by_sessions, 1)
         bound = "sessions" if by_sessions > by_p99 else "p99"
         nodes = math.ceil(replicas / replicas_per_node(costs, node_cores))
@@ -128,6 +129,9 @@ def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_c
         limits.append(f"ingress: {need_ingress:.1f} cores of HAProxy for {offered:,.0f} frames/s, "
                       f"over the head's {ingress_cores:g}: --proxy-location EveryNode behind a "
                       "load balancer")
+    if costs.replica_cores > node_cores:
+        limits.append(f"a replica uses {costs.replica_cores:.2f} cores flat out, more than a node's "
+                      f"{node_cores}: it serves less than {costs.replica_fps:.0f} frames/s there")
     if board_load > 1.0:
         limits.append(f"link board: {offered:,.0f} reports/s is {board_load:.1f}x what its one "
                       "actor takes")

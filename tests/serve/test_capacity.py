@@ -3,11 +3,14 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from serve.capacity import FrameCosts, edge_plan, node_cores_of, per_replica_fps
 from twostep.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 COSTS = FrameCosts(replica_fps=500.0, tail_cpu_ms=2.4, ingress_cpu_ms=0.2, board_cpu_ms=0.05,
                    fixed_ms=10.0)  # a replica uses 1.2 cores flat out: 3 on a node of 4
@@ -100,8 +103,8 @@ def test_the_command_plans_from_the_measured_costs(tmp_path, capsys):
 
 def test_the_command_reads_the_edge_node_type_and_prints_a_table(tmp_path, capsys):
     path = _measurement(tmp_path)
-    assert main(["capacity", str(path), "--series", "other", "--transport", "http",
-                 "--cluster-config", "cluster.yaml", "--devices", "1000,10000", "--fps", "1,10"]) == 0
+    assert main(["capacity", str(path), "--series", "other", "--transport", "http", "--cluster-config",
+                 str(ROOT / "cluster.yaml"), "--devices", "1000,10000", "--fps", "1,10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("runs/other/series, http:") and "edge nodes of 4 cores" in lines[0]
     assert lines[1].split()[:3] == ["devices", "fps", "frames/s"]
@@ -122,6 +125,20 @@ def test_the_command_reads_the_edge_node_type_and_prints_a_table(tmp_path, capsy
 def test_the_command_names_a_bad_value(tmp_path, capsys, argv, message):
     assert main(["capacity", str(_measurement(tmp_path)), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_command_names_missing_costs(tmp_path, capsys):
+    path = tmp_path / "capacity.json"
+    path.write_text(json.dumps({"series": [{"series": "s", "costs": {"http": {"replica_fps": 1.0}}}]}))
+    assert main(["capacity", str(path), "--transport", "http", "--node-cores", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "s's http costs lack tail_cpu_ms, ingress_cpu_ms, board_cpu_ms, fixed_ms" in err
+
+
+def test_a_replica_wider_than_a_node_is_named():
+    wide = dataclasses.replace(COSTS, tail_cpu_ms=12.0)  # 6 cores flat out
+    plan = edge_plan(wide, devices=100, fps=1.0, p99_ms=100.0, node_cores=4)
+    assert plan.per_node == 1 and "6.00 cores flat out, more than a node's 4" in plan.limits[0]
 
 
 def test_the_command_names_a_missing_file(tmp_path, capsys):

@@ -55,10 +55,14 @@ def measured_costs(measured: dict, series: str | None, transport: str) -> tuple[
         have = ", ".join(r.get("series", "?") for r in runs) or "none"
         raise ValueError(f"--series {series!r} matches no measured series (have: {have})")
     run = matching[0]
+    name = run.get("series", "?")
     given = (run.get("costs") or {}).get(transport)
     if given is None:
-        raise ValueError(f"{run['series']} has no {transport} measurement")
-    return run["series"], FrameCosts(**{k: given[k] for k in COST_FIELDS if k in given})
+        raise ValueError(f"{name} has no {transport} measurement")
+    missing = [k for k in COST_FIELDS[:-1] if k not in given]  # queue_factor has a default
+    if missing:
+        raise ValueError(f"{name}'s {transport} costs lack {', '.join(missing)}")
+    return name, FrameCosts(**{k: given[k] for k in COST_FIELDS if k in given})
 
 
 def _node_cores(args: argparse.Namespace) -> int:

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"twostep serve: {line}", flush=True)
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=level)
     # SIGTERM (kill, systemd, Kubernetes) stops like Ctrl-C: the apps deleted on the way out.
-    # After ray.init, which installs a handler of its own that exits without running `finally`.
+    # Set after ray.init: with Ray's own handling a SIGTERM'd `twostep serve --address` left its
+    # apps deployed on the cluster (its log: Ray's core worker reporting the signal).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     check_placement(app_args, args.cluster_config)  # before anything is started on the cluster
     series = None
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
         stop_app(joined, series, app_args.app_name)
     return 0
 
