@@ -59,6 +59,10 @@ WARM_S = 10.0
 LIGHT_DEVICES, LIGHT_FPS, LIGHT_S = 4, 10.0, 10.0  # 400 frames at a tenth of a replica's load
 
 
+class FrameFailed(Exception):
+    """A frame answered with an error (the device goes on with the next)."""
+
+
 def drive(url: str, plans: list[dict], seconds: float, transport: str,
           fps: float | None = None) -> dict:
     """Every device sends its plan's frame for `seconds`, one in flight: back to back, or `fps`
@@ -88,36 +92,42 @@ def drive(url: str, plans: list[dict], seconds: float, transport: str,
             latencies.append(ms)
             replicas[replica or "?"] = replicas.get(replica or "?", 0) + 1
 
+    def frames(send_one, phase: float) -> None:
+        """Send until the phase ends; `send_one()` returns the answering replica or raises."""
+        tick = 0
+        while time.monotonic() < stop_at:
+            paced(tick, phase)
+            tick += 1
+            begin = time.perf_counter()
+            try:
+                replica = send_one()
+            except FrameFailed as err:
+                record(None, None, str(err))
+                continue
+            record((time.perf_counter() - begin) * 1000, replica)
+
     def http_device(plan: dict, phase: float) -> None:
         with DeviceClient(url, link=f"dev{int(plan['rate'])}", timeout_s=60, transport="http") as client:
-            tick = 0
-            while time.monotonic() < stop_at:
-                paced(tick, phase)
-                tick += 1
-                begin = time.perf_counter()
+            def send_one() -> str | None:
                 try:
-                    answer = client.send_frame(plan["frame"], plan["variant"], plan["split"])
+                    return client.send_frame(plan["frame"], plan["variant"], plan["split"]).get("replica")
                 except DeviceError as err:
-                    record(None, None, str(err))
-                    continue
-                record((time.perf_counter() - begin) * 1000, answer.get("replica"))
+                    raise FrameFailed(str(err)) from None
+
+            frames(send_one, phase)
 
     def session_device(plan: dict, phase: float) -> None:
         with DeviceSession(url, link=f"dev{int(plan['rate'])}", timeout_s=60, max_reconnects=20) as session:
-            tick = 0
-            while time.monotonic() < stop_at:
-                paced(tick, phase)
-                tick += 1
-                begin = time.perf_counter()
-                try:
-                    answer, _ = session.wait(session.send(plan["variant"], plan["split"], plan["features"]))
-                except Exception as err:  # noqa: BLE001 - counted, reported
-                    record(None, None, f"{type(err).__name__}: {err}")
-                    return
-                if answer.ok:
-                    record((time.perf_counter() - begin) * 1000, session.accept.get("replica"))
-                else:
-                    record(None, None, answer.error)
+            def send_one() -> str | None:
+                answer, _ = session.wait(session.send(plan["variant"], plan["split"], plan["features"]))
+                if not answer.ok:
+                    raise FrameFailed(answer.error)
+                return session.accept.get("replica")
+
+            try:
+                frames(send_one, phase)
+            except Exception as err:  # noqa: BLE001 - a session that gave up: counted, reported
+                record(None, None, f"{type(err).__name__}: {err}")
 
     device = http_device if transport == "http" else session_device
     rng = random.Random(0)
