@@ -121,6 +121,8 @@ def test_the_command_reads_the_edge_node_type_and_prints_a_table(tmp_path, capsy
     (["--fps", "0"], "--fps takes numbers > 0"),
     (["--devices", "many"], "--devices takes comma-separated numbers"),
     (["--node-type", "gpu"], "--node-type 'gpu' is not a worker node type"),
+    (["--p99-ms", "-5"], "--p99-ms must be a number > 0, got -5"),
+    (["--queue-factor", "0.5"], "--queue-factor must be >= 1"),
 ])
 def test_the_command_names_a_bad_value(tmp_path, capsys, argv, message):
     assert main(["capacity", str(_measurement(tmp_path)), *argv]) == 2

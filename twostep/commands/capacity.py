@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from serve.capacity import EdgePlan, FrameCosts, edge_plan, node_cores_of
@@ -92,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         measured = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not JSON: {err}") from None
+    if not (math.isfinite(args.p99_ms) and args.p99_ms > 0):
+        raise ValueError(f"--p99-ms must be a number > 0, got {args.p99_ms:g}")
+    if args.queue_factor is not None and not (math.isfinite(args.queue_factor) and args.queue_factor >= 1):
+        raise ValueError(f"--queue-factor must be >= 1 (M/M/1's tail or longer), got {args.queue_factor:g}")
     series, costs = measured_costs(measured, args.series, args.transport)
     if args.queue_factor is not None:
         costs = dataclasses.replace(costs, queue_factor=args.queue_factor)
