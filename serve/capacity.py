@@ -36,7 +36,7 @@ class FrameCosts:
     tail_cpu_ms: float  # the EdgeTail replica: decode, tail, handler, Serve's replica code
     ingress_cpu_ms: float  # HAProxy (or Serve's proxy) passing the frame and its answer
     board_cpu_ms: float  # the link board actor taking the frame's uplink report
-    fixed_ms: float  # light-load latency outside the replica: p99 at one device - tail_cpu_ms
+    fixed_ms: float  # light-load latency outside the replica: its p99 - tail_cpu_ms
     queue_factor: float = 1.0  # p99 in the queue / M/M/1's (a longer tail measured: > 1)
 
     def __post_init__(self) -> None:
@@ -56,7 +56,12 @@ class FrameCosts:
         mu = self.replica_fps if service_fps is None else service_fps
         if per_replica_fps >= mu:
             return math.inf
-        return self.queue_factor * P99_QUANTILE_LOG * 1000.0 / (mu - per_replica_fps)
+        return self.queue_p99_scale / (mu - per_replica_fps)
+
+    @property
+    def queue_p99_scale(self) -> float:
+        """The queue's p99 in ms times the replica's spare frames/s (mu - lambda)."""
+        return self.queue_factor * P99_QUANTILE_LOG * 1000.0
 
     @property
     def replica_cores(self) -> float:
@@ -93,7 +98,7 @@ def per_replica_fps(costs: FrameCosts, p99_ms: float) -> float:
     queue_ms = p99_ms - costs.fixed_ms
     if queue_ms <= 0:
         return 0.0
-    return max(0.0, costs.replica_fps - costs.queue_factor * P99_QUANTILE_LOG * 1000.0 / queue_ms)
+    return max(0.0, costs.replica_fps - costs.queue_p99_scale / queue_ms)
 
 
 def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_cores: int,
@@ -113,6 +118,7 @@ def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_c
         raise ValueError(f"max_sessions must be >= 1, got {max_sessions!r}")
     offered = devices * fps
     take = per_replica_fps(costs, p99_ms)
+    per_node = replicas_per_node(costs, node_cores)
     by_sessions = math.ceil(devices / max_sessions) if max_sessions else 0
     if take <= 0:
         replicas = nodes = None
@@ -121,7 +127,7 @@ def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_c
         by_p99 = math.ceil(offered / take - 1e-9)
         replicas = max(by_p99, by_sessions, 1)
         bound = "sessions" if by_sessions > by_p99 else "p99"
-        nodes = math.ceil(replicas / replicas_per_node(costs, node_cores))
+        nodes = math.ceil(replicas / per_node)
     need_ingress = offered * costs.ingress_cpu_ms / 1000.0
     board_load = offered * costs.board_cpu_ms / 1000.0
     limits = []
@@ -135,8 +141,8 @@ def edge_plan(costs: FrameCosts, devices: int, fps: float, p99_ms: float, node_c
     if board_load > 1.0:
         limits.append(f"link board: {offered:,.0f} reports/s is {board_load:.1f}x what its one "
                       "actor takes")
-    return EdgePlan(devices, fps, p99_ms, replicas, nodes, replicas_per_node(costs, node_cores), take,
-                    bound, need_ingress, board_load, tuple(limits))
+    return EdgePlan(devices, fps, p99_ms, replicas, nodes, per_node, take, bound, need_ingress,
+                    board_load, tuple(limits))
 
 
 def replicas_per_node(costs: FrameCosts, node_cores: int) -> int:
