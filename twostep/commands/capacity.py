@@ -11,6 +11,7 @@ from pathlib import Path
 
 from serve.capacity import EdgePlan, FrameCosts, edge_plan, node_cores_of
 from serve.fit import node_types, read_cluster_config
+from twostep.table import table_lines
 
 TRANSPORTS = ("http", "stream")
 COST_FIELDS = [field.name for field in dataclasses.fields(FrameCosts)]
@@ -117,9 +118,7 @@ def run(args: argparse.Namespace) -> int:
     header = ("devices", "fps", "frames/s", "replicas", "nodes", "per node", "per replica", "bound",
               "ingress cores", "board load")
     cells = [_row(p) for p in plans]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    for line in (header, *cells):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    print("\n".join(table_lines(header, cells)))
     for plan in plans:
         if plan.replicas is None:
             print(f"{plan.devices:,} devices at {plan.fps:g}/s: no replica count meets p99 <= "

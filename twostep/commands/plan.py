@@ -22,6 +22,7 @@ from pipeline.selection import (
 )
 from pipeline.series import SeriesStore
 from twostep.config_flags import add_config_flags, flag_values
+from twostep.table import table_lines
 
 
 class PlanOptions(ConfigModel):
@@ -87,12 +88,7 @@ def _print_table(decision: Decision) -> None:
          f"{r['bytes']:,.0f}", *(f"{r[k]:.3f}" for k in header[6:]))
         for r in rows
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    for line in (header, *cells):
-        print("  ".join(
-            cell.ljust(w) if i < 4 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ))
+    print("\n".join(table_lines(header, cells, left_columns=4)))
 
 
 def run(cli: argparse.Namespace) -> int:
