@@ -132,6 +132,9 @@ def record_variant(store: SeriesStore, ctx: PruneContext, model: StagedNet, spec
 LEGACY_VALUES = {"step1_round_to": 1}
 # Keys that change nothing once step 1 is finished (a finished series resumes under any value).
 STEP1_ONLY = {"step1_round_to", "step1_time_calls"}
+# Keys that set where and how fast it runs, not what it computes: a series resumes under any value
+# (on a machine with more cores, or a GPU).
+MACHINE_ONLY = {"threads", "device"}
 
 
 def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInfo) -> SeriesStore:
@@ -143,7 +146,7 @@ def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInf
         # Keys added to PruneConfig after a series was made read as what it was made with.
         defaults = {**PruneConfig().model_dump(mode="json"), **LEGACY_VALUES}
         previous = {**defaults, **store.manifest.config}
-        ignored = {"step2_splits"} | (STEP1_ONLY if store.manifest.step1 else set())
+        ignored = {"step2_splits"} | MACHINE_ONLY | (STEP1_ONLY if store.manifest.step1 else set())
         previous = {k: v for k, v in previous.items() if k not in ignored}
         current = {k: v for k, v in config_dict.items() if k not in ignored}
         if previous != current:

@@ -92,6 +92,9 @@ def test_table_and_a_changed_config_is_refused(base_checkpoint, learnable_fashio
     store.set_field("config", older)
     again = prune_job.prune_series(config, progress=False, log=lambda m: None)
     assert again.ids() == store.ids()
+    # ... and under another thread count: where it runs is not what it computes
+    faster = config.model_copy(update={"threads": config.threads + 1})
+    assert prune_job.prune_series(faster, progress=False, log=lambda m: None).ids() == store.ids()
 
 
 def test_a_base_trained_on_the_validation_images_is_detected(tmp_path):
