@@ -37,20 +37,27 @@ TARGET = 0.8  # issue 26: a step-1 model's time reduction >= 0.8 x its MAC reduc
 FIELD = "step1_call_times"
 
 
-def onnx_model_call(model: nn.Module, spec: ArchSpec, info: DataInfo | None = None,
-                    threads: int = 1, batch_size: int = 1) -> tuple[Callable, np.ndarray]:
-    """(call, pixels): the whole model as the device runs it (ONNX Runtime, `threads` threads)
-    and a batch of random uint8 pixels to call it on; `info` gives the normalisation in the
+def model_graph(model: nn.Module, spec: ArchSpec, info: DataInfo | None = None,
+                batch_size: int = 1) -> tuple[bytes, np.ndarray]:
+    """(graph, pixels): the whole model's ONNX graph as a device runs it (uint8 pixels to
+    logits) and a batch of random pixels to call it on; `info` gives the normalisation in the
     graph (by default mean 0, std 1: the time does not depend on it)."""
     from pipeline.onnx_graphs import head_graph
-    from pipeline.onnx_session import GraphRunner
 
     shape = (spec.in_channels, spec.input_size, spec.input_size)
     if info is None:
         info = DataInfo("timing", spec.in_channels, spec.num_classes, spec.input_size,
                         (0.0,) * spec.in_channels, (1.0,) * spec.in_channels, ())
-    graph = head_graph(model, shape, info, "output")
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
+    return head_graph(model, shape, info, "output"), pixels
+
+
+def onnx_model_call(model: nn.Module, spec: ArchSpec, info: DataInfo | None = None,
+                    threads: int = 1, batch_size: int = 1) -> tuple[Callable, np.ndarray]:
+    """(call, pixels): `model_graph` in ONNX Runtime with `threads` threads."""
+    from pipeline.onnx_session import GraphRunner
+
+    graph, pixels = model_graph(model, spec, info, batch_size)
     return GraphRunner(graph, threads=threads), pixels
 
 

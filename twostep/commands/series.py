@@ -1,5 +1,6 @@
 """`twostep series show DIR`: print a model series as the paper's table; `twostep series time
-DIR`: time its step-1 models' device calls against the base's (time per MAC)."""
+DIR`: time its step-1 models' device calls against the base's (time per MAC); `twostep series
+layers DIR`: where a device call goes, layer by layer (`pipeline.layer_times`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import json
 
 from pipeline import call_time
+from pipeline import layer_times as layer_times_module
+from pipeline.data import DataInfo
 from pipeline.report import format_series_table, series_rows
 from pipeline.series import SeriesStore
 
@@ -34,11 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--no-save", action="store_true",
                         help="print only; leave the manifest as it is (a series that a running "
                              "`twostep prune` is writing would lose the figures anyway)")
+    layers = sub.add_parser(
+        "layers", help="where a device call goes: each layer's time under ONNX Runtime's profiler, "
+                       "a fitted model (per MAC, per weight, per layer) and each call in its terms")
+    layers.add_argument("directory", help="a series directory (holding manifest.json)")
+    layers.add_argument("--variants", nargs="+", metavar="ID",
+                        help="the first is the reference the model is fitted on (default: the base "
+                             "and the kept step-1 model)")
+    layers.add_argument("--calls", type=int, default=layer_times_module.CALLS,
+                        help=f"calls per model, back to back (default {layer_times_module.CALLS})")
+    layers.add_argument("--json", action="store_true", help="print the profiles and the model as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "time":
         return time_calls(args)
+    if args.action == "layers":
+        return layer_times(args)
     if not 0 <= args.max_loss <= 1:
         raise ValueError(f"--max-loss must be a fraction in [0, 1], got {args.max_loss}")
     store = SeriesStore.open(args.directory)
@@ -72,5 +87,25 @@ def time_calls(args: argparse.Namespace) -> int:
     if not args.no_save:
         store.set_field(call_time.FIELD, document)
     for line in call_time.format_call_times(store.manifest, document):
+        print(line)
+    return 0
+
+
+def layer_times(args: argparse.Namespace) -> int:
+    if not 10 <= args.calls <= 100_000:
+        raise ValueError(f"--calls must be in [10, 100000], got {args.calls}")
+    store = SeriesStore.open(args.directory)
+    manifest = store.manifest
+    variants = args.variants or [manifest.base, *([manifest.step1] if manifest.step1 else [])]
+    info = DataInfo.from_dict(manifest.data)
+    profiles = []
+    for vid in variants:
+        model, spec, _ = store.load_model(vid)  # SeriesError naming an unknown id
+        profiles.append(layer_times_module.profile_layers(model, spec, info, args.calls, variant=vid))
+    fitted = layer_times_module.fit_layer_model(profiles[:1])
+    if args.json:
+        print(json.dumps({"model": fitted.to_dict(), "profiles": [p.to_dict() for p in profiles]}, indent=1))
+        return 0
+    for line in layer_times_module.format_layer_report(profiles, fitted):
         print(line)
     return 0
