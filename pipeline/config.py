@@ -202,8 +202,12 @@ class PruneConfig(ConfigModel):
     criterion: Literal["taylor", "l1"] = Field(
         "taylor", description="filter ranking: taylor (activation x gradient) or l1 (weight norm)")
     mac_weight: float = Field(0.0, ge=0.0, le=100.0,
-                              description="subtract this x (a filter's MACs / the costliest filter's) "
+                              description="subtract this x (a filter's cost / the costliest filter's) "
                                           "from its score, so compute goes first (0 = off)")
+    step1_cost: Literal["macs", "latency"] = Field(
+        "macs", description="a filter's cost for mac_weight: its MACs, or its time on the device "
+                            "runtime (a layer model fitted on the base's ONNX Runtime profile: per MAC "
+                            "and per weight, `twostep series layers`)")
     rank_batches: int = Field(10, ge=1, le=100_000, description="batches averaged per ranking")
     finetune_lr: float = Field(0.01, gt=0.0, le=10.0,
                                description="fine-tuning learning rate (cosine-decayed to 0)")

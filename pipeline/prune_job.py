@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +20,7 @@ from pipeline.codec import CodecConfig
 from pipeline.config import PruneConfig
 from pipeline.data import DataInfo, Splits, load_splits, normalize
 from pipeline.device import resolve_device
+from pipeline.layer_times import LayerModel, fit_layer_model, profile_layers
 from pipeline.models.registry import ArchSpec
 from pipeline.models.staged import StagedNet
 from pipeline.series import (
@@ -194,7 +196,32 @@ def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneCo
         entry = record_variant(store, ctx, base_model, base_spec, step=0, iteration=0,
                                val_accuracy=val, offered_splits=split_points(base_spec))
         store.set_field("base", entry.id)
+    if config.step1_cost == "latency" and store.manifest.step1_layer_model is None:
+        store.set_field(LAYER_MODEL_FIELD, measure_layer_model(base_model, base_spec, ctx.splits.info,
+                                                               store.manifest.base, log))
     return store, ctx, base_model, base_spec
+
+
+LAYER_MODEL_FIELD = "step1_layer_model"
+
+
+def measure_layer_model(model: StagedNet, spec: ArchSpec, info: DataInfo, variant: str,
+                        log: Log = print) -> dict:
+    """The base's layer times on ONNX Runtime (one thread, batch 1) fitted to a per-MAC and
+    per-weight cost: what `step1_cost = "latency"` prices a filter by, kept in the manifest so that
+    a resumed run prices filters as the run it continues did."""
+    profile = profile_layers(model, spec, info, variant=variant)
+    fitted = fit_layer_model([profile])
+    log(f"step 1 prices a filter by its time on ONNX Runtime: {fitted.us_per_mmac:.2f} us per million "
+        f"MACs + {fitted.us_per_kweight:.3f} us per thousand weights (the base's layers, "
+        f"{profile.run_us:.0f} us a call)")
+    return {**fitted.to_dict(), "runtime": "onnxruntime", "threads": 1, "batch_size": 1,
+            "base_run_us": profile.run_us, "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def stored_layer_model(store: SeriesStore) -> LayerModel | None:
+    recorded = store.manifest.step1_layer_model
+    return LayerModel.from_dict(recorded) if recorded else None
 
 
 def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
@@ -211,7 +238,8 @@ def prune_step1(store: SeriesStore, ctx: PruneContext, progress: bool = True,
                disable=not progress, unit="it")
     kept = last
     for snap in run_step1(model, spec, ctx.splits, ctx.config, base.val_accuracy,
-                          start_iteration=last.iteration, base_spec=base.arch_spec, teacher=ctx.teacher):
+                          start_iteration=last.iteration, base_spec=base.arch_spec, teacher=ctx.teacher,
+                          layer_model=stored_layer_model(store)):
         bar.update(1)
         bar.set_postfix(val=f"{snap.val_accuracy:.4f}",
                         macs=f"{base.macs / snap.macs:.2f}x")

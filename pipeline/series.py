@@ -132,6 +132,7 @@ class Manifest(_Document):
     step1: str | None = None
     variants: list[Variant]
     step1_call_times: dict[str, Any] | None = None
+    step1_layer_model: dict[str, Any] | None = None
     onnx_export: dict[str, Any] | None = None
 
     def variant(self, vid: str) -> Variant:

@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from pipeline.config import PruneConfig
 from pipeline.data import Splits
 from pipeline.device import resolve_device
+from pipeline.layer_times import LayerModel
 from pipeline.models.registry import ArchSpec
 from pipeline.models.staged import StagedNet
 from pipeline.schedule import step1_filters_per_iteration, step2_widths
-from pipeline.split import macs_per_filter, total_macs
+from pipeline.split import macs_per_filter, total_macs, weights_per_filter
 from pipeline.surgery import remove_filters
-from pipeline.taylor import lowest_filters, penalize_macs, rank_filters
+from pipeline.taylor import lowest_filters, penalize_cost, rank_filters
 from pipeline.train import evaluate, make_optimizer, train_one_epoch
 
 
@@ -134,17 +135,32 @@ def step1_mac_limit(base_macs: int, config: PruneConfig) -> int | None:
     return int(base_macs / config.step1_target_mac_reduction)
 
 
+def filter_costs(spec: ArchSpec, config: PruneConfig,
+                 layer_model: LayerModel | None = None) -> dict[str, float]:
+    """What removing one filter of each group saves, as `config.step1_cost` counts it: MACs, or
+    microseconds of the device's call by `layer_model` (per MAC and per weight)."""
+    macs = macs_per_filter(spec)
+    if config.step1_cost == "macs":
+        return {group: float(m) for group, m in macs.items()}
+    if layer_model is None:
+        raise ValueError("step1_cost 'latency' needs the base's layer model (`prepare` fits it)")
+    weights = weights_per_filter(spec)
+    return {group: layer_model.us_per_mmac * macs[group] / 1e6
+            + layer_model.us_per_kweight * weights[group] / 1e3 for group in macs}
+
+
 def step1_iteration(
     model: StagedNet, spec: ArchSpec, splits: Splits, config: PruneConfig, generator: torch.Generator,
     filters_per_iteration: int, iteration: int, teacher: StagedNet | None = None,
-    mac_limit: int | None = None,
+    mac_limit: int | None = None, layer_model: LayerModel | None = None,
 ) -> Snapshot:
     """Rank all filters, remove the globally lowest (stopping at `mac_limit`, see
-    `removals_within`; in blocks of `config.step1_round_to`), fine-tune, evaluate on validation."""
+    `removals_within`; in blocks of `config.step1_round_to`), fine-tune, evaluate on validation.
+    `layer_model` prices a filter in time where `config.step1_cost` is "latency"."""
     model = model.to(resolve_device(config.device))
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
-    scores = penalize_macs(scores, macs_per_filter(spec), config.mac_weight)
+    scores = penalize_cost(scores, filter_costs(spec, config, layer_model), config.mac_weight)
     removals = removals_within(scores, spec, filters_per_iteration, config.min_width, mac_limit,
                                config.step1_round_to)
     if not removals:
@@ -204,6 +220,7 @@ def judge_step1(
 def run_step1(
     model: StagedNet, spec: ArchSpec, splits: Splits, config: PruneConfig, baseline_val: float,
     start_iteration: int = 0, base_spec: ArchSpec | None = None, teacher: StagedNet | None = None,
+    layer_model: LayerModel | None = None,
 ) -> Iterator[Snapshot]:
     """Yield every step-1 iteration (accepted or not) until the procedure stops.
 
@@ -219,7 +236,7 @@ def run_step1(
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
         snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration,
-                                   teacher, step1_mac_limit(base_macs, config))
+                                   teacher, step1_mac_limit(base_macs, config), layer_model)
         judge_step1(snapshot, baseline_val, base_macs, splits, config, generator, teacher)
         yield snapshot
         if not snapshot.accepted or snapshot.stop_reason:

@@ -128,18 +128,18 @@ def rank_filters(
     return normalize_per_layer(raw)
 
 
-def penalize_macs(
-    scores: dict[str, torch.Tensor], macs_per_filter: dict[str, int], weight: float
+def penalize_cost(
+    scores: dict[str, torch.Tensor], cost_per_filter: dict[str, float], weight: float
 ) -> dict[str, torch.Tensor]:
-    """Molchanov et al.'s FLOPs regularisation: score - weight * (filter MACs / largest filter
-    MACs), so that, at equal importance, filters that cost more compute go first (weight 0 =
-    the plain criterion)."""
+    """Molchanov et al.'s FLOPs regularisation: score - weight * (filter cost / costliest filter's
+    cost), so that, at equal importance, filters that cost more go first (weight 0 = the plain
+    criterion). The cost is a filter's MACs or its modelled time (`pipeline.steps.filter_costs`)."""
     if weight < 0:
         raise ValueError(f"MAC weight must be >= 0, got {weight}")
     if weight == 0:
         return scores
-    largest = max(macs_per_filter[name] for name in scores)
-    return {name: s - weight * macs_per_filter[name] / largest for name, s in scores.items()}
+    largest = max(cost_per_filter[name] for name in scores)
+    return {name: s - weight * cost_per_filter[name] / largest for name, s in scores.items()}
 
 
 def lowest_filters(

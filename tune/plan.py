@@ -141,6 +141,7 @@ def step1_job(key: str, store: SeriesStore, base: Variant, entries: list[Variant
         "kind": "step1", "key": key, "start": start_of(start), "data": store.manifest.data,
         "threads": threads, "overrides": dict(overrides or {}), "base_macs": base.macs,
         "base_spec": store.manifest.base_spec, "baseline_val": base.val_accuracy,
+        "layer_model": store.manifest.step1_layer_model,
     }
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import PruneConfig, build_config
 from pipeline.data import DataInfo, splits_from_arrays
+from pipeline.layer_times import LayerModel
 from pipeline.models.registry import ArchSpec
 from pipeline.prune_job import PruneContext, describe_variant, load_context
 from pipeline.schedule import step1_filters_per_iteration
@@ -104,11 +105,16 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dic
     base_spec = ArchSpec.from_dict(job["base_spec"])
     base_macs = total_macs(base_spec)
     per_iteration = step1_filters_per_iteration(sum(base_spec.widths), config.step1_divisor)
+    layer_model = LayerModel.from_dict(job["layer_model"]) if job.get("layer_model") else None
+    if config.step1_cost == "latency" and layer_model is None:
+        raise ValueError("step1_cost 'latency' in a search needs the base's layer model: set "
+                         "step1_cost = \"latency\" in [prune] itself, so that the launch fits it")
     while iteration < config.step1_max_iterations:
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
         snap = step1_iteration(model, spec, ctx.splits, config, generator, per_iteration, iteration,
-                               teacher=ctx.teacher, mac_limit=step1_mac_limit(base_macs, config))
+                               teacher=ctx.teacher, mac_limit=step1_mac_limit(base_macs, config),
+                               layer_model=layer_model)
         judge_step1(snap, job["baseline_val"], base_macs, ctx.splits, config, generator, ctx.teacher)
         accepted, stop_reason = snap.accepted, snap.stop_reason
         metrics = {

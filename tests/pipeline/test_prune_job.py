@@ -109,3 +109,53 @@ def test_a_base_trained_on_the_validation_images_is_detected(tmp_path):
     assert validation_leak({**trained, "val_fraction": 0.1}, config) is None
     assert validation_leak({**trained, "val_fraction": 0.0, "dataset": "cifar10"}, config) is None
     assert validation_leak(None, config) is None
+
+
+def test_latency_cost_fits_the_base_once_and_prices_filters_by_it(
+        base_checkpoint, learnable_fashion_dir, tmp_path, monkeypatch):
+    config = _config(base_checkpoint, learnable_fashion_dir, tmp_path / "s", step1_cost="latency",
+                     mac_weight=0.5, step1_max_iterations=1, step2_splits=())
+    said = []
+    store = prune_job.prune_series(config, progress=False, log=said.append)
+    model = store.manifest.step1_layer_model
+    assert model["us_per_mmac"] > 0 and model["fitted_on"] == [store.manifest.base]
+    assert model["base_run_us"] > 0 and model["runtime"] == "onnxruntime"
+    assert any(line.startswith("step 1 prices a filter by its time on ONNX Runtime") for line in said)
+    assert store.manifest.step1_variant.iteration == 1
+    # resumed (step 1 reopened): the recorded model prices the filters, none is measured again
+    monkeypatch.setattr(prune_job, "profile_layers", lambda *a, **k: pytest.fail("measured again"))
+    store.set_field("step1", None)
+    again = prune_job.prune_series(config, progress=False, log=lambda m: None)
+    assert again.manifest.step1_layer_model == model and again.manifest.step1 is not None
+
+
+def test_filter_costs_price_late_layers_by_their_weights_under_latency():
+    from pipeline.layer_times import LayerModel
+    from pipeline.models import make_spec
+    from pipeline.split import macs_per_filter, weights_per_filter
+    from pipeline.steps import filter_costs
+
+    spec = make_spec("vgg16", 0.5, in_channels=1)
+    macs = macs_per_filter(spec)
+    assert filter_costs(spec, PruneConfig()) == {g: float(m) for g, m in macs.items()}
+    with pytest.raises(ValueError, match="needs the base's layer model"):
+        filter_costs(spec, PruneConfig(step1_cost="latency"))
+    timed = filter_costs(spec, PruneConfig(step1_cost="latency"), LayerModel(12.0, 0.13, 9.0))
+    weights = weights_per_filter(spec)
+    assert timed["conv5_2"] == pytest.approx(12.0 * macs["conv5_2"] / 1e6 + 0.13 * weights["conv5_2"] / 1e3)
+    # at 2x2 pixels a filter's weights cost more than its MACs: conv5_2's price rises against
+    # conv1_2's (32x32 pixels, few weights) several times over
+    assert timed["conv5_2"] / timed["conv1_2"] > 3 * macs["conv5_2"] / macs["conv1_2"]
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "mobilenetv2"])
+def test_weights_per_filter_is_the_exact_saving_of_removing_one_filter(arch):
+    from pipeline.layer_times import stage_weights
+    from pipeline.models import make_spec
+    from pipeline.split import weights_per_filter
+
+    spec = make_spec(arch, 0.25, in_channels=1)
+    saved = weights_per_filter(spec)
+    total = sum(stage_weights(spec).values())
+    for name, width in spec.width_of().items():
+        assert total - sum(stage_weights(spec.with_widths({name: width - 1})).values()) == saved[name]

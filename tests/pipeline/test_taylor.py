@@ -85,13 +85,13 @@ def test_schedules():
 
 
 def test_mac_penalty_prefers_expensive_filters_at_equal_importance():
-    from pipeline.taylor import penalize_macs
+    from pipeline.taylor import penalize_cost
 
     scores = {"early": torch.tensor([0.5, 0.5]), "late": torch.tensor([0.5, 0.5])}
     macs = {"early": 1000, "late": 10}
-    assert penalize_macs(scores, macs, 0.0) is scores
-    adjusted = penalize_macs(scores, macs, 0.1)
+    assert penalize_cost(scores, macs, 0.0) is scores
+    adjusted = penalize_cost(scores, macs, 0.1)
     assert torch.allclose(adjusted["early"], torch.tensor([0.4, 0.4]))
     assert lowest_filters(adjusted, 1) == {"early": [0]}
     with pytest.raises(ValueError, match="MAC weight"):
-        penalize_macs(scores, macs, -1)
+        penalize_cost(scores, macs, -1)
