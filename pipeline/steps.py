@@ -236,7 +236,7 @@ def run_step1(
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))
         snapshot = step1_iteration(model, spec, splits, config, generator, per_iteration, iteration,
-                                   teacher, step1_mac_limit(base_macs, config), layer_model)
+                                   teacher, step1_mac_limit(base_macs, config), layer_model=layer_model)
         judge_step1(snapshot, baseline_val, base_macs, splits, config, generator, teacher)
         yield snapshot
         if not snapshot.accepted or snapshot.stop_reason:

@@ -15,7 +15,7 @@ def _scripted_step1(monkeypatch, accuracies, macs_factor=0.8):
     """Replace only the expensive iteration with one that returns a scripted accuracy, so the
     loop, the verdicts and the rollback are the real ones."""
     def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None,
-                       mac_limit=None):
+                       mac_limit=None, layer_model=None):
         return Snapshot(model, spec, iteration, accuracies[iteration - 1],
                         int(total_macs(spec) * macs_factor ** iteration))
     monkeypatch.setattr(steps, "step1_iteration", fake_iteration)
@@ -85,7 +85,7 @@ def test_resumed_step1_measures_against_the_base_model(monkeypatch):
     seen = []
 
     def fake_iteration(model, spec, splits, config, generator, per_iteration, iteration, teacher=None,
-                       mac_limit=None):
+                       mac_limit=None, layer_model=None):
         seen.append(per_iteration)
         return Snapshot(model, spec, iteration, 0.95, total_macs(base) // 7)
 
