@@ -222,10 +222,17 @@ def format_layer_report(profiles: list[LayerProfile], model: LayerModel) -> list
         weight_cut = sum(s.weights for s in base.stages) / weights
         lines.append(f"  {profile.variant} against {base.variant}: {mac_cut:.2f}x fewer MACs, "
                      f"{weight_cut:.2f}x fewer weights, {time_cut:.2f}x less time "
-                     f"({time_cut / mac_cut:.2f} of the MAC cut); MACs term {first.mac_us / t.mac_us:.2f}x, "
-                     f"weights term {first.weight_us / max(t.weight_us, 1e-9):.2f}x, "
-                     f"fixed {first.fixed_us / t.fixed_us:.2f}x")
-    lines.append(f"  what no width changes, {first.fixed_us:.0f} us of {base.run_us:.0f}: no cut takes "
-                 f"{base.variant}'s call below it, so its time falls "
-                 f"{base.run_us / first.fixed_us:.1f}x at most")
+                     f"({time_cut / mac_cut:.2f} of the MAC cut); "
+                     f"MACs term {_ratio(first.mac_us, t.mac_us)}, "
+                     f"weights term {_ratio(first.weight_us, t.weight_us)}, "
+                     f"fixed {_ratio(first.fixed_us, t.fixed_us)}")
+    if first.fixed_us > 0:
+        lines.append(f"  what no width changes, {first.fixed_us:.0f} us of {base.run_us:.0f}: no cut takes "
+                     f"{base.variant}'s call below it, so its time falls "
+                     f"{base.run_us / first.fixed_us:.1f}x at most")
     return lines
+
+
+def _ratio(before: float, after: float) -> str:
+    """`before / after` as "2.43x", or "n/a" where the fit gives the term no time."""
+    return f"{before / after:.2f}x" if before > 0 and after > 0 else "n/a"

@@ -196,7 +196,8 @@ def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneCo
         entry = record_variant(store, ctx, base_model, base_spec, step=0, iteration=0,
                                val_accuracy=val, offered_splits=split_points(base_spec))
         store.set_field("base", entry.id)
-    if config.step1_cost == "latency" and store.manifest.step1_layer_model is None:
+    prices_step1 = config.step1_cost == "latency" and config.mac_weight > 0 and store.manifest.step1 is None
+    if prices_step1 and store.manifest.step1_layer_model is None:
         store.set_field(LAYER_MODEL_FIELD, measure_layer_model(base_model, base_spec, ctx.splits.info,
                                                                store.manifest.base, log))
     return store, ctx, base_model, base_spec
@@ -212,6 +213,10 @@ def measure_layer_model(model: StagedNet, spec: ArchSpec, info: DataInfo, varian
     a resumed run prices filters as the run it continues did."""
     profile = profile_layers(model, spec, info, variant=variant)
     fitted = fit_layer_model([profile])
+    if fitted.us_per_mmac == 0 and fitted.us_per_kweight == 0:
+        raise ValueError(f"the base's layer times ({profile.run_us:.0f} us a call) fit no cost per MAC "
+                         "or per weight, only per layer: nothing to price filters by; prune with "
+                         "step1_cost = \"macs\" (or measure on a quieter machine)")
     log(f"step 1 prices a filter by its time on ONNX Runtime: {fitted.us_per_mmac:.2f} us per million "
         f"MACs + {fitted.us_per_kweight:.3f} us per thousand weights (the base's layers, "
         f"{profile.run_us:.0f} us a call)")

@@ -160,7 +160,8 @@ def step1_iteration(
     model = model.to(resolve_device(config.device))
     scores = rank_filters(model, splits.train, splits.info, generator, config.criterion,
                           config.rank_batches, config.batch_size)
-    scores = penalize_cost(scores, filter_costs(spec, config, layer_model), config.mac_weight)
+    if config.mac_weight > 0:
+        scores = penalize_cost(scores, filter_costs(spec, config, layer_model), config.mac_weight)
     removals = removals_within(scores, spec, filters_per_iteration, config.min_width, mac_limit,
                                config.step1_round_to)
     if not removals:

@@ -139,6 +139,8 @@ def penalize_cost(
     if weight == 0:
         return scores
     largest = max(cost_per_filter[name] for name in scores)
+    if largest <= 0:  # nothing to price (every filter costs nothing): the plain criterion
+        return scores
     return {name: s - weight * cost_per_filter[name] / largest for name, s in scores.items()}
 
 

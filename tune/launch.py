@@ -177,7 +177,8 @@ class _Launcher:
         store, base = self.store, self.base
         entries = step1_entries(store)
         if not step1_finished(entries, base, self.config):
-            job = step1_job("step1", store, base, entries, self.resources.threads)
+            job = step1_job("step1", store, base, entries, self.resources.threads,
+                            layer_model=store.manifest.step1_layer_model)
             sinks = {"step1": VariantSink(store, 1, None, job["start"]["iteration"] + 1)}
             blobs = {job["start"]["sha256"]: store.weights_path(job["start"]["variant"]).read_bytes()}
             self.fit("step1", step1_trainable, [job], sinks, blobs,
@@ -207,7 +208,8 @@ class _Launcher:
             entries = step1_entries(cstore)
             if step1_finished(entries, base, config.replace(**overrides)):
                 continue
-            job = step1_job(key, cstore, base, entries, self.resources.threads, overrides)
+            job = step1_job(key, cstore, base, entries, self.resources.threads, overrides,
+                            store.manifest.step1_layer_model)
             source = cstore if entries else store
             blobs[job["start"]["sha256"]] = source.weights_path(job["start"]["variant"]).read_bytes()
             sinks[key] = VariantSink(cstore, 1, None, job["start"]["iteration"] + 1)

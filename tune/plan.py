@@ -134,14 +134,15 @@ def step1_finished(entries: list[Variant], base: Variant, config: PruneConfig) -
 
 
 def step1_job(key: str, store: SeriesStore, base: Variant, entries: list[Variant], threads: int,
-              overrides: dict | None = None) -> dict:
-    """The job of a step-1 trial that continues after `entries` (or starts at the base)."""
+              overrides: dict | None = None, layer_model: dict | None = None) -> dict:
+    """The job of a step-1 trial that continues after `entries` (or starts at the base);
+    `layer_model` is the series' `step1_layer_model` (a search candidate's own store has none)."""
     start = entries[-1] if entries else base
     return {
         "kind": "step1", "key": key, "start": start_of(start), "data": store.manifest.data,
         "threads": threads, "overrides": dict(overrides or {}), "base_macs": base.macs,
         "base_spec": store.manifest.base_spec, "baseline_val": base.val_accuracy,
-        "layer_model": store.manifest.step1_layer_model,
+        "layer_model": layer_model,
     }
 
 

@@ -106,9 +106,9 @@ def step1_trainable(trial_config: dict, start_blobs: dict[str, bytes], data: dic
     base_macs = total_macs(base_spec)
     per_iteration = step1_filters_per_iteration(sum(base_spec.widths), config.step1_divisor)
     layer_model = LayerModel.from_dict(job["layer_model"]) if job.get("layer_model") else None
-    if config.step1_cost == "latency" and layer_model is None:
-        raise ValueError("step1_cost 'latency' in a search needs the base's layer model: set "
-                         "step1_cost = \"latency\" in [prune] itself, so that the launch fits it")
+    if config.step1_cost == "latency" and config.mac_weight > 0 and layer_model is None:
+        raise ValueError(f"step1_cost 'latency': the series at {config.out} has no step1_layer_model "
+                         "(the launch fits it from the base before step 1)")
     while iteration < config.step1_max_iterations:
         iteration += 1
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "step1", str(iteration)))

@@ -3,6 +3,7 @@ import pytest
 from pipeline import prune_job
 from pipeline.base_model import train_base
 from pipeline.config import PruneConfig, TrainConfig
+from pipeline.layer_times import LayerModel
 from pipeline.report import format_series_table, series_rows
 from pipeline.series import SeriesError, SeriesStore
 from pipeline.split import split_points
@@ -124,9 +125,18 @@ def test_latency_cost_fits_the_base_once_and_prices_filters_by_it(
     assert store.manifest.step1_variant.iteration == 1
     # resumed (step 1 reopened): the recorded model prices the filters, none is measured again
     monkeypatch.setattr(prune_job, "profile_layers", lambda *a, **k: pytest.fail("measured again"))
+    priced = []
+    real_run_step1 = prune_job.run_step1
+
+    def spy(*args, **kwargs):
+        priced.append(kwargs["layer_model"])
+        return real_run_step1(*args, **kwargs)
+
+    monkeypatch.setattr(prune_job, "run_step1", spy)
     store.set_field("step1", None)
     again = prune_job.prune_series(config, progress=False, log=lambda m: None)
     assert again.manifest.step1_layer_model == model and again.manifest.step1 is not None
+    assert priced == [LayerModel.from_dict(model)]  # the recorded fit, handed to step 1
 
 
 def test_filter_costs_price_late_layers_by_their_weights_under_latency():

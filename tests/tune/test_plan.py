@@ -103,6 +103,11 @@ def test_step1_job_continues_after_the_last_recorded_iteration(store, spec, make
     job = step1_job("step1-d8-b0.1", store, base, entries, threads=2, overrides={"step1_divisor": 8})
     assert job["start"]["variant"] == "vgg11-s1-i2" and job["start"]["iteration"] == 2
     assert job["overrides"] == {"step1_divisor": 8} and job["threads"] == 2
+    assert job["layer_model"] is None
+    # a search candidate's store has no layer model: the launch hands it the series' own
+    fitted = {"us_per_mmac": 12.0, "us_per_kweight": 0.13, "us_per_layer": 9.0}
+    job = step1_job("step1-d8-b0.1", store, base, entries, threads=2, layer_model=fitted)
+    assert job["layer_model"] == fitted
 
 
 def test_step2_jobs_skip_complete_ladders_and_resume_partial_ones(store, spec, make_entry):
