@@ -245,6 +245,24 @@ def test_the_device_times_the_executions_that_could_win_and_they_replace_the_lin
     assert plain["a"][1]["device_ms"] != pytest.approx(20.1)
 
 
+def test_a_plans_best_that_nobody_timed_is_named_until_every_pool_best_was_timed(tiny_store,
+                                                                                  edge_profile):
+    from twostep.bench.shortlist import shortlist, untimed_picks
+
+    costs = LinkCosts(300, 5.0)
+    manifest = tiny_store.manifest
+    picked = shortlist(manifest, edge_profile, costs, 1e4, [1.0, 10.0], accuracy_floor=0.0)
+    # timed slower than the line says, every short-listed execution loses to one not timed
+    slow = {e.key: 50.0 for e in picked}
+    missing = untimed_picks(manifest, edge_profile, costs, 1e4, [1.0, 10.0], 0.0, slow, picked)
+    assert missing and all(e.key not in slow for e in missing)
+    assert all(e.mode in ("device", "frame") for e in missing)
+    # once those are timed (and fast), every pool's best is a timed execution: nothing left
+    timed = {**slow, **{e.key: 0.01 for e in missing}}
+    assert untimed_picks(manifest, edge_profile, costs, 1e4, [1.0, 10.0], 0.0, timed,
+                         picked + missing) == []
+
+
 def test_the_step1_call_reduction_is_judged_against_its_mac_reduction(tiny_store):
     from twostep.bench.report import call_reduction
 

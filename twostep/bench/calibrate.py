@@ -15,7 +15,7 @@ from pipeline.series import Manifest
 from pipeline.split import split_points
 from twostep.bench.config import BenchConfig
 from twostep.bench.emulation import refill_gap_ms
-from twostep.bench.shortlist import device_times_at, shortlist
+from twostep.bench.shortlist import device_times_at, shortlist, untimed_picks
 from twostep.bench.strategies import Execution, LinkCosts
 
 Log = Callable[[str], None]
@@ -109,7 +109,27 @@ def time_shortlists(device, manifest: Manifest, edge_profile: dict, costs_at: di
     known = {e.key: e for e in fit_on}
     for executions in wanted.values():
         known.update(executions)
+    # Planned with those times, a pool's best may be an execution nobody timed: time it too,
+    # until every pool's best at every point was timed (as `DeviceClient.time_heads` does).
+    for _ in range(MAX_ROUNDS):
+        added = 0
+        for gap in measured:
+            todo = {}
+            for mbit in (b for b in bandwidths if gaps[b] == gap):
+                for execution in untimed_picks(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns,
+                                               floor, timed[gap], known.values()):
+                    todo.setdefault(execution.key, execution)
+            if todo:
+                timed[gap].update(device.ask({"kind": "device_calls", "gaps_ms": [gap], "requests": calls,
+                                              "executions": [e.to_dict() for e in todo.values()]})[0])
+                known.update(todo)
+                added += len(todo)
+        if not added:
+            break
     return timed, list(known.values())
+
+
+MAX_ROUNDS = 4  # rounds of timing a plan's untimed best (one or two settle it in practice)
 
 
 def calibration_executions(manifest: Manifest) -> list[Execution]:

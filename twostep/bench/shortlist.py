@@ -42,6 +42,34 @@ def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidt
     return list(picked.values())
 
 
+def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
+                  slowdowns: Iterable[float], accuracy_floor: float, measured: Mapping[str, float],
+                  executions: Iterable[Execution]) -> list[Execution]:
+    """The best device execution of each pool `shortlist` ranks (the series within the floor,
+    the unpruned and the step-1 model), planned with the device's own times where `measured`
+    has them, that the device has not timed: a line that flatters an untimed execution (a small
+    whole model's call costs more than the line says) would otherwise win the router's plan and
+    go unmeasured."""
+    link = costs.link(bandwidth_bps)
+    base, step1 = manifest.base, manifest.step1_or_base
+    executions = list(executions)
+    missing: dict[str, Execution] = {}
+    for slowdown in slowdowns:
+        times = device_times_at(measured, executions, slowdown, costs.device_request_ms)
+        candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs, times)
+                      if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
+        for pool in ([c for c in candidates if c.accuracy >= accuracy_floor],
+                     [c for c in candidates if c.variant_id == base],
+                     [c for c in candidates if c.variant_id == step1]):
+            if not pool:
+                continue
+            best = CandidateTable(pool).select(link, accuracy_floor=0.0, top_k=1).best
+            execution = execution_for(best.variant_id, best.split, best.strategy)
+            if execution.key not in measured:
+                missing.setdefault(execution.key, execution)
+    return list(missing.values())
+
+
 def device_times_at(measured: Mapping[str, float], executions: Iterable[Execution],
                     slowdown: float, request_ms: float) -> DeviceTimes:
     """(variant, split) -> the device's time at `slowdown` for each execution timed at speed 1
