@@ -263,6 +263,21 @@ def test_a_plans_best_that_nobody_timed_is_named_until_every_pool_best_was_timed
                          picked + missing) == []
 
 
+def test_the_router_candidates_run_a_step2_variant_whole_on_the_device(tiny_store, edge_profile):
+    from pipeline.selection import ON_DEVICE
+    from twostep.bench.strategies import device_candidates, router_candidates
+
+    costs = LinkCosts(300, 5.0)
+    manifest = tiny_store.manifest
+    without_output = {v.id for v in manifest.variants if "output" not in v.splits}
+    assert without_output  # the tiny series' step-2 variants offer their splits only
+    plain = device_candidates(manifest, edge_profile, 1.0, costs)
+    planned = router_candidates(manifest, edge_profile, 1.0, costs, {(min(without_output), "output"): 7.5})
+    whole = {c.variant_id: c for c in planned if c.strategy == ON_DEVICE}
+    assert set(whole) == without_output and len(planned) == len(plain) + len(without_output)
+    assert whole[min(without_output)].head_ms == 7.5  # the device's own time replaces the line
+
+
 def test_the_step1_call_reduction_is_judged_against_its_mac_reduction(tiny_store):
     from twostep.bench.report import call_reduction
 

@@ -4,8 +4,10 @@ takes them.
 A line through a few whole models cannot rank the variants after an idle wait (their per-call
 time then barely follows their MACs, docs/bench.md), so the device also times the executions
 that could win somewhere: at every slowdown of a bandwidth, the best few of the whole series
-(what the router may choose) and of the unpruned and step-1 models ((d) and (e)), by the line.
-The router and the predictions then use the device's own time for those, the line elsewhere.
+(what the router may choose, a step-2 variant run whole on the device included) and of the
+unpruned and step-1 models ((d) and (e)), by the line; then, planned with those times, every
+pool's best that nobody timed (`untimed_picks`). The router and the predictions then use the
+device's own time for those, the line elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pipeline.device_times import DeviceTimes
 from pipeline.selection import JPEG_INPUT, RAW_INPUT, CandidateTable
 from pipeline.series import Manifest
-from twostep.bench.strategies import Execution, LinkCosts, device_candidates, execution_for
+from twostep.bench.strategies import Execution, LinkCosts, execution_for, router_candidates
 
 SERIES_TOP, MODEL_TOP = 6, 3
 
@@ -27,7 +29,7 @@ def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidt
     base, step1 = manifest.base, manifest.step1_or_base
     picked: dict[str, Execution] = {}
     for slowdown in slowdowns:
-        candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs)
+        candidates = [c for c in router_candidates(manifest, edge_profile, slowdown, costs)
                       if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
         pools = [([c for c in candidates if c.accuracy >= accuracy_floor], SERIES_TOP),
                  ([c for c in candidates if c.variant_id == base], MODEL_TOP),
@@ -56,7 +58,7 @@ def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, band
     missing: dict[str, Execution] = {}
     for slowdown in slowdowns:
         times = device_times_at(measured, executions, slowdown, costs.device_request_ms)
-        candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs, times)
+        candidates = [c for c in router_candidates(manifest, edge_profile, slowdown, costs, times)
                       if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
         for pool in ([c for c in candidates if c.accuracy >= accuracy_floor],
                      [c for c in candidates if c.variant_id == base],

@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass
 from pipeline.cost import Link, latency_breakdown
 from pipeline.device_times import with_device_times
 from pipeline.profiler import derive_profile
-from pipeline.selection import Candidate, CandidateTable, candidates_from_series
+from pipeline.selection import (
+    ON_DEVICE,
+    Candidate,
+    CandidateTable,
+    baseline_candidates,
+    candidates_from_series,
+)
 from pipeline.series import Manifest
 
 STRATEGIES = {
@@ -114,6 +120,18 @@ def device_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, c
     candidates = [dataclasses.replace(c, head_ms=c.head_ms + overhead) if c.head_ms > 0 else c
                   for c in candidates_from_series(manifest, device_profile, edge_profile)]
     return with_device_times(candidates, device_ms) if device_ms else candidates
+
+
+def router_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts,
+                      device_ms: Mapping[tuple[str, str], float] | None = None) -> list[Candidate]:
+    """`device_candidates` and, as the router plans (`serve.planner`), every variant run whole on
+    the device where the series offers no `output` split for it (step-2 variants)."""
+    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
+    overhead = costs.device_overhead(slowdown)
+    whole = [dataclasses.replace(c, head_ms=c.head_ms + overhead)
+             for c in baseline_candidates(manifest, device_profile, edge_profile) if c.strategy == ON_DEVICE]
+    whole = with_device_times(whole, device_ms) if device_ms else whole
+    return device_candidates(manifest, edge_profile, slowdown, costs, device_ms) + whole
 
 
 def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:
