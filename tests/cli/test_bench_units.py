@@ -112,6 +112,14 @@ def test_targets_and_deviations_come_from_the_measured_rows(tiny_store):
     assert notes[0]["part"] == "transfer_ms"
 
 
+def test_a_mispredicted_d_does_not_inflate_the_reduction(tiny_store):
+    rows = strategy_rows(_document(tiny_store, f_total=10.0, d_total=60.0), tiny_store)
+    for row in rows:
+        if row["strategy"] == "d":  # the cost model's pick for (d) measured slow: (a) stands for it
+            row["measured_p50_ms"] = 100.0
+    assert targets(rows, 0.9)["reduction_vs_d"]["d_over_f"] == pytest.approx(6.0)
+
+
 def test_a_router_slower_than_a_baseline_breaks_the_10_percent_target(tiny_store):
     rows = strategy_rows(_document(tiny_store, f_total=70.0, d_total=60.0), tiny_store)
     result = targets(rows, 0.9)
