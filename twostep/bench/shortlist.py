@@ -47,9 +47,9 @@ def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidt
 def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
                   slowdowns: Iterable[float], accuracy_floor: float, measured: Mapping[str, float],
                   executions: Iterable[Execution]) -> list[Execution]:
-    """The best device execution of each pool `shortlist` ranks (the series within the floor,
-    the unpruned and the step-1 model), planned with the device's own times where `measured`
-    has them, that the device has not timed: a line that flatters an untimed execution (a small
+    """The device executions each pool `shortlist` ranks (the series within the floor, the
+    unpruned and the step-1 model) above its best timed one, planned with the device's own
+    times where `measured` has them: a line that flatters an untimed execution (a small
     whole model's call costs more than the line says) would otherwise win the router's plan and
     go unmeasured."""
     link = costs.link(bandwidth_bps)
@@ -65,9 +65,12 @@ def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, band
                      [c for c in candidates if c.variant_id == step1]):
             if not pool:
                 continue
-            best = CandidateTable(pool).select(link, accuracy_floor=0.0, top_k=1).best
-            execution = execution_for(best.variant_id, best.split, best.strategy)
-            if execution.key not in measured:
+            # every execution the plan ranks above the first one timed could be the best
+            ranked = CandidateTable(pool).select(link, accuracy_floor=0.0, top_k=len(pool)).ranked
+            for candidate, _ in ranked:
+                execution = execution_for(candidate.variant_id, candidate.split, candidate.strategy)
+                if execution.key in measured:
+                    break
                 missing.setdefault(execution.key, execution)
     return list(missing.values())
 
