@@ -114,10 +114,12 @@ def test_targets_and_deviations_come_from_the_measured_rows(tiny_store):
 
 def test_a_mispredicted_d_does_not_inflate_the_reduction(tiny_store):
     rows = strategy_rows(_document(tiny_store, f_total=10.0, d_total=60.0), tiny_store)
+    p50 = {"a": 60.0, "b": 80.0, "c": 5.0, "d": 100.0, "e": 20.0}  # (c) JPEG and (e) step 1 prune
     for row in rows:
-        if row["strategy"] == "d":  # the cost model's pick for (d) measured slow: (a) stands for it
-            row["measured_p50_ms"] = 100.0
-    assert targets(rows, 0.9)["reduction_vs_d"]["d_over_f"] == pytest.approx(6.0)
+        if row["strategy"] in p50:  # the cost model's pick for (d) measured slow: (a) stands for it
+            row["measured_p50_ms"] = p50[row["strategy"]]
+    reduction = targets(rows, 0.9)["reduction_vs_d"]
+    assert reduction["d_over_f"] == pytest.approx(6.0) and reduction["d_measured_as"] == "a"
 
 
 def test_a_router_slower_than_a_baseline_breaks_the_10_percent_target(tiny_store):
@@ -269,21 +271,54 @@ def test_a_plans_best_that_nobody_timed_is_named_until_every_pool_best_was_timed
     timed = {**slow, **{e.key: 0.01 for e in missing}}
     assert untimed_picks(manifest, edge_profile, costs, 1e4, [1.0, 10.0], 0.0, timed,
                          picked + missing) == []
+    # only what ranks above a pool's best timed execution comes back: one fast timed execution
+    # of every pool leaves nothing ranked below it
+    fast = {e.key: 0.001 for e in picked}
+    assert untimed_picks(manifest, edge_profile, costs, 1e4, [1.0, 10.0], 0.0, fast, picked) == []
+
+
+def test_calibration_times_every_untimed_best_and_names_what_is_left(tiny_store, edge_profile,
+                                                                       monkeypatch):
+    from twostep.bench import calibrate
+    from twostep.bench.shortlist import untimed_picks
+
+    manifest = tiny_store.manifest
+    costs = LinkCosts(300, 5.0)
+    asked = []
+
+    class Device:  # every call 50 ms: each round's best by the line then loses to an untimed one
+        def ask(self, job):
+            asked.append(len(job["executions"]))
+            return [{f"{e['mode']}:{e['variant']}@{e['split']}": 50.0 for e in job["executions"]}]
+
+    fit_on = calibrate.calibration_executions(manifest)
+    args = (manifest, edge_profile, {0.01: costs}, {0.01: 2.0}, (0.01,), (1.0, 10.0), 0.0)
+    timed, known, left = calibrate.time_shortlists(Device(), *args, {2.0: {}}, fit_on, 3)
+    assert len(asked) >= 2 and left == {}  # the shortlist, then the plans' untimed bests
+    assert untimed_picks(manifest, edge_profile, costs, 1e4, (1.0, 10.0), 0.0, timed[2.0], known) == []
+    monkeypatch.setattr(calibrate, "MAX_ROUNDS", 0)  # no round: the untimed bests are named
+    _, _, left = calibrate.time_shortlists(Device(), *args, {2.0: {}}, fit_on, 3)
+    assert left[2.0] and all(key not in {e.key for e in fit_on} for key in left[2.0])
 
 
 def test_the_router_candidates_run_a_step2_variant_whole_on_the_device(tiny_store, edge_profile):
     from pipeline.selection import ON_DEVICE
     from twostep.bench.strategies import device_candidates, router_candidates
 
-    costs = LinkCosts(300, 5.0)
+    costs = LinkCosts(300, 5.0, device_overhead_ms=2.0, device_request_ms=1.0)
     manifest = tiny_store.manifest
-    without_output = {v.id for v in manifest.variants if "output" not in v.splits}
+    without_output = sorted(v.id for v in manifest.variants if "output" not in v.splits)
     assert without_output  # the tiny series' step-2 variants offer their splits only
     plain = device_candidates(manifest, edge_profile, 1.0, costs)
-    planned = router_candidates(manifest, edge_profile, 1.0, costs, {(min(without_output), "output"): 7.5})
+    planned = router_candidates(manifest, edge_profile, 1.0, costs)
     whole = {c.variant_id: c for c in planned if c.strategy == ON_DEVICE}
-    assert set(whole) == without_output and len(planned) == len(plain) + len(without_output)
-    assert whole[min(without_output)].head_ms == 7.5  # the device's own time replaces the line
+    assert sorted(whole) == without_output and len(planned) == len(plain) + len(without_output)
+    # by the line: the profile's whole call plus the device's per-call overhead, once
+    vid = without_output[0]
+    profiled = edge_profile["variants"][vid]["head_ms"]["output"] * costs.device_slowdown(1.0)
+    assert whole[vid].head_ms == pytest.approx(profiled + costs.device_overhead(1.0))
+    timed = router_candidates(manifest, edge_profile, 1.0, costs, {(vid, "output"): 7.5})
+    assert next(c for c in timed if c.strategy == ON_DEVICE).head_ms == 7.5  # the device's own time
 
 
 def test_the_step1_call_reduction_is_judged_against_its_mac_reduction(tiny_store):

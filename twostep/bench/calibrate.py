@@ -19,6 +19,7 @@ from twostep.bench.shortlist import device_times_at, shortlist, untimed_picks
 from twostep.bench.strategies import Execution, LinkCosts
 
 Log = Callable[[str], None]
+Timed = dict[float, dict[str, float]]  # idle gap (ms) -> {execution key: the device's ms}
 
 
 @dataclass
@@ -63,11 +64,15 @@ def calibrate(device, link, manifest: Manifest, edge_profile: dict, config: Benc
     costs_at = {b: dataclasses.replace(costs, **by_gap[gaps[b]]) for b in bandwidths}
     # The line cannot rank variants whose calls after a wait barely follow their MACs: the
     # device also times, at each gap, every execution that could win there by the line.
-    timed, known = time_shortlists(device, manifest, edge_profile, costs_at, gaps, bandwidths,
-                                   config.slowdowns, floor, dict(zip(distinct, called, strict=True)),
-                                   fit_on, calls)
-    calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": timed[gap]}
-                                    for gap in distinct}
+    timed, known, left = time_shortlists(device, manifest, edge_profile, costs_at, gaps, bandwidths,
+                                         config.slowdowns, floor, dict(zip(distinct, called, strict=True)),
+                                         fit_on, calls)
+    calibration["device_at_gap"] = {repr(gap): {**by_gap[gap], "measured": timed[gap],
+                                                "untimed_left": left.get(gap, [])} for gap in distinct}
+    for gap, keys in left.items():
+        log(f"   warning: after {MAX_ROUNDS} rounds at {gap:.1f} ms idle the router may still plan with "
+            f"{len(keys)} execution(s) the device did not time ({', '.join(keys[:3])}"
+            f"{', ...' if len(keys) > 3 else ''}): their predictions use the line")
     for b in bandwidths:
         fit = by_gap[gaps[b]]
         log(f"   {b:g} Mbit/s ({gaps[b]:.1f} ms idle before a request): device call = "
@@ -92,10 +97,11 @@ def calibrate(device, link, manifest: Manifest, edge_profile: dict, config: Benc
 def time_shortlists(device, manifest: Manifest, edge_profile: dict, costs_at: dict[float, LinkCosts],
                     gaps: dict[float, float], bandwidths: tuple[float, ...], slowdowns: tuple[float, ...],
                     floor: float, measured: dict[float, dict[str, float]], fit_on: list[Execution],
-                    calls: int) -> tuple[dict[float, dict[str, float]], list[Execution]]:
+                    calls: int) -> tuple[Timed, list[Execution], dict[float, list[str]]]:
     """The device's own speed-1 time at each gap of every execution a bandwidth with that gap
-    short-lists (`shortlist`), besides those already `measured` there: ({gap: {execution key:
-    ms}}, every execution timed)."""
+    short-lists (`shortlist`), besides those already `measured` there, then of every plan's
+    untimed best (`untimed_picks`): ({gap: {execution key: ms}}, every execution timed, {gap:
+    keys a plan still ranks above its best timed one after `MAX_ROUNDS`})."""
     wanted: dict[float, dict[str, Execution]] = {gap: {} for gap in measured}
     for mbit in bandwidths:
         for execution in shortlist(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns, floor):
@@ -111,25 +117,31 @@ def time_shortlists(device, manifest: Manifest, edge_profile: dict, costs_at: di
         known.update(executions)
     # Planned with those times, a pool's best may be an execution nobody timed: time it too,
     # until every pool's best at every point was timed (as `DeviceClient.time_heads` does).
+    def untimed(gap: float) -> dict[str, Execution]:
+        todo: dict[str, Execution] = {}
+        for mbit in (b for b in bandwidths if gaps[b] == gap):
+            for execution in untimed_picks(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns,
+                                           floor, timed[gap], known.values()):
+                todo.setdefault(execution.key, execution)
+        return todo
+
     for _ in range(MAX_ROUNDS):
         added = 0
         for gap in measured:
-            todo = {}
-            for mbit in (b for b in bandwidths if gaps[b] == gap):
-                for execution in untimed_picks(manifest, edge_profile, costs_at[mbit], mbit * 1e6, slowdowns,
-                                               floor, timed[gap], known.values()):
-                    todo.setdefault(execution.key, execution)
+            todo = list(untimed(gap).values())[:MAX_PER_ROUND]
             if todo:
                 timed[gap].update(device.ask({"kind": "device_calls", "gaps_ms": [gap], "requests": calls,
-                                              "executions": [e.to_dict() for e in todo.values()]})[0])
-                known.update(todo)
+                                              "executions": [e.to_dict() for e in todo]})[0])
+                known.update((e.key, e) for e in todo)
                 added += len(todo)
         if not added:
             break
-    return timed, list(known.values())
+    left = {gap: sorted(untimed(gap)) for gap in measured}
+    return timed, list(known.values()), {gap: keys for gap, keys in left.items() if keys}
 
 
 MAX_ROUNDS = 4  # rounds of timing a plan's untimed best (one or two settle it in practice)
+MAX_PER_ROUND = 32  # executions timed at one gap in one round
 
 
 def calibration_executions(manifest: Manifest) -> list[Execution]:

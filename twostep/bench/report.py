@@ -92,10 +92,10 @@ def targets(rows: list[dict], base_accuracy: float, max_loss: float = 0.01) -> d
         # (d) is the unpruned model's best split: where the cost model's pick for it measured
         # slower than another split of the same model ((a) at `output`, (b) at `input`), that one
         # stands for (d), so that a misprediction cannot inflate the reduction
-        unpruned = min(by[(*point, k)]["measured_p50_ms"] for k in UNPRUNED_SPLITS)
-        reduction = unpruned / f["measured_p50_ms"]
+        unpruned = min(UNPRUNED_SPLITS, key=lambda k: by[(*point, k)]["measured_p50_ms"])
+        reduction = by[(*point, unpruned)]["measured_p50_ms"] / f["measured_p50_ms"]
         entry = {"bandwidth_mbit": point[0], "slowdown": point[1], "f_over_best": ratio,
-                 "best": best["strategy"], "d_over_f": reduction}
+                 "best": best["strategy"], "d_over_f": reduction, "d_measured_as": unpruned}
         within.append(entry)
         if worst is None or ratio > worst["f_over_best"]:
             worst = entry
@@ -203,7 +203,10 @@ def markdown(rows: list[dict], result: dict, document: dict) -> str:
         f"(worst {worst['f_over_best']:.2f}x at {worst['bandwidth_mbit']:g} Mbit/s, device "
         f"{worst['slowdown']:g}x; {len(within['violations'])} of {len(within['points'])} points over)",
         f"- largest reduction against (d): {reduction['d_over_f']:.2f}x at "
-        f"{reduction['bandwidth_mbit']:g} Mbit/s, device {reduction['slowdown']:g}x (target >= "
+        f"{reduction['bandwidth_mbit']:g} Mbit/s, device {reduction['slowdown']:g}x"
+        + (f" ((d) measured as ({reduction['d_measured_as']}), the unpruned model's fastest split there)"
+           if reduction.get("d_measured_as", "d") != "d" else "")
+        + f" (target >= "
         f"{PAPER_REDUCTION}x): {'met' if reduction['met'] else 'NOT met'}",
         f"- twostep's accuracy loss against the unpruned model: {100 * loss['points']:.2f} points "
         f"(target <= {100 * loss['max_loss']:g}): {'met' if loss['met'] else 'NOT met'}",
