@@ -76,8 +76,12 @@ class LayerModel:
     us_per_layer: float
     fitted_on: tuple[str, ...] = field(default=())
 
+    def work_us(self, macs: int | float, weights: int | float) -> float:
+        """The time that follows a stage's size (its MACs and weights), without the per-layer term."""
+        return self.us_per_mmac * macs / 1e6 + self.us_per_kweight * weights / 1e3
+
     def stage_us(self, macs: int, weights: int) -> float:
-        return self.us_per_mmac * macs / 1e6 + self.us_per_kweight * weights / 1e3 + self.us_per_layer
+        return self.work_us(macs, weights) + self.us_per_layer
 
     def to_dict(self) -> dict:
         return {"us_per_mmac": self.us_per_mmac, "us_per_kweight": self.us_per_kweight,

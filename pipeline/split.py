@@ -109,27 +109,25 @@ def split_model(model: StagedNet, split: str) -> tuple[nn.Sequential, nn.Sequent
 def weights_per_filter(spec: ArchSpec) -> dict[str, int]:
     """Weights removed with one channel of each group (as `macs_per_filter`, per output pixel
     once: a conv's weights do not grow with its output's size)."""
-    widths = spec.width_of()
-    layout = spec.layout
-    saved = {}
-    for group in spec.group_names:
-        weights = sum(conv_macs_per_channel(conv, widths, spec.in_channels, group) // (conv.side * conv.side)
-                      for conv in layout.convs())
-        if layout.linear.in_group == group:
-            weights += spec.num_classes * layout.linear.side ** 2
-        saved[group] = weights
-    return saved
+    return _saved_per_channel(spec, per_output_pixel=True)
 
 
 def macs_per_filter(spec: ArchSpec) -> dict[str, int]:
     """MACs saved by removing one channel of each group: its share of every conv it is an
     output or input channel of, and its columns of the classifier."""
+    return _saved_per_channel(spec, per_output_pixel=False)
+
+
+def _saved_per_channel(spec: ArchSpec, per_output_pixel: bool) -> dict[str, int]:
+    """Per group, the MACs (or, `per_output_pixel`, the weights) one of its channels accounts
+    for; the classifier's are the same count either way."""
     widths = spec.width_of()
     layout = spec.layout
     saved = {}
     for group in spec.group_names:
-        macs = sum(conv_macs_per_channel(conv, widths, spec.in_channels, group) for conv in layout.convs())
+        total = sum(conv_macs_per_channel(conv, widths, spec.in_channels, group)
+                    // (conv.side * conv.side if per_output_pixel else 1) for conv in layout.convs())
         if layout.linear.in_group == group:
-            macs += spec.num_classes * layout.linear.side ** 2
-        saved[group] = macs
+            total += spec.num_classes * layout.linear.side ** 2
+        saved[group] = total
     return saved

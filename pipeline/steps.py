@@ -145,8 +145,7 @@ def filter_costs(spec: ArchSpec, config: PruneConfig,
     if layer_model is None:
         raise ValueError("step1_cost 'latency' needs the base's layer model (`prepare` fits it)")
     weights = weights_per_filter(spec)
-    return {group: layer_model.us_per_mmac * macs[group] / 1e6
-            + layer_model.us_per_kweight * weights[group] / 1e3 for group in macs}
+    return {group: layer_model.work_us(macs[group], weights[group]) for group in macs}
 
 
 def step1_iteration(

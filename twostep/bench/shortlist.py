@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from pipeline.device_times import DeviceTimes
-from pipeline.selection import JPEG_INPUT, RAW_INPUT, CandidateTable
+from pipeline.selection import JPEG_INPUT, RAW_INPUT, Candidate, CandidateTable
 from pipeline.series import Manifest
 from twostep.bench.strategies import Execution, LinkCosts, execution_for, router_candidates
 
@@ -26,15 +26,10 @@ def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidt
               slowdowns: Iterable[float], accuracy_floor: float) -> list[Execution]:
     """The device executions worth timing at this bandwidth (mode `device` or `frame`)."""
     link = costs.link(bandwidth_bps)
-    base, step1 = manifest.base, manifest.step1_or_base
     picked: dict[str, Execution] = {}
     for slowdown in slowdowns:
-        candidates = [c for c in router_candidates(manifest, edge_profile, slowdown, costs)
-                      if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
-        pools = [([c for c in candidates if c.accuracy >= accuracy_floor], SERIES_TOP),
-                 ([c for c in candidates if c.variant_id == base], MODEL_TOP),
-                 ([c for c in candidates if c.variant_id == step1], MODEL_TOP)]
-        for pool, top in pools:
+        pools = _pools(manifest, router_candidates(manifest, edge_profile, slowdown, costs), accuracy_floor)
+        for pool, top in zip(pools, (SERIES_TOP, MODEL_TOP, MODEL_TOP), strict=True):
             if not pool:
                 continue
             ranked = CandidateTable(pool).select(link, accuracy_floor=0.0, top_k=top).ranked
@@ -42,6 +37,15 @@ def shortlist(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidt
                 execution = execution_for(candidate.variant_id, candidate.split, candidate.strategy)
                 picked.setdefault(execution.key, execution)
     return list(picked.values())
+
+
+def _pools(manifest: Manifest, candidates: list[Candidate], accuracy_floor: float) -> list[list[Candidate]]:
+    """Of the candidates that run something on the device: the series' within the floor (the
+    router's), the unpruned model's ((d)) and the step-1 model's ((e))."""
+    on_device = [c for c in candidates if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
+    return [[c for c in on_device if c.accuracy >= accuracy_floor],
+            [c for c in on_device if c.variant_id == manifest.base],
+            [c for c in on_device if c.variant_id == manifest.step1_or_base]]
 
 
 def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, bandwidth_bps: float,
@@ -53,16 +57,12 @@ def untimed_picks(manifest: Manifest, edge_profile: dict, costs: LinkCosts, band
     whole model's call costs more than the line says) would otherwise win the router's plan and
     go unmeasured."""
     link = costs.link(bandwidth_bps)
-    base, step1 = manifest.base, manifest.step1_or_base
     executions = list(executions)
     missing: dict[str, Execution] = {}
     for slowdown in slowdowns:
         times = device_times_at(measured, executions, slowdown, costs.device_request_ms)
-        candidates = [c for c in router_candidates(manifest, edge_profile, slowdown, costs, times)
-                      if c.strategy not in (RAW_INPUT, JPEG_INPUT) and c.head_ms > 0]
-        for pool in ([c for c in candidates if c.accuracy >= accuracy_floor],
-                     [c for c in candidates if c.variant_id == base],
-                     [c for c in candidates if c.variant_id == step1]):
+        for pool in _pools(manifest, router_candidates(manifest, edge_profile, slowdown, costs, times),
+                           accuracy_floor):
             if not pool:
                 continue
             # every execution the plan ranks above the first one timed could be the best

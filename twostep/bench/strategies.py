@@ -111,27 +111,28 @@ def execution_for(variant: str, split: str, strategy: str = "split") -> Executio
 
 
 def device_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts,
-                      device_ms: Mapping[tuple[str, str], float] | None = None) -> list[Candidate]:
+                      device_ms: Mapping[tuple[str, str], float] | None = None,
+                      whole_models: bool = False) -> list[Candidate]:
     """Every (variant, split) of the series with the cost model's device time at `slowdown`: the
     calibrated line on the edge profile, or the device's own measured time where `device_ms`
-    ((variant, split) -> ms, `pipeline.device_times`) has one."""
+    ((variant, split) -> ms, `pipeline.device_times`) has one. With `whole_models`, also every
+    variant run whole on the device where the series offers no `output` split for it (step-2
+    variants), as the router plans (`serve.planner`)."""
     device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
     overhead = costs.device_overhead(slowdown)
+    candidates = candidates_from_series(manifest, device_profile, edge_profile)
+    if whole_models:
+        candidates += [c for c in baseline_candidates(manifest, device_profile, edge_profile)
+                       if c.strategy == ON_DEVICE]
     candidates = [dataclasses.replace(c, head_ms=c.head_ms + overhead) if c.head_ms > 0 else c
-                  for c in candidates_from_series(manifest, device_profile, edge_profile)]
+                  for c in candidates]
     return with_device_times(candidates, device_ms) if device_ms else candidates
 
 
 def router_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, costs: LinkCosts,
                       device_ms: Mapping[tuple[str, str], float] | None = None) -> list[Candidate]:
-    """`device_candidates` and, as the router plans (`serve.planner`), every variant run whole on
-    the device where the series offers no `output` split for it (step-2 variants)."""
-    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
-    overhead = costs.device_overhead(slowdown)
-    whole = [dataclasses.replace(c, head_ms=c.head_ms + overhead)
-             for c in baseline_candidates(manifest, device_profile, edge_profile) if c.strategy == ON_DEVICE]
-    whole = with_device_times(whole, device_ms) if device_ms else whole
-    return device_candidates(manifest, edge_profile, slowdown, costs, device_ms) + whole
+    """`device_candidates` as the router plans them: step-2 variants run whole included."""
+    return device_candidates(manifest, edge_profile, slowdown, costs, device_ms, whole_models=True)
 
 
 def _best(table: CandidateTable, link: Link) -> tuple[Execution, dict]:

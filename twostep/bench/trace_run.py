@@ -12,7 +12,6 @@ request is reported beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -21,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.device_times import with_device_times
-from pipeline.profiler import derive_profile
-from pipeline.selection import JPEG_INPUT, ON_DEVICE, RAW_INPUT, Candidate, baseline_candidates
+from pipeline.selection import JPEG_INPUT, RAW_INPUT, Candidate
 from pipeline.series import Manifest
 from pipeline.traces import Trace, load_trace
 from serve.deadline import fallback_candidate
 from serve.trace_replay import best_fixed, feasible, fixed_strategies, recovery_delays, replay_oracle
-from twostep.bench.strategies import LinkCosts, device_candidates
+from twostep.bench.strategies import LinkCosts, router_candidates
 from twostep.trace_live import price, segment
 
 Log = Callable[[str], None]
@@ -90,13 +87,9 @@ def trace_candidates(manifest: Manifest, edge_profile: dict, slowdown: float, co
     """What the device can do per request at `slowdown`, as the cost model prices it: every
     frame and on-device choice of the series (the device's own times where it has them), plus
     (c), the JPEG upload (its extra serving time over a frame's folded into its tail)."""
-    candidates = [c for c in device_candidates(manifest, edge_profile, slowdown, costs, device_ms)
-                  if c.strategy not in (RAW_INPUT, JPEG_INPUT)]
     # the whole model of a variant that offers no `output` split runs on the device as well
-    device_profile = derive_profile(edge_profile, costs.device_slowdown(slowdown))
-    whole = [dataclasses.replace(c, head_ms=c.head_ms + costs.device_overhead(slowdown))
-             for c in baseline_candidates(manifest, device_profile, edge_profile) if c.strategy == ON_DEVICE]
-    candidates += with_device_times(whole, device_ms) if device_ms else whole
+    candidates = [c for c in router_candidates(manifest, edge_profile, slowdown, costs, device_ms)
+                  if c.strategy not in (RAW_INPUT, JPEG_INPUT)]
     base = manifest.base
     edge_all = next(c for c in candidates if c.variant_id == base and c.split == "input")
     jpeg_fixed = costs.jpeg_fixed_ms if costs.jpeg_fixed_ms is not None else costs.fixed_ms
