@@ -233,6 +233,10 @@ class PruneConfig(ConfigModel):
                                 "it cuts at a multiple of this (blocked kernels of device "
                                 "runtimes run odd widths padded; a group at or below it keeps "
                                 "its width; 1 = any width)")
+    step1_continue_from: str | None = Field(None, description="a series whose step 1 stopped at "
+                                            "its MAC target: its base and step-1 iterations start a "
+                                            "new series at out, and step 1 goes on from the last of "
+                                            "them to this config's larger target")
     step1_time_calls: bool = Field(True, description="at the end of step 1, time every step-1 "
                                    "model's ONNX Runtime call against the base's (batch 1, one "
                                    "thread, an idle gap before each call); `twostep series show` "

@@ -34,6 +34,7 @@ from pipeline.series import (
 )
 from pipeline.split import pruned_layer, split_points, total_macs
 from pipeline.split_bytes import measure_split_bytes
+from pipeline.step1_continue import continue_series
 from pipeline.steps import Snapshot, run_step1, run_step2, step2_ladder
 from pipeline.train import evaluate, set_threads
 
@@ -139,15 +140,18 @@ STEP1_ONLY = {"step1_round_to", "step1_time_calls"}
 MACHINE_ONLY = {"threads", "device"}
 
 
+def config_defaults() -> dict:
+    """What a series' config reads as for keys added to PruneConfig after it was made."""
+    return {**PruneConfig().model_dump(mode="json"), **LEGACY_VALUES}
+
+
 def open_or_create_store(config: PruneConfig, base_spec: ArchSpec, info: DataInfo) -> SeriesStore:
     """Open the series at `config.out` to resume it, or create it; a series made with another
     config is refused rather than mixed."""
     config_dict = config.model_dump(mode="json")
     if is_series(config.out):
         store = SeriesStore.open(config.out)
-        # Keys added to PruneConfig after a series was made read as what it was made with.
-        defaults = {**PruneConfig().model_dump(mode="json"), **LEGACY_VALUES}
-        previous = {**defaults, **store.manifest.config}
+        previous = {**config_defaults(), **store.manifest.config}
         ignored = {"step2_splits"} | MACHINE_ONLY | (STEP1_ONLY if store.manifest.step1 else set())
         previous = {k: v for k, v in previous.items() if k not in ignored}
         current = {k: v for k, v in config_dict.items() if k not in ignored}
@@ -189,6 +193,9 @@ def prepare(config: PruneConfig, log: Log = print) -> tuple[SeriesStore, PruneCo
             f"Train it with --val-fraction {config.val_fraction:g} --seed {config.seed} for a fair budget.")
     info = DataInfo.from_dict(meta["data"]) if "data" in meta else None
     ctx = load_context(config, info)
+    if config.step1_continue_from and not is_series(config.out):
+        log(f"starting {config.out} from the step-1 iterations of {config.step1_continue_from} ...")
+        continue_series(config, base_model, base_spec, config_defaults())
     store = open_or_create_store(config, base_spec, ctx.splits.info)
     if store.manifest.base is None:
         log("measuring the base model ...")

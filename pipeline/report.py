@@ -54,6 +54,10 @@ def format_series_table(manifest: Manifest, max_loss: float = 0.01) -> str:
     if step1:
         lines.append(f"step 1 ({step1.id}): test acc {step1.accuracy:.4f}, "
                      f"{step1.macs / 1e6:.2f} M MACs ({base.macs / step1.macs:.2f}x fewer)")
+    source = manifest.step1_continued_from
+    if source:
+        lines.append(f"step 1 went on from {source['series']} (its {source['kept']}, "
+                     f"{source['mac_reduction']:.2f}x fewer MACs; {len(source['variants'])} variants copied)")
     lines.append(f"step 2: fewest bytes within {100 * max_loss:.1f} points of the original "
                  "(* = none within; most accurate shown)")
     header = (f"{'split':<10}{'prunes':<9}{'orig el':>9}{'orig f32 B':>11}{'orig B':>9}{'s1 el':>8}"

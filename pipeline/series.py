@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from pipeline.atomic import write_json_atomic
+from pipeline.atomic import write_bytes_atomic, write_json_atomic
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.models.registry import ArchSpec
 
@@ -133,6 +133,7 @@ class Manifest(_Document):
     variants: list[Variant]
     step1_call_times: dict[str, Any] | None = None
     step1_layer_model: dict[str, Any] | None = None
+    step1_continued_from: dict[str, Any] | None = None
     onnx_export: dict[str, Any] | None = None
 
     def variant(self, vid: str) -> Variant:
@@ -332,6 +333,19 @@ class SeriesStore:
         self.manifest.variants = [v for v in self.variants if v.id != full.id] + [full]
         self._save()
         return full
+
+    def copy_variant(self, source: SeriesStore, vid: str) -> Variant:
+        """Add `source`'s variant `vid` as it is: its weights file byte for byte (its sha256
+        checked first) and its entry, without the ONNX graphs exported of it."""
+        entry = source.get(vid)
+        data = source.weights_path(vid).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise SeriesError(f"variant {vid} of {source.directory}: its weights do not match their sha256")
+        write_bytes_atomic(self.directory / entry.weights, data)
+        copied = Variant.model_validate({k: v for k, v in entry.to_json().items() if k != "onnx"})
+        self.manifest.variants = [v for v in self.variants if v.id != vid] + [copied]
+        self._save()
+        return copied
 
     def set_field(self, key: str, value: object) -> None:
         """Set a top-level key (`base`, `step1`, a record such as `step1_call_times`) and save."""
