@@ -177,7 +177,9 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     variant = store.manifest.base if typed else store.manifest["base"]
     offered = list(store.get(variant).splits if typed else store.get(variant)["splits"])
     split = "pool3" if "pool3" in offered else offered[1]
-    app_args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1)
+    # frames and probes go back to back here, over a device's 1000/s default: the limit is not measured
+    app_args = AppArgs(series_dir=series, ms_per_mmac=20.0, placement="local", tail_replicas=1,
+                       **({"stream_max_fps": 1e5} if "stream_max_fps" in AppArgs.model_fields else {}))
     try:
         from serve.app import deploy
     except ImportError:  # before the tail had an app of its own
@@ -276,10 +278,15 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         session_after = tcp_counters(session_sock)
         up_after, down_after = sessions["device"].bytes_sent, sessions["device"].bytes_received
     # a device streams: blocks of STREAM_BLOCK messages in a row on each WebSocket, alternating
-    streamed_echo, streamed_fixed = [], []
+    # ... and a third block: the session's own probe (a control message its handler answers at
+    # once, no model): the no-op answer of the same replica on the same connection
+    streamed_echo, streamed_fixed, streamed_probe = [], [], []
+    probe_once = getattr(sessions["device"], "probe", None) if sessions else None
     for _ in range(requests // STREAM_BLOCK if sessions else 0):
         streamed_echo += [ws_noop_once(frame_size) for _ in range(STREAM_BLOCK)]
         streamed_fixed += [w - k for w, k in (session_once() for _ in range(STREAM_BLOCK))]
+        if probe_once is not None:
+            streamed_probe += [_timed(lambda: probe_once(frame_size)) for _ in range(STREAM_BLOCK)]
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
     acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
                                                               strict=True))
@@ -298,6 +305,7 @@ def child(mode: str, series: str | None, requests: int) -> dict:
             "ws_sized_bytes": frame_size,
             "streamed_echo_p50_ms": float(np.median(streamed_echo)) if streamed_echo else None,
             "streamed_fixed_p50_ms": float(np.median(streamed_fixed)) if streamed_fixed else None,
+            "streamed_probe_p50_ms": float(np.median(streamed_probe)) if streamed_probe else None,
             "ws_sized_p50_ms": float(np.median(ws_sized)),
             "session_wall_p50_ms": float(np.median(session_wall)),
             "session_tail_ms": float(np.median(session_work)),
@@ -335,6 +343,12 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         "segments_out": segs_out / requests, "segments_in": segs_in / requests,
         **stream,
     }
+
+
+def _timed(call) -> float:
+    start = time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - start) / 1e6
 
 
 def _session_clients(port: int, variant: str, split: str) -> dict | None:
@@ -409,6 +423,10 @@ def main() -> int:
             print(f"  streamed ({STREAM_BLOCK} messages in a row on each, blocks alternating): echo of "
                   f"{r['ws_sized_bytes']} B p50 {r['streamed_echo_p50_ms']:.2f} ms, session fixed p50 "
                   f"{r['streamed_fixed_p50_ms']:.2f} ms: {ratio:.2f}x")
+        if r.get("streamed_probe_p50_ms"):
+            print(f"  the session's own probe (answered by the tail replica's session handler, no "
+                  f"model), streamed alike: p50 {r['streamed_probe_p50_ms']:.2f} ms; session fixed / "
+                  f"probe {r['streamed_fixed_p50_ms'] / r['streamed_probe_p50_ms']:.2f}x")
         print(f"  bytes per frame: session message {r['session_message_bytes']:.0f} B ({r['frame_bytes']} B "
               f"wire frame over HTTP), with its WebSocket header {r['session_app_up_bytes']:.0f} B up and "
               f"{r['session_app_down_bytes']:.0f} B down; HTTP: "
