@@ -1,22 +1,12 @@
 import pytest
 
 from pipeline import prune_job
-from pipeline.base_model import train_base
-from pipeline.config import PruneConfig, TrainConfig
+from pipeline.config import PruneConfig
 from pipeline.layer_times import LayerModel
 from pipeline.report import format_series_table, series_rows
 from pipeline.series import SeriesError, SeriesStore
 from pipeline.split import split_points
 from pipeline.steps import step2_ladder
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(learnable_fashion_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "base.safetensors"
-    config = TrainConfig(data_dir=str(learnable_fashion_dir), arch="vgg11", width=0.125, epochs=2,
-                         augment=False, out=str(out))
-    train_base(config, progress=False, log=None)
-    return out
 
 
 def _config(base, data_dir, out, **kw):

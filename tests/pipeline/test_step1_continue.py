@@ -1,20 +1,10 @@
 import pytest
 
 from pipeline import prune_job
-from pipeline.base_model import train_base
-from pipeline.config import PruneConfig, TrainConfig
+from pipeline.config import PruneConfig
 from pipeline.report import format_series_table
 from pipeline.series import SeriesError
 from pipeline.step1_continue import FIELD
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(learnable_fashion_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "base.safetensors"
-    config = TrainConfig(data_dir=str(learnable_fashion_dir), arch="vgg11", width=0.125, epochs=1,
-                         augment=False, out=str(out))
-    train_base(config, progress=False, log=None)
-    return out
 
 
 @pytest.fixture(scope="module")
