@@ -6,7 +6,9 @@ iterations - the base and each step-1 variant copied, weights checked by their s
 1 goes on from the last one towards this config's larger target; step 2 then runs on the new
 kept model. The source series is only read. Everything that made the copied iterations (the base,
 the data, the schedule, the criterion) must be as in the source; only how far step 1 goes, step
-2's settings and where it runs may differ.
+2's settings and where it runs may differ. The source's last iteration stopped where its target
+clipped it (fewer filters than a whole iteration): the new series is that run carried on, not
+the run a larger target would have made from the start.
 
 The new manifest records the source under `step1_continued_from`:
     {"series": DIR, "variants": [ids copied], "kept": the source's step-1 model,
@@ -22,7 +24,7 @@ import torch
 
 from pipeline.config import PruneConfig
 from pipeline.models.registry import ArchSpec
-from pipeline.series import SeriesError, SeriesStore, Variant
+from pipeline.series import MANIFEST, SeriesError, SeriesStore, Variant
 
 FIELD = "step1_continued_from"
 # Keys that say how far step 1 goes, what step 2 does and where the run goes: the rest made
@@ -48,12 +50,12 @@ def check_continuable(source: SeriesStore, config: PruneConfig, defaults: dict) 
     if manifest.base is None or manifest.step1 is None:
         raise SeriesError(f"step1_continue_from: {where} has no finished step 1 to continue")
     kept = manifest.step1_variant
-    step1 = manifest.step(1)
-    if kept.step != 1 or kept.iteration != max(v.iteration for v in step1):
-        raise SeriesError(f"step1_continue_from: {where} kept {kept.id}, not its last step-1 "
-                          "iteration; its step 1 ended on the budget, and going on would repeat "
-                          "the iteration it rolled back")
-    previous = {**defaults, **manifest.config}
+    if kept.step != 1:
+        raise SeriesError(f"step1_continue_from: {where} kept no step-1 iteration (its first broke "
+                          "the budget): nothing to go on from")
+    # a series whose step 1 was a Tune search made its iterations with the winner's settings
+    search = manifest.to_json().get("step1_search") or {}
+    previous = {**defaults, **manifest.config, **search.get("overrides", {})}
     current = config.model_dump(mode="json")
     changed = sorted(k for k in current if not free_key(k) and previous.get(k) != current[k])
     if changed:
@@ -64,8 +66,12 @@ def check_continuable(source: SeriesStore, config: PruneConfig, defaults: dict) 
     stopped_at_target = bool(previous.get("step1_target_mac_reduction")) and \
         reached >= previous["step1_target_mac_reduction"]
     if not stopped_at_target and kept.iteration < int(previous.get("step1_max_iterations", 0)):
-        raise SeriesError(f"step1_continue_from: {where} stopped step 1 at iteration "
-                          f"{kept.iteration} before its target or its last iteration (on the budget)")
+        # its next iteration broke the budget (and was rolled back) or found every layer at its
+        # minimum width: going on would run that same iteration again
+        raise SeriesError(f"step1_continue_from: {where} ended step 1 at iteration {kept.iteration} "
+                          f"({reached:.2f}x fewer MACs) before its MAC target and its last allowed "
+                          "iteration: its next iteration was rolled back (the budget) or had nothing "
+                          "left to cut, and going on would repeat it")
     target = config.step1_target_mac_reduction
     if target and target <= reached:
         raise SeriesError(f"step1_continue_from: {where} already reached {reached:.2f}x fewer MACs; "
@@ -106,6 +112,15 @@ def continue_series(config: PruneConfig, base_model: torch.nn.Module, base_spec:
         store.set_field("step1_layer_model", manifest.step1_layer_model)
     store.set_field(FIELD, {"series": str(source.directory), "variants": [v.id for v in copied],
                             "kept": kept.id, "mac_reduction": round(source_reduction(source), 4)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building.rename(out)
+    _move_into(building, out)
     return SeriesStore.open(out)
+
+
+def _move_into(building: Path, out: Path) -> None:
+    """Move the series built at `building` to `out` (which may exist, e.g. holding Tune's run
+    directory): the weights first, the manifest last, so `out` is a series only once complete."""
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    for path in (building / "weights").iterdir():
+        path.replace(out / "weights" / path.name)
+    (building / MANIFEST).replace(out / MANIFEST)
+    shutil.rmtree(building)

@@ -316,6 +316,9 @@ def launch_pruning(
     """
     if steps not in ("1", "2", "both"):
         raise ValueError(f"steps must be 1, 2 or both, got {steps!r}")
+    if search is not None and config.step1_continue_from:
+        raise ValueError("a step-1 search starts every candidate from the base; it cannot go on from "
+                         f"step1_continue_from ({config.step1_continue_from}): drop one of the two")
     if max_concurrent < 0 or max_failures < 0:
         raise ValueError("max_concurrent and max_failures must be >= 0")
     resources = resources or TrialResources()

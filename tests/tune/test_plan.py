@@ -61,6 +61,15 @@ def test_search_grid_and_its_validation():
         Step1Search(divisors=(0,)).candidates(config)
 
 
+def test_a_search_cannot_go_on_from_another_series(tmp_path):
+    from tune.launch import launch_pruning  # refused before Ray starts
+
+    config = PruneConfig(out=str(tmp_path / "s"), step1_continue_from=str(tmp_path / "src"))
+    with pytest.raises(ValueError, match="starts every candidate from the base"):
+        launch_pruning(config, search=Step1Search(divisors=(8,)), log=lambda m: None)
+    assert not (tmp_path / "s").exists()
+
+
 def test_choose_step1_by_the_stated_metric():
     kept = {
         "a": Kept(val_accuracy=0.90, macs=100),
