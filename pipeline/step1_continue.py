@@ -54,7 +54,7 @@ def check_continuable(source: SeriesStore, config: PruneConfig, defaults: dict) 
         raise SeriesError(f"step1_continue_from: {where} kept no step-1 iteration (its first broke "
                           "the budget): nothing to go on from")
     # a series whose step 1 was a Tune search made its iterations with the winner's settings
-    search = manifest.to_json().get("step1_search") or {}
+    search = getattr(manifest, "step1_search", None) or {}  # a key the typed manifest keeps as read
     previous = {**defaults, **manifest.config, **search.get("overrides", {})}
     current = config.model_dump(mode="json")
     changed = sorted(k for k in current if not free_key(k) and previous.get(k) != current[k])
@@ -98,7 +98,7 @@ def continue_series(config: PruneConfig, base_model: torch.nn.Module, base_spec:
     if source_spec != base_spec or not _same_weights(source_base, base_model):
         raise SeriesError(f"step1_continue_from: {source.directory}'s base is not the checkpoint "
                           f"{config.base}")
-    # built aside and renamed into place: a run stopped while copying leaves no half series at out
+    # built aside and moved into place: a run stopped while copying leaves no half series at out
     out = Path(config.out)
     building = out.with_name(out.name + ".continuing")
     shutil.rmtree(building, ignore_errors=True)

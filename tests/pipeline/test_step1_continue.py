@@ -97,3 +97,14 @@ def test_a_base_retrained_at_the_same_path_is_refused(finished, tmp_path):
                                       "base": str(other), "step1_continue_from": str(moved)})
     with pytest.raises(SeriesError, match="base is not the checkpoint"):
         prune_job.prune_series(go_on, steps="1", progress=False, log=lambda m: None)
+
+
+def test_a_source_from_a_tune_search_is_held_to_the_winners_settings(finished, tmp_path):
+    source, config = finished
+    searched = tmp_path / "searched"
+    shutil.copytree(source.directory, searched)
+    SeriesStore.open(searched).set_field("step1_search", {"overrides": {"step1_divisor": 8}})
+    go_on = config.model_copy(update={"out": str(tmp_path / "x"), "step1_max_iterations": 2,
+                                      "step1_continue_from": str(searched)})
+    with pytest.raises(SeriesError, match=r"other step1_divisor \(8, here 16\)"):
+        prune_job.prune_series(go_on, steps="1", progress=False, log=lambda m: None)
