@@ -280,13 +280,18 @@ def child(mode: str, series: str | None, requests: int) -> dict:
     # a device streams: blocks of STREAM_BLOCK messages in a row on each WebSocket, alternating
     # ... and a third block: the session's own probe (a control message its handler answers at
     # once, no model): the no-op answer of the same replica on the same connection
-    streamed_echo, streamed_fixed, streamed_probe = [], [], []
+    # ... and a fourth: the same frame from a bare WebSocket client (its own session, the frame
+    # packed once, no DeviceSession): the edge's part of the session's fixed time alone
+    streamed_echo, streamed_fixed, streamed_probe, streamed_bare = [], [], [], []
     probe_once = getattr(sessions["device"], "probe", None) if sessions else None
+    bare_once = _bare_session(port, variant, split, coded) if sessions else None
     for _ in range(requests // STREAM_BLOCK if sessions else 0):
         streamed_echo += [ws_noop_once(frame_size) for _ in range(STREAM_BLOCK)]
         streamed_fixed += [w - k for w, k in (session_once() for _ in range(STREAM_BLOCK))]
         if probe_once is not None:
             streamed_probe += [_timed(lambda: probe_once(frame_size)) for _ in range(STREAM_BLOCK)]
+        if bare_once is not None:
+            streamed_bare += [bare_once() for _ in range(STREAM_BLOCK)]
     fixed = [w - k for w, k in zip(wall, work, strict=True)]
     acked, received, segs_out, segs_in = (b - a for a, b in zip(tcp_before, tcp_counters(tail_conn.raw_sock),
                                                               strict=True))
@@ -306,6 +311,7 @@ def child(mode: str, series: str | None, requests: int) -> dict:
             "streamed_echo_p50_ms": float(np.median(streamed_echo)) if streamed_echo else None,
             "streamed_fixed_p50_ms": float(np.median(streamed_fixed)) if streamed_fixed else None,
             "streamed_probe_p50_ms": float(np.median(streamed_probe)) if streamed_probe else None,
+            "streamed_bare_p50_ms": float(np.median(streamed_bare)) if streamed_bare else None,
             "ws_sized_p50_ms": float(np.median(ws_sized)),
             "session_wall_p50_ms": float(np.median(session_wall)),
             "session_tail_ms": float(np.median(session_work)),
@@ -322,6 +328,8 @@ def child(mode: str, series: str | None, requests: int) -> dict:
         }
         device_session.close()
         sessions["noop"].close()
+        if bare_once is not None:
+            bare_once.close()
     listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
     binds = sorted({line.split()[3] for line in listening.splitlines()[1:]
                     if "haproxy" in line or "ray::" in line or "python" in line})
@@ -349,6 +357,35 @@ def _timed(call) -> float:
     start = time.perf_counter_ns()
     call()
     return (time.perf_counter_ns() - start) / 1e6
+
+
+def _bare_session(port: int, variant: str, split: str, coded):
+    """A session opened by a bare `websockets` client: a function that sends one frame (packed
+    once) and returns its fixed time (wall less the edge's decode and tail time in the answer),
+    or None where the checkout's answers carry no timings."""
+    from websockets.sync.client import connect
+
+    try:
+        from pipeline.session_wire import TIMED_ANSWER, Hello, RouteDecl, pack_session_frame
+    except ImportError:  # a checkout from before this bench timed a bare client
+        return None
+    bare = connect(f"ws://127.0.0.1:{port}/v1/tail/stream", compression=None, legacy=True)
+    bare.send(Hello("bare", (RouteDecl(variant, split),), timings=True).to_json())
+    if json.loads(bare.recv(timeout=60)).get("type") != "accept":
+        return None
+    message = pack_session_frame(0, 1, *coded)
+
+    def once() -> float:
+        start = time.perf_counter_ns()
+        bare.send(message)
+        answer = bare.recv(timeout=60)
+        while not isinstance(answer, bytes):  # the edge's stats (text), every 2 s
+            answer = bare.recv(timeout=60)
+        wall = (time.perf_counter_ns() - start) / 1e6
+        return wall - TIMED_ANSWER.unpack(answer)[3] / 1000.0
+
+    once.close = bare.close
+    return once
 
 
 def _session_clients(port: int, variant: str, split: str) -> dict | None:
@@ -423,6 +460,12 @@ def main() -> int:
             print(f"  streamed ({STREAM_BLOCK} messages in a row on each, blocks alternating): echo of "
                   f"{r['ws_sized_bytes']} B p50 {r['streamed_echo_p50_ms']:.2f} ms, session fixed p50 "
                   f"{r['streamed_fixed_p50_ms']:.2f} ms: {ratio:.2f}x")
+        if r.get("streamed_bare_p50_ms"):
+            print(f"  the same frame from a bare WebSocket client (no DeviceSession), streamed alike: "
+                  f"fixed p50 {r['streamed_bare_p50_ms']:.2f} ms, "
+                  f"{r['streamed_bare_p50_ms'] / r['streamed_echo_p50_ms']:.2f}x the echo: the edge's "
+                  f"part; the device's DeviceSession adds "
+                  f"{(r['streamed_fixed_p50_ms'] - r['streamed_bare_p50_ms']) * 1000:.0f} us")
         if r.get("streamed_probe_p50_ms"):
             print(f"  the session's own probe (answered by the tail replica's session handler, no "
                   f"model), streamed alike: p50 {r['streamed_probe_p50_ms']:.2f} ms; session fixed / "

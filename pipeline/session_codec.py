@@ -34,6 +34,7 @@ from pipeline.session_wire import Route, SessionFrame
 from pipeline.wire import FLOAT_BITS, BadHeader, BadPayload, LengthMismatch
 
 _F32 = np.dtype("<f4")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def bf16_value(bits: int) -> float:
@@ -124,11 +125,9 @@ def decode_values(frame: SessionFrame) -> np.ndarray:
             raise BadPayload("per-channel scales must be finite and >= 0, zero points finite")
         payload = payload[block:]
     else:
-        scale = np.asarray(bf16_value(frame.scale_bits), np.float32)
-        zero_point = np.asarray(bf16_value(frame.zero_bits), np.float32)
-        if not (np.isfinite(scale) and scale >= 0 and np.isfinite(zero_point)):
-            raise BadHeader(f"scale {float(scale)} must be finite and >= 0, zero point "
-                            f"{float(zero_point)} finite")
+        scale, zero_point = bf16_value(frame.scale_bits), bf16_value(frame.zero_bits)
+        if not (math.isfinite(scale) and scale >= 0 and math.isfinite(zero_point)):
+            raise BadHeader(f"scale {scale} must be finite and >= 0, zero point {zero_point} finite")
     size = _body_bytes(n, route.bits)
     raw = _decompress(payload, size) if frame.lz4 else payload
     if len(raw) != size:
@@ -136,7 +135,24 @@ def decode_values(frame: SessionFrame) -> np.ndarray:
                              f"bits needs {size}")
     if route.bits == FLOAT_BITS:
         return _decode_float32(raw, route.shape)
-    return _dequantise(_unpack(raw, n, route.bits).reshape(route.shape), scale, zero_point)
+    codes = _unpack(raw, n, route.bits)
+    if route.per_channel:
+        return _dequantise(codes.reshape(route.shape), scale, zero_point)
+    return _dequantise_tensor(codes, scale, zero_point, route.bits).reshape(route.shape)
+
+
+def _dequantise_tensor(codes: np.ndarray, scale: float, zero_point: float, bits: int) -> np.ndarray:
+    """`codes * scale + zero_point` in float32 with per-tensor parameters: the same values as
+    `pipeline.codec._dequantise` (a code times a bfloat16 scale is exact in float32, and the sum
+    is rounded once either way) with one array made instead of four, which a frame's decode
+    time shows. Parameters that could reach past float32's range (only a crafted frame has them)
+    take the float64 path, which clips."""
+    if scale * ((1 << bits) - 1) + abs(zero_point) >= _F32_MAX:
+        return _dequantise(codes, np.asarray(scale, np.float32), np.asarray(zero_point, np.float32))
+    x = codes.astype(np.float32)
+    x *= np.float32(scale)
+    x += np.float32(zero_point)
+    return x
 
 
 def route_for(route_id: int, variant: str, split: str, shape: tuple[int, ...],

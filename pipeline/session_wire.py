@@ -16,6 +16,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pipeline.wire import (
     BadHeader,
@@ -29,6 +30,7 @@ VERSION = 1
 # route id, flags, sequence number, scale (bfloat16), zero point (bfloat16), CRC-16
 FRAME_HEADER = struct.Struct("<BBHHHH")
 FRAME_HEADER_BYTES = FRAME_HEADER.size
+_FRAME_HEAD, _CRC = struct.Struct("<BBHHH"), struct.Struct("<H")  # the header as packed: CRC apart
 FLAG_LZ4 = 0x01
 # sequence number, kind, class (or HTTP-like status for an error)
 ANSWER_HEADER = struct.Struct("<HBH")
@@ -36,6 +38,7 @@ ANSWER_HEADER_BYTES = ANSWER_HEADER.size
 KIND_CLASS, KIND_LOGITS, KIND_ERROR = 0, 1, 2
 KIND_TIMED = 0x80  # kind bit 7: a u32 of the edge's work on the frame (us) follows the header
 WORK_US = struct.Struct("<I")
+TIMED_ANSWER = struct.Struct("<HBHI")  # the answer header and its work
 SEQ_MODULO = 1 << 16
 MAX_ROUTES = 255
 MAX_HELLO_BYTES = 32768  # 255 routes with long variant ids fit
@@ -273,9 +276,9 @@ def parse_control(text: str | bytes) -> dict:
                       f"\"pad\": \"...\"}}, got {str(document)[:80]}")
 
 
-@dataclass(frozen=True)
-class SessionFrame:
-    """A parsed, checked frame of a session; `payload` still to be decoded by the route."""
+class SessionFrame(NamedTuple):
+    """A parsed, checked frame of a session; `payload` still to be decoded by the route.
+    (A named tuple, not a frozen dataclass: made once a frame, and a tuple is made ~5x faster.)"""
 
     route: Route
     seq: int
@@ -297,8 +300,8 @@ def pack_session_frame(route_id: int, seq: int, lz4: bool, scale_bits: int, zero
                        payload: bytes) -> bytes:
     """One frame of a session: the 10-byte header (CRC included) and the payload."""
     assert 0 <= route_id < MAX_ROUTES and 0 <= seq < SEQ_MODULO
-    head = FRAME_HEADER.pack(route_id, FLAG_LZ4 if lz4 else 0, seq, scale_bits, zero_bits, 0)[:-2]
-    return b"".join((head, struct.pack("<H", crc16(head, payload)), payload))
+    head = _FRAME_HEAD.pack(route_id, FLAG_LZ4 if lz4 else 0, seq, scale_bits, zero_bits)
+    return b"".join((head, _CRC.pack(binascii.crc_hqx(payload, binascii.crc_hqx(head, 0xFFFF))), payload))
 
 
 def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -> SessionFrame:
@@ -308,7 +311,9 @@ def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -
     Raises:
         FrameError: `LengthMismatch`, `UnknownRouteId`, `BadHeader`, `ChecksumMismatch`.
     """
-    view = memoryview(message).cast("B")
+    view = memoryview(message)
+    if view.format != "B":
+        view = view.cast("B")
     if len(view) < FRAME_HEADER_BYTES:
         raise LengthMismatch(f"frame is {len(view)} bytes, shorter than the {FRAME_HEADER_BYTES}-byte header")
     route_id, flags, seq, scale_bits, zero_bits, crc = FRAME_HEADER.unpack_from(view)
@@ -318,7 +323,7 @@ def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -
     if flags & ~FLAG_LZ4:
         raise BadHeader(f"flags {flags:#04x} set reserved bits; only {FLAG_LZ4:#04x} is defined")
     payload = view[FRAME_HEADER_BYTES:]
-    actual = crc16(view[:FRAME_HEADER_BYTES - 2], payload)
+    actual = binascii.crc_hqx(payload, binascii.crc_hqx(view[:FRAME_HEADER_BYTES - 2], 0xFFFF))
     if actual != crc:
         raise ChecksumMismatch(f"CRC-16 is {actual:#06x}, frame says {crc:#06x}")
     if (route.per_channel or route.bits == 32) and (scale_bits or zero_bits):
@@ -329,8 +334,7 @@ def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -
     return SessionFrame(route, seq, bool(flags & FLAG_LZ4), scale_bits, zero_bits, payload)
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """The edge's answer to one frame: its class (and logits when the session asked), or an
     error with an HTTP-like status (429: over the frame rate, 5xx: a fault of the edge)."""
 
@@ -346,7 +350,17 @@ class Answer:
         return self.kind != KIND_ERROR
 
 
+def pack_class_answer(seq: int, value: int, work_us: int | None = None) -> bytes:
+    """`pack_answer(Answer(seq, KIND_CLASS, value, work_us=work_us))`, the common answer, made
+    without the Answer."""
+    if work_us is None:
+        return ANSWER_HEADER.pack(seq, KIND_CLASS, value)
+    return TIMED_ANSWER.pack(seq, KIND_CLASS | KIND_TIMED, value, min(max(int(work_us), 0), 0xFFFFFFFF))
+
+
 def pack_answer(answer: Answer) -> bytes:
+    if answer.kind == KIND_CLASS:
+        return pack_class_answer(answer.seq, answer.value, answer.work_us)
     if answer.work_us is not None and answer.kind != KIND_ERROR:
         head = ANSWER_HEADER.pack(answer.seq, answer.kind | KIND_TIMED, answer.value)
         head += WORK_US.pack(min(max(int(answer.work_us), 0), 0xFFFFFFFF))
@@ -361,7 +375,12 @@ def pack_answer(answer: Answer) -> bytes:
 
 def parse_answer(message: bytes | memoryview, max_classes: int = 65535) -> Answer:
     """The client's check of an answer (FrameError for anything the edge never sends)."""
-    view = memoryview(message).cast("B")
+    if len(message) == TIMED_ANSWER.size and message[2] == KIND_CLASS | KIND_TIMED:  # the common one
+        seq, _, value, work_us = TIMED_ANSWER.unpack(message)
+        return Answer(seq, KIND_CLASS, value, (), "", work_us)
+    view = memoryview(message)
+    if view.format != "B":
+        view = view.cast("B")
     if len(view) < ANSWER_HEADER_BYTES:
         raise LengthMismatch(f"answer is {len(view)} bytes, shorter than {ANSWER_HEADER_BYTES}")
     seq, kind, value = ANSWER_HEADER.unpack_from(view)

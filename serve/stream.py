@@ -33,7 +33,6 @@ from pipeline.session_wire import (
     CLOSE_RECONNECT,
     CLOSE_TRY_LATER,
     FRAME_HEADER_BYTES,
-    KIND_CLASS,
     KIND_ERROR,
     KIND_LOGITS,
     PROTOCOL,
@@ -52,6 +51,7 @@ from pipeline.session_wire import (
     Unsupported,
     close_reason,
     pack_answer,
+    pack_class_answer,
     parse_control,
     parse_hello,
     parse_route_decls,
@@ -402,7 +402,7 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
         await websocket.send_text(_accept_message(session, routes, limits, host.series_sha256,
                                                   table.replica_id))
         max_bytes = _max_message_bytes(limits, session)
-        last_stats = 0.0
+        last_stats = -math.inf
         idle = IdleWatch(limits.idle_timeout_s)
         while True:
             message = await idle.receive(websocket)
@@ -421,13 +421,13 @@ async def run_session(websocket: Any, host: SessionHost, table: SessionTable) ->
                 raise MessageTooBig(f"message of {len(message)} bytes; this session's frames are "
                                     f"at most {max_bytes}")
             received = time.perf_counter()
-            answer = await _frame(host, session, message, hello, limits.max_fps)
-            out = pack_answer(answer)
+            out = await _frame(host, session, message, hello, limits.max_fps)
             session.bytes_out += len(out)
             await websocket.send_bytes(out)
-            session.note_server_ms((time.perf_counter() - received) * 1000)
-            if time.monotonic() - last_stats > STATS_PERIOD_S:
-                last_stats = time.monotonic()
+            answered = time.perf_counter()
+            session.note_server_ms((answered - received) * 1000)
+            if answered - last_stats > STATS_PERIOD_S:
+                last_stats = answered
                 await websocket.send_text(_stats_message(host, session))
     except SessionError as err:
         session.errors += 1
@@ -462,12 +462,14 @@ def _stats_message(host: SessionHost, session: Session) -> str:
 
 
 async def _frame(host: SessionHost, session: Session, message: bytes, hello: Hello,
-                 max_fps: float) -> Answer:
+                 max_fps: float) -> bytes:
+    """The answer to one frame, packed."""
     frame = parse_session_frame(message, session.routes)
     session.bytes_in += len(message)
     if not session.take_token(max_fps):
         session.refused += 1
-        return Answer(frame.seq, KIND_ERROR, 429, error=f"over {max_fps:g} frames/s; resend later")
+        return pack_answer(Answer(frame.seq, KIND_ERROR, 429,
+                                  error=f"over {max_fps:g} frames/s; resend later"))
     decode_start = time.perf_counter_ns()
     tensor = decode_values(frame)
     decode_ms = (time.perf_counter_ns() - decode_start) / 1e6
@@ -475,14 +477,15 @@ async def _frame(host: SessionHost, session: Session, message: bytes, hello: Hel
     result = await host.run_tensor(route.variant, route.split, tensor, len(message))
     if "error" in result:
         session.errors += 1
-        return Answer(frame.seq, KIND_ERROR, int(result["status"]), error=str(result["error"]))
+        return pack_answer(Answer(frame.seq, KIND_ERROR, int(result["status"]),
+                                  error=str(result["error"])))
     session.frames += 1
     row = result["logits"][0]
     best = int(row.argmax())
     work_us = round((decode_ms + result.get("tail_ms", 0.0)) * 1000) if hello.timings else None
     if hello.logits:
-        return Answer(frame.seq, KIND_LOGITS, best, tuple(float(v) for v in row), work_us=work_us)
-    return Answer(frame.seq, KIND_CLASS, best, work_us=work_us)
+        return pack_answer(Answer(frame.seq, KIND_LOGITS, best, tuple(row.tolist()), work_us=work_us))
+    return pack_class_answer(frame.seq, best, work_us)
 
 
 async def _control(websocket: Any, host: SessionHost, session: Session, text: str) -> None:

@@ -130,13 +130,15 @@ class EdgeTail:
     async def _run(self, variant_id: str, frame: bytes, split: str) -> dict:
         """One frame's answer (or error entry), counted in the autoscaling stats while it runs."""
         if self.batch_size > 1:
-            return await self._counted(variant_id, split, len(frame),
-                                       lambda alone: self._batched((variant_id, frame, split)))
-        return await self._counted(variant_id, split, len(frame),
-                                   lambda alone: self._run_one(variant_id, frame, split, alone))
+            return await self._counted(variant_id, split, len(frame), self._run_batched, frame)
+        return await self._counted(variant_id, split, len(frame), self._run_one, frame)
 
-    async def _counted(self, variant_id: str, split: str, nbytes: int, work) -> dict:
-        """`await work(alone)`, the frame counted in flight (bytes, frames, tail work) meanwhile."""
+    async def _run_batched(self, variant_id: str, split: str, frame: bytes, alone: bool) -> dict:
+        return await self._batched((variant_id, frame, split))
+
+    async def _counted(self, variant_id: str, split: str, nbytes: int, work, data) -> dict:
+        """`await work(variant_id, split, data, alone)`, the frame counted in flight (bytes,
+        frames, tail work) meanwhile."""
         key = (variant_id, split)
         if self.peers is not None:
             self.peers.note_used(variant_id)
@@ -147,42 +149,52 @@ class EdgeTail:
         alone = self.frames_in_flight == 1 and time.monotonic() - self._last_done > IDLE_BEFORE_S
         cost, result = self.work.start(key), {}
         try:
-            result = await work(alone)
+            result = await work(variant_id, split, data, alone)
             return result
         finally:
-            self.bytes_in_flight -= nbytes
-            self.frames_in_flight -= 1
-            self._last_done = time.monotonic()
-            self.work.finish(key, cost, result.get("tail_ms"))
+            # run once the answer is on its way (the next turn of the loop): off the frame's path
+            asyncio.get_running_loop().call_soon(self._done, key, nbytes, cost, result.get("tail_ms"))
 
-    async def _call(self, key: tuple[str, str], alone: bool, fn, *args):
-        """`fn(*args)` inline or in a thread. Handing a tail to a thread costs about 0.6 ms here
-        (measured in the handler, bench/bench_edge_path.py): a tail runs inline when the replica
-        is idle but for this frame or when it was measured to take under INLINE_TAIL_MS;
-        otherwise in a thread, keeping the event loop free for the frames queued behind it."""
-        if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+    def _done(self, key: tuple[str, str], nbytes: int, cost: float, tail_ms: float | None) -> None:
+        """A frame's accounting when it has been answered."""
+        self.bytes_in_flight -= nbytes
+        self.frames_in_flight -= 1
+        self._last_done = time.monotonic()
+        self.work.finish(key, cost, tail_ms)
 
-    async def _run_one(self, variant_id: str, frame: bytes, split: str, alone: bool = False) -> dict:
+    def _inline(self, key: tuple[str, str], alone: bool) -> bool:
+        """Whether a tail runs inline rather than in a thread. Handing a tail to a thread costs
+        about 0.6 ms here (measured in the handler, bench/bench_edge_path.py): a tail runs inline
+        when the replica is idle but for this frame or when it was measured to take under
+        INLINE_TAIL_MS; otherwise in a thread, keeping the event loop free for the frames queued
+        behind it."""
+        return alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS
+
+    async def _run_one(self, variant_id: str, split: str, frame: bytes, alone: bool = False) -> dict:
         try:
             runner = await self.get_runner(variant_id)
-            out = await self._call((variant_id, split), alone, runner.run_tail, frame, split)
+            if self._inline((variant_id, split), alone):
+                out = runner.run_tail(frame, split)
+            else:
+                out = await asyncio.to_thread(runner.run_tail, frame, split)
         except (RequestError, SeriesError) as err:
             return error_entry(err)
         return _answer(out)
 
     async def run_tensor(self, variant_id: str, split: str, tensor, nbytes: int) -> dict:
         """The tail of a session frame already decoded (`serve.stream`), counted as `_run`."""
-        return await self._counted(variant_id, split, nbytes,
-                                   lambda alone: self._tail_tensor(variant_id, split, tensor, alone))
+        return await self._counted(variant_id, split, nbytes, self._tail_tensor, tensor)
 
     async def _tail_tensor(self, variant_id: str, split: str, tensor, alone: bool) -> dict:
         try:
             # the runner a session's route opened, without the multiplexing call per frame
             runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
+            tail = runner.calls(split)[1]
             start = time.perf_counter_ns()
-            logits = await self._call((variant_id, split), alone, runner.calls(split)[1], tensor)
+            if self._inline((variant_id, split), alone):
+                logits = tail(tensor)
+            else:
+                logits = await asyncio.to_thread(tail, tensor)
             return {"logits": logits, "tail_ms": ms_since(start)}
         except (RequestError, SeriesError) as err:
             return error_entry(err)

@@ -215,8 +215,9 @@ class DeviceSession:
     def route(self, variant: str, split: str) -> Route:
         """The route of (variant, split), declared in-band if new (one control message)."""
         key = (variant, split)
-        if RouteDecl(variant, split) in self.decls and key in self.routes:
-            return self.routes[key]
+        route = self.routes.get(key)
+        if route is not None:  # only declared routes are in `routes` (the edge's answers to them)
+            return route
         if RouteDecl(variant, split) not in self.decls:
             self.decls.append(RouteDecl(variant, split))
             if self._ws is None or key in self.routes:
@@ -259,7 +260,7 @@ class DeviceSession:
         self.answers.pop(seq, None)  # an answer of 65,536 frames ago nobody waited for
         pending = Pending((variant, split), message, time.perf_counter(), not self.pending)
         self.pending[seq] = pending
-        self._with_reconnect(lambda: self._transmit(pending))
+        self._with_reconnect(self._transmit, pending)
         return seq
 
     def _transmit(self, pending: Pending) -> None:
@@ -292,7 +293,7 @@ class DeviceSession:
                 if within_s is not None:
                     raise FrameLate(f"frame {seq} unanswered within {within_s * 1000:.0f} ms")
                 raise TimeoutError(f"frame {seq} unanswered after {limit:g} s")
-            message = self._with_reconnect(lambda left=left: self._recv(min(self.timeout_s, left)))
+            message = self._with_reconnect(self._recv, min(self.timeout_s, left))
             if message is None:
                 continue
             if isinstance(message, str):
@@ -325,7 +326,7 @@ class DeviceSession:
             self.rate_limited += 1
             time.sleep(0.05)  # over the session's frame rate: the same frame goes again
             pending.sent, pending.alone, pending.generation = time.perf_counter(), False, -1
-            self._with_reconnect(lambda: self._transmit(pending))
+            self._with_reconnect(self._transmit, pending)
             return
         now = time.perf_counter()
         del self.pending[answer.seq]
@@ -377,13 +378,14 @@ class DeviceSession:
         """After this close code the session is not reconnected (see RECONNECT_CODES)."""
         return code is not None and code not in RECONNECT_CODES
 
-    def _with_reconnect(self, action):
+    def _with_reconnect(self, action, *args):
+        """`action(*args)`, reconnecting (and resending) when the connection fails under it."""
         ConnectionClosed = _connection_closed()  # noqa: N806 - a class
         for _ in range(self.max_reconnects):
             try:
                 if self._ws is None:
                     self._reconnect_loop()
-                return action()
+                return action(*args)
             except (ConnectionClosed, ConnectionError, OSError) as err:
                 code = self._closed(err) if isinstance(err, ConnectionClosed) else None
                 if self._give_up(code):

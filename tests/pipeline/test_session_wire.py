@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import CodecConfig
+from pipeline.codec import CodecConfig, _dequantise, _unpack
 from pipeline.session_codec import bf16_down, bf16_up, bf16_value, decode_values, encode_values, route_for
 from pipeline.session_wire import (
     ANSWER_HEADER_BYTES,
@@ -33,6 +33,7 @@ from pipeline.session_wire import (
     close_reason,
     crc16,
     pack_answer,
+    pack_class_answer,
     pack_session_frame,
     parse_answer,
     parse_control,
@@ -115,6 +116,40 @@ def test_values_come_back_within_half_a_step(bits, seed):
     assert y.shape == route.shape and y.dtype == np.float32
     assert np.abs(x - y).max() <= scale / 2 * (1 + 1e-6)
     assert scale <= (x.max() - x.min()) / ((1 << bits) - 1) * (1 + 2 ** -7) + 2 ** -7 * abs(x.min()) / 255
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.integers(0, 0x7F7F), st.integers(0, 0xFFFF).filter(lambda b: b & 0x7F80 != 0x7F80),
+       st.sampled_from([4, 5, 8]), st.binary(min_size=16, max_size=16))
+def test_per_tensor_values_are_the_wire_frames_float64_dequantisation(scale_bits, zero_bits, bits,
+                                                                      codes):
+    """The session decoder's float32 arithmetic gives the very values of the wire frame's float64
+    one, for any finite bfloat16 scale and zero point (huge ones clipped to float32's range)."""
+    route = _route(shape=(1, 2, 2, 2), bits=bits)
+    body = bytes(codes[:(8 * bits + 7) // 8])
+    head = struct.pack("<BBHHH", route.id, 0, 1, scale_bits, zero_bits)
+    frame = parse_session_frame(head + struct.pack("<H", crc16(head, body)) + body, {route.id: route})
+    try:
+        got = decode_values(frame)
+    except BadPayload:  # nonzero padding bits of a 5-bit body: refused alike by both
+        return
+    expected = _dequantise(_unpack(body, 8, bits).reshape(route.shape),
+                           np.asarray(bf16_value(scale_bits), np.float32),
+                           np.asarray(bf16_value(zero_bits), np.float32))
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.array_equal(got, expected)
+
+
+def test_the_class_answer_packs_and_parses_as_the_general_one():
+    for seq, value, work_us in [(0, 0, None), (65535, 999, 0), (12, 3, 2 ** 40), (7, 2, -5)]:
+        fast = pack_class_answer(seq, value, work_us)
+        assert fast == pack_answer(Answer(seq, KIND_CLASS, value, work_us=work_us))
+        clamped = None if work_us is None else min(max(work_us, 0), 0xFFFFFFFF)
+        assert parse_answer(fast) == Answer(seq, KIND_CLASS, value, work_us=clamped)
+    timed_logits = bytearray(pack_class_answer(1, 2, 3))
+    timed_logits[2] = KIND_LOGITS | KIND_TIMED  # a timed logits answer of 9 bytes has no logits
+    with pytest.raises(LengthMismatch):
+        parse_answer(bytes(timed_logits))
 
 
 def test_per_channel_float32_and_constant_maps_round_trip():
