@@ -372,6 +372,7 @@ def _bare_session(port: int, variant: str, split: str, coded):
     bare = connect(f"ws://127.0.0.1:{port}/v1/tail/stream", compression=None, legacy=True)
     bare.send(Hello("bare", (RouteDecl(variant, split),), timings=True).to_json())
     if json.loads(bare.recv(timeout=60)).get("type") != "accept":
+        bare.close()
         return None
     message = pack_session_frame(0, 1, *coded)
 
@@ -382,6 +383,8 @@ def _bare_session(port: int, variant: str, split: str, coded):
         while not isinstance(answer, bytes):  # the edge's stats (text), every 2 s
             answer = bare.recv(timeout=60)
         wall = (time.perf_counter_ns() - start) / 1e6
+        if len(answer) != TIMED_ANSWER.size:  # an error answer (429, 5xx): not a timing
+            raise RuntimeError(f"the bare session's frame was answered {answer!r}")
         return wall - TIMED_ANSWER.unpack(answer)[3] / 1000.0
 
     once.close = bare.close

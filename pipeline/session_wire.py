@@ -312,7 +312,7 @@ def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -
         FrameError: `LengthMismatch`, `UnknownRouteId`, `BadHeader`, `ChecksumMismatch`.
     """
     view = memoryview(message)
-    if view.format != "B":
+    if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     if len(view) < FRAME_HEADER_BYTES:
         raise LengthMismatch(f"frame is {len(view)} bytes, shorter than the {FRAME_HEADER_BYTES}-byte header")
@@ -375,11 +375,12 @@ def pack_answer(answer: Answer) -> bytes:
 
 def parse_answer(message: bytes | memoryview, max_classes: int = 65535) -> Answer:
     """The client's check of an answer (FrameError for anything the edge never sends)."""
-    if len(message) == TIMED_ANSWER.size and message[2] == KIND_CLASS | KIND_TIMED:  # the common one
+    if type(message) is bytes and len(message) == TIMED_ANSWER.size and \
+            message[2] == KIND_CLASS | KIND_TIMED:  # the common answer, as the client receives it
         seq, _, value, work_us = TIMED_ANSWER.unpack(message)
         return Answer(seq, KIND_CLASS, value, (), "", work_us)
     view = memoryview(message)
-    if view.format != "B":
+    if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     if len(view) < ANSWER_HEADER_BYTES:
         raise LengthMismatch(f"answer is {len(view)} bytes, shorter than {ANSWER_HEADER_BYTES}")

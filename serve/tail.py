@@ -152,15 +152,12 @@ class EdgeTail:
             result = await work(variant_id, split, data, alone)
             return result
         finally:
-            # run once the answer is on its way (the next turn of the loop): off the frame's path
-            asyncio.get_running_loop().call_soon(self._done, key, nbytes, cost, result.get("tail_ms"))
-
-    def _done(self, key: tuple[str, str], nbytes: int, cost: float, tail_ms: float | None) -> None:
-        """A frame's accounting when it has been answered."""
-        self.bytes_in_flight -= nbytes
-        self.frames_in_flight -= 1
-        self._last_done = time.monotonic()
-        self.work.finish(key, cost, tail_ms)
+            # at once, not after the answer went: a session's stats, sent right after its first
+            # answer, must hold that frame's tail time
+            self.bytes_in_flight -= nbytes
+            self.frames_in_flight -= 1
+            self._last_done = time.monotonic()
+            self.work.finish(key, cost, result.get("tail_ms"))
 
     def _inline(self, key: tuple[str, str], alone: bool) -> bool:
         """Whether a tail runs inline rather than in a thread. Handing a tail to a thread costs

@@ -146,6 +146,11 @@ def test_the_class_answer_packs_and_parses_as_the_general_one():
         assert fast == pack_answer(Answer(seq, KIND_CLASS, value, work_us=work_us))
         clamped = None if work_us is None else min(max(work_us, 0), 0xFFFFFFFF)
         assert parse_answer(fast) == Answer(seq, KIND_CLASS, value, work_us=clamped)
+    answer = pack_class_answer(5, 6, 7)
+    for form in (bytearray(answer), memoryview(answer), memoryview(b"\0" + answer)[1:]):
+        assert parse_answer(form) == parse_answer(answer) == Answer(5, KIND_CLASS, 6, work_us=7)
+    with pytest.raises(LengthMismatch):  # a 2-D view is read as its bytes, not its rows
+        parse_answer(memoryview(answer + b"\0").cast("B", (2, 5)))
     timed_logits = bytearray(pack_class_answer(1, 2, 3))
     timed_logits[2] = KIND_LOGITS | KIND_TIMED  # a timed logits answer of 9 bytes has no logits
     with pytest.raises(LengthMismatch):
