@@ -301,7 +301,7 @@ def pack_session_frame(route_id: int, seq: int, lz4: bool, scale_bits: int, zero
     """One frame of a session: the 10-byte header (CRC included) and the payload."""
     assert 0 <= route_id < MAX_ROUTES and 0 <= seq < SEQ_MODULO
     head = _FRAME_HEAD.pack(route_id, FLAG_LZ4 if lz4 else 0, seq, scale_bits, zero_bits)
-    return b"".join((head, _CRC.pack(binascii.crc_hqx(payload, binascii.crc_hqx(head, 0xFFFF))), payload))
+    return b"".join((head, _CRC.pack(crc16(head, payload)), payload))
 
 
 def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -> SessionFrame:
@@ -323,7 +323,7 @@ def parse_session_frame(message: bytes | memoryview, routes: dict[int, Route]) -
     if flags & ~FLAG_LZ4:
         raise BadHeader(f"flags {flags:#04x} set reserved bits; only {FLAG_LZ4:#04x} is defined")
     payload = view[FRAME_HEADER_BYTES:]
-    actual = binascii.crc_hqx(payload, binascii.crc_hqx(view[:FRAME_HEADER_BYTES - 2], 0xFFFF))
+    actual = crc16(view[:FRAME_HEADER_BYTES - 2], payload)
     if actual != crc:
         raise ChecksumMismatch(f"CRC-16 is {actual:#06x}, frame says {crc:#06x}")
     if (route.per_channel or route.bits == 32) and (scale_bits or zero_bits):
@@ -350,22 +350,21 @@ class Answer(NamedTuple):
         return self.kind != KIND_ERROR
 
 
+def _answer_head(seq: int, kind: int, value: int, work_us: int | None) -> bytes:
+    """An answer's header, and the edge's work on the frame (clamped to a u32) when given."""
+    if work_us is None or kind == KIND_ERROR:
+        return ANSWER_HEADER.pack(seq, kind, value)
+    return TIMED_ANSWER.pack(seq, kind | KIND_TIMED, value, min(max(int(work_us), 0), 0xFFFFFFFF))
+
+
 def pack_class_answer(seq: int, value: int, work_us: int | None = None) -> bytes:
     """`pack_answer(Answer(seq, KIND_CLASS, value, work_us=work_us))`, the common answer, made
     without the Answer."""
-    if work_us is None:
-        return ANSWER_HEADER.pack(seq, KIND_CLASS, value)
-    return TIMED_ANSWER.pack(seq, KIND_CLASS | KIND_TIMED, value, min(max(int(work_us), 0), 0xFFFFFFFF))
+    return _answer_head(seq, KIND_CLASS, value, work_us)
 
 
 def pack_answer(answer: Answer) -> bytes:
-    if answer.kind == KIND_CLASS:
-        return pack_class_answer(answer.seq, answer.value, answer.work_us)
-    if answer.work_us is not None and answer.kind != KIND_ERROR:
-        head = ANSWER_HEADER.pack(answer.seq, answer.kind | KIND_TIMED, answer.value)
-        head += WORK_US.pack(min(max(int(answer.work_us), 0), 0xFFFFFFFF))
-    else:
-        head = ANSWER_HEADER.pack(answer.seq, answer.kind, answer.value)
+    head = _answer_head(answer.seq, answer.kind, answer.value, answer.work_us)
     if answer.kind == KIND_LOGITS:
         return head + struct.pack(f"<{len(answer.logits)}f", *answer.logits)
     if answer.kind == KIND_ERROR:

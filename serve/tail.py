@@ -159,21 +159,19 @@ class EdgeTail:
             self._last_done = time.monotonic()
             self.work.finish(key, cost, result.get("tail_ms"))
 
-    def _inline(self, key: tuple[str, str], alone: bool) -> bool:
-        """Whether a tail runs inline rather than in a thread. Handing a tail to a thread costs
-        about 0.6 ms here (measured in the handler, bench/bench_edge_path.py): a tail runs inline
-        when the replica is idle but for this frame or when it was measured to take under
-        INLINE_TAIL_MS; otherwise in a thread, keeping the event loop free for the frames queued
-        behind it."""
-        return alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS
+    async def _call(self, key: tuple[str, str], alone: bool, fn, *args):
+        """`fn(*args)` inline or in a thread. Handing a tail to a thread costs about 0.6 ms here
+        (measured in the handler, bench/bench_edge_path.py): a tail runs inline when the replica
+        is idle but for this frame or when it was measured to take under INLINE_TAIL_MS;
+        otherwise in a thread, keeping the event loop free for the frames queued behind it."""
+        if alone or self.work.mean_ms.get(key, INLINE_TAIL_MS) < INLINE_TAIL_MS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def _run_one(self, variant_id: str, split: str, frame: bytes, alone: bool = False) -> dict:
         try:
             runner = await self.get_runner(variant_id)
-            if self._inline((variant_id, split), alone):
-                out = runner.run_tail(frame, split)
-            else:
-                out = await asyncio.to_thread(runner.run_tail, frame, split)
+            out = await self._call((variant_id, split), alone, runner.run_tail, frame, split)
         except (RequestError, SeriesError) as err:
             return error_entry(err)
         return _answer(out)
@@ -188,10 +186,7 @@ class EdgeTail:
             runner = self._session_runners.get(variant_id) or await self.get_runner(variant_id)
             tail = runner.calls(split)[1]
             start = time.perf_counter_ns()
-            if self._inline((variant_id, split), alone):
-                logits = tail(tensor)
-            else:
-                logits = await asyncio.to_thread(tail, tensor)
+            logits = await self._call((variant_id, split), alone, tail, tensor)
             return {"logits": logits, "tail_ms": ms_since(start)}
         except (RequestError, SeriesError) as err:
             return error_entry(err)
